@@ -1,0 +1,304 @@
+"""The library API. The CLI is a thin layer over these functions.
+
+Every function takes an optional `settings` (default: `load_settings()`) and,
+for mutating operations, a `context` whose roles must include "admin".
+Errors are `livemig.errors.LivemigError` subclasses, each with an exit code.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable
+
+import sqlalchemy as sa
+
+from livemig.config import Settings, load_settings
+from livemig.context import RequestContext
+from livemig.drivers.base import DomainInfo, driver_dict
+from livemig.drivers.registry import validate_uri
+from livemig.errors import Conflict, InvalidInput, MigrationFailed
+from livemig.persistence.inventory import add_event, get_host, get_migration, set_migration_status
+from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
+from livemig.prechecks import check_migration
+from livemig.runner import create_logbook, migration_store, resume_migration, run_migration
+from livemig.services import Services, services_for
+from livemig.states import DomainState, InstanceState, MigrationStatus
+from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
+
+ProgressHook = Callable[[MigrationView], None]
+
+_upgraded: set[str] = set()
+
+
+def _services(settings: Settings | None) -> Services:
+    services = services_for(settings or load_settings())
+    url = services.settings.database_url
+    if url not in _upgraded:
+        services.db.upgrade()
+        _upgraded.add(url)
+    return services
+
+
+# -- hosts -------------------------------------------------------------------------------------------
+
+def add_host(context: RequestContext, name: str, uri: str, zone: str = "default", *,
+             max_concurrent_migrations: int = 1, cpu_allocation_ratio: float = 4.0,
+             ram_allocation_ratio: float = 1.0, disk_allocation_ratio: float = 1.0,
+             settings: Settings | None = None) -> HostView:
+    """Register a hypervisor host; it must answer (its totals are read)."""
+    context.require_admin("adding a host")
+    if not name or "/" in name or len(name) > 255:
+        raise InvalidInput(f"invalid host name {name!r}")
+    if max_concurrent_migrations < 1:
+        raise InvalidInput("max concurrent migrations must be at least 1")
+    validate_uri(uri)
+    services = _services(settings)
+    with services.db.session() as session:
+        if session.get(Host, name) is not None:
+            raise Conflict(f"host {name} already exists")
+    facts = services.drivers.for_uri(uri).host_facts(uri)
+    with services.db.session() as session:
+        host = Host(name=name, uri=uri, zone=zone, max_concurrent_migrations=max_concurrent_migrations,
+                    cpu_allocation_ratio=cpu_allocation_ratio, ram_allocation_ratio=ram_allocation_ratio,
+                    disk_allocation_ratio=disk_allocation_ratio, vcpus=facts.vcpus, memory_mb=facts.memory_mb,
+                    disk_gb=facts.disk_gb, cpu_model=facts.cpu_model, hypervisor_version=facts.hypervisor_version,
+                    last_seen=utcnow())
+        session.add(host)
+        session.flush()
+        return HostView.of(host)
+
+
+def list_hosts(settings: Settings | None = None) -> list[HostView]:
+    with _services(settings).db.session() as session:
+        return [HostView.of(h) for h in session.scalars(sa.select(Host).order_by(Host.name))]
+
+
+def set_host_enabled(context: RequestContext, name: str, enabled: bool, reason: str | None = None,
+                     settings: Settings | None = None) -> HostView:
+    context.require_admin("enabling or disabling a host")
+    with _services(settings).db.session() as session:
+        host = get_host(session, name)
+        host.enabled = enabled
+        host.disabled_reason = None if enabled else reason
+        return HostView.of(host)
+
+
+def sync_hosts(context: RequestContext, name: str | None = None,
+               settings: Settings | None = None) -> dict[str, int]:
+    """Discover the domains on one or every host and upsert them as instances.
+
+    Returns the number of instances seen per host. Instances in an unfinished
+    migration are left alone: the flow owns them."""
+    context.require_admin("syncing hosts")
+    services = _services(settings)
+    with services.db.session() as session:
+        hosts = [get_host(session, name)] if name else list(session.scalars(sa.select(Host).order_by(Host.name)))
+        targets = [(h.name, h.uri) for h in hosts]
+    seen: dict[str, int] = {}
+    for host_name, uri in targets:
+        driver = services.drivers.for_uri(uri)
+        facts = driver.host_facts(uri)
+        domains = driver.list_domains(uri)
+        with services.db.session() as session:
+            busy = {m.instance_uuid for m in session.scalars(sa.select(Migration).where(
+                Migration.status.not_in([s.value for s in MigrationStatus if s.finished])))}
+            host = get_host(session, host_name)
+            host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
+            host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
+            host.last_seen = utcnow()
+            found = set()
+            for dom in domains:
+                if dom.uuid in busy:
+                    continue
+                found.add(dom.uuid)
+                _upsert_instance(session, host_name, dom)
+            for inst in session.scalars(sa.select(Instance).where(Instance.host == host_name)):
+                if inst.uuid not in found and inst.uuid not in busy and inst.state != InstanceState.DELETED.value:
+                    inst.state = InstanceState.DELETED.value
+                    inst.host = None
+            seen[host_name] = len(found)
+    return seen
+
+
+_STATE_MAP = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
+              DomainState.SHUTOFF: InstanceState.STOPPED, DomainState.CRASHED: InstanceState.ERROR,
+              DomainState.OTHER: InstanceState.ERROR}
+
+
+def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
+    inst = session.get(Instance, dom.uuid)
+    if inst is None:
+        inst = Instance(uuid=dom.uuid, name=dom.name, state=_STATE_MAP[dom.state].value)
+        session.add(inst)
+    inst.name, inst.project, inst.host = dom.name, dom.project, host_name
+    inst.state = _STATE_MAP[dom.state].value
+    inst.vcpus, inst.memory_mb, inst.disk_gb, inst.cpu_model = dom.vcpus, dom.memory_mb, dom.disk_gb, dom.cpu_model
+    inst.volumes = [driver_dict(d) for d in dom.disks]
+    inst.interfaces = [driver_dict(i) for i in dom.interfaces]
+
+
+# -- instances and resources -------------------------------------------------------------------------
+
+def list_instances(host: str | None = None, include_deleted: bool = False,
+                   settings: Settings | None = None) -> list[InstanceView]:
+    with _services(settings).db.session() as session:
+        query = sa.select(Instance).order_by(Instance.name)
+        if host:
+            get_host(session, host)
+            query = query.where(Instance.host == host)
+        if not include_deleted:
+            query = query.where(Instance.state != InstanceState.DELETED.value)
+        return [InstanceView.of(i) for i in session.scalars(query)]
+
+
+def host_resources(host: str | None = None, settings: Settings | None = None) -> list[ResourceLine]:
+    """Per host: its totals, what is used, then the usage of each project."""
+    lines: list[ResourceLine] = []
+    with _services(settings).db.session() as session:
+        hosts = [get_host(session, host)] if host else list(session.scalars(sa.select(Host).order_by(Host.name)))
+        for h in hosts:
+            lines.append(ResourceLine("TOTAL", h.name, "", h.vcpus, h.memory_mb, h.disk_gb))
+            per_project: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+            for inst in session.scalars(sa.select(Instance).where(
+                    Instance.host == h.name, Instance.state != InstanceState.DELETED.value)):
+                usage = per_project[inst.project]
+                usage[0] += inst.vcpus
+                usage[1] += inst.memory_mb
+                usage[2] += inst.disk_gb
+            used = [sum(u[i] for u in per_project.values()) for i in range(3)]
+            lines.append(ResourceLine("USED", h.name, "", *used))
+            for project in sorted(per_project):
+                lines.append(ResourceLine("NODE", h.name, project, *per_project[project]))
+    return lines
+
+
+# -- migrations --------------------------------------------------------------------------------------
+
+def list_migrations(status: str | None = None, instance: str | None = None, limit: int = 50,
+                    settings: Settings | None = None) -> list[MigrationView]:
+    if status is not None and status not in {s.value for s in MigrationStatus}:
+        raise InvalidInput(f"unknown status {status!r}")
+    with _services(settings).db.session() as session:
+        query = sa.select(Migration).order_by(Migration.id.desc()).limit(limit)
+        if status:
+            query = query.where(Migration.status == status)
+        if instance:
+            query = query.where(sa.or_(Migration.instance_uuid == instance, Migration.instance_name == instance))
+        return [MigrationView.of(m) for m in session.scalars(query)]
+
+
+def show_migration(migration_id: int, settings: Settings | None = None) -> MigrationView:
+    with _services(settings).db.session() as session:
+        migration = get_migration(session, migration_id)
+        events = list(session.scalars(sa.select(Event).where(Event.migration_id == migration_id).order_by(Event.id)))
+        return MigrationView.of(migration, events)
+
+
+def create_migration(context: RequestContext, instance: str, source: str, dest: str,
+                     settings: Settings | None = None, queue_timeout_s: float | None = None) -> MigrationView:
+    """Check the request and record it (status `queued`) with its persisted
+    flow; nothing runs yet. Bad input raises and records nothing."""
+    context.require_admin("live migration")
+    services = _services(settings)
+    with services.db.session() as session:
+        inst = check_migration(session, services.drivers, instance, source, dest)
+        migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
+                              dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user)
+        session.add(migration)
+        session.flush()
+        add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
+                  f"requested by {context.user}: {inst.name} {source} -> {dest}")
+        migration_id, instance_uuid = migration.id, inst.uuid
+    try:
+        create_logbook(services, migration_id,
+                       migration_store(migration_id, instance_uuid, source, dest, queue_timeout_s))
+    except Exception as exc:
+        with services.db.session() as session:
+            set_migration_status(session, migration_id, MigrationStatus.ERROR, f"could not persist its flow: {exc}")
+        raise
+    return show_migration(migration_id, settings=services.settings)
+
+
+def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
+            settings: Settings | None = None, progress: ProgressHook | None = None) -> MigrationView:
+    """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
+
+    Without ZooKeeper the flow runs in this process. With ZooKeeper it is
+    posted as a job for the conductors and, if `wait`, followed to its end.
+    Returns the completed migration; raises MigrationFailed if it failed."""
+    services = _services(settings)
+    queue_timeout = None if wait else 0.0
+    view = create_migration(context, instance, source, dest, settings=services.settings,
+                            queue_timeout_s=queue_timeout)
+    if services.settings.zookeeper_hosts:
+        from livemig.jobs import post_migration_job
+
+        post_migration_job(services, view.id)
+        if not wait:
+            return show_migration(view.id, settings=services.settings)
+        return _follow(services, view.id, progress, runner=None)
+    return _follow(services, view.id, progress, runner=lambda: run_migration(services, view.id))
+
+
+def resume(context: RequestContext, migration_id: int, settings: Settings | None = None,
+           progress: ProgressHook | None = None) -> MigrationView:
+    """Resume an interrupted migration from its persisted flow, in this process."""
+    context.require_admin("resuming a migration")
+    services = _services(settings)
+    return _follow(services, migration_id, progress, runner=lambda: resume_migration(services, migration_id))
+
+
+def abort(context: RequestContext, migration_id: int, settings: Settings | None = None) -> MigrationView:
+    """Ask a migration to stop. A running hypervisor job is aborted at once
+    (the VM stays on its source) and the flow rolls back."""
+    context.require_admin("aborting a migration")
+    services = _services(settings)
+    with services.db.session() as session:
+        migration = get_migration(session, migration_id)
+        if MigrationStatus(migration.status).finished:
+            raise Conflict(f"migration {migration_id} already ended ({migration.status})")
+        if MigrationStatus(migration.status) in (MigrationStatus.POST_MIGRATING,):
+            raise Conflict(f"migration {migration_id} is past the point of no return (the VM has moved)")
+        migration.abort_requested = True
+        add_event(session, migration_id, "note", "abort", "", f"abort requested by {context.user}")
+        source_uri = get_host(session, migration.source_host).uri
+        instance_uuid = migration.instance_uuid
+    # Abort the hypervisor job directly too: it works even if the controller is dead.
+    services.drivers.for_uri(source_uri).abort_migration(source_uri, instance_uuid)
+    return show_migration(migration_id, settings=services.settings)
+
+
+def _follow(services: Services, migration_id: int, progress: ProgressHook | None,
+            runner: Callable[[], None] | None) -> MigrationView:
+    """Run (if a runner is given) while reporting progress; then the outcome."""
+    import time
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runner()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = None
+    if runner is not None:
+        thread = threading.Thread(target=target, name=f"migration-{migration_id}", daemon=True)
+        thread.start()
+    while True:
+        view = show_migration(migration_id, settings=services.settings)
+        if progress is not None:
+            progress(view)
+        done = thread is not None and not thread.is_alive()
+        if done or (thread is None and MigrationStatus(view.status).finished):
+            break
+        time.sleep(0.1 if thread is not None else 0.25)
+    if errors:
+        raise errors[0]
+    view = show_migration(migration_id, settings=services.settings)
+    if progress is not None:
+        progress(view)
+    if view.status != MigrationStatus.COMPLETED.value:
+        raise MigrationFailed(f"migration {view.id} {view.status}: {view.error_reason or 'no reason recorded'}",
+                              migration_id=view.id, status=view.status)
+    return view

@@ -1,0 +1,35 @@
+"""Host reservations: how many migrations a host takes part in at once.
+
+A reservation belongs to a migration (not to a controller process): it is
+created idempotently by the flow's reserve step, survives controller crashes,
+and is released by the flow's release step or by its revert."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class HostLimit:
+    host: str
+    limit: int
+
+
+class ReservationService(abc.ABC):
+    @abc.abstractmethod
+    def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
+        """Reserve every host for this migration, all or nothing.
+
+        Returns None when the migration holds them (now or already), otherwise
+        the reason it cannot have them yet."""
+
+    @abc.abstractmethod
+    def release(self, migration_id: int, hosts: list[str]) -> None:
+        """Drop this migration's reservations; releasing twice is fine."""
+
+    @abc.abstractmethod
+    def holders(self, host: str) -> list[int]:
+        """The migrations holding this host."""
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,200 @@
+"""The hypervisor driver interface the tasks use, and the values it returns.
+
+Every method names its host by driver URI. Values are plain dataclasses so
+that tasks can put them (via `asdict`) into TaskFlow's store. A driver never
+returns or logs a secret's value."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+from livemig.errors import LivemigError
+from livemig.states import DomainState
+
+
+class DriverError(LivemigError):
+    """A hypervisor call failed; `code` is the hypervisor's error code if any."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class MigrationAborted(DriverError):
+    """The migration job was cancelled; the domain stays on its source."""
+
+
+class MigrationTimedOut(DriverError):
+    """The migration did not finish in time and was aborted."""
+
+
+class FilterConflict(DriverError):
+    """A filter with the same name but different rules exists on the host."""
+
+
+@dataclasses.dataclass
+class DiskInfo:
+    target: str
+    kind: str  # "file", "block" or "network"
+    source: str  # a path, or "protocol://host:port/name" for network disks
+    protocol: str | None = None
+    hosts: list[list[Any]] = dataclasses.field(default_factory=list)  # [[host, port], ...]
+    secret_usage: str | None = None
+    secret_type: str | None = None
+    size_gb: float = 0.0
+
+
+@dataclasses.dataclass
+class InterfaceInfo:
+    mac: str
+    bridge: str | None = None
+    network: str | None = None
+    vlan: int | None = None
+    filter: str | None = None
+    ip: str | None = None
+
+
+@dataclasses.dataclass
+class DomainInfo:
+    uuid: str
+    name: str
+    state: DomainState
+    vcpus: int
+    memory_mb: int
+    disk_gb: int = 0
+    project: str = "default"
+    cpu_model: str | None = None
+    disks: list[DiskInfo] = dataclasses.field(default_factory=list)
+    interfaces: list[InterfaceInfo] = dataclasses.field(default_factory=list)
+    migration_job_active: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.state is DomainState.RUNNING
+
+
+@dataclasses.dataclass
+class HostFacts:
+    hostname: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    cpu_model: str | None
+    arch: str
+    hypervisor_version: int
+    libvirt_version: int = 0
+
+
+@dataclasses.dataclass
+class MigrationProgress:
+    fraction: float
+    memory_total: int = 0
+    memory_processed: int = 0
+    memory_remaining: int = 0
+    memory_bps: int = 0
+    iteration: int = 0
+    expected_downtime_ms: int | None = None
+    elapsed_ms: int = 0
+
+
+@dataclasses.dataclass
+class MigrationOptions:
+    max_downtime_ms: int = 300
+    bandwidth_mib_s: int = 0
+    shared_storage: bool = False
+    timeout_s: float = 600.0
+    poll_interval_s: float = 0.2
+
+
+@dataclasses.dataclass
+class MigrationResult:
+    downtime_ms: int | None
+    elapsed_ms: int
+
+
+ProgressCallback = Callable[[MigrationProgress], None]
+# Asked between polls; returning True aborts the migration job.
+AbortCheck = Callable[[], bool]
+
+
+class Driver(abc.ABC):
+    """What livemig needs from a hypervisor."""
+
+    # -- hosts and domains
+    @abc.abstractmethod
+    def host_facts(self, uri: str) -> HostFacts:
+        """Totals and versions of the host; raises HostUnreachable."""
+
+    @abc.abstractmethod
+    def list_domains(self, uri: str) -> list[DomainInfo]: ...
+
+    @abc.abstractmethod
+    def find_domain(self, uri: str, uuid: str) -> DomainInfo | None:
+        """The domain with this uuid on the host, or None."""
+
+    @abc.abstractmethod
+    def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:
+        """Whether the destination can run the domain's CPU, and why not."""
+
+    @abc.abstractmethod
+    def destroy_domain(self, uri: str, uuid: str) -> bool:
+        """Stop and undefine the domain; False if it was not there."""
+
+    # -- volumes
+    @abc.abstractmethod
+    def volume_reachable(self, uri: str, disk: DiskInfo) -> tuple[bool, str]: ...
+
+    @abc.abstractmethod
+    def secret_defined(self, uri: str, usage: str) -> bool: ...
+
+    @abc.abstractmethod
+    def copy_secret(self, source_uri: str, dest_uri: str, usage: str, secret_type: str,
+                    fallback_value: bytes | None = None) -> None:
+        """Define on dest the secret with this usage id and the source's value."""
+
+    @abc.abstractmethod
+    def undefine_secret(self, uri: str, usage: str) -> bool: ...
+
+    # -- networks
+    @abc.abstractmethod
+    def network_present(self, uri: str, interface: InterfaceInfo) -> tuple[bool, str]:
+        """Whether the bridge or libvirt network the interface uses exists."""
+
+    @abc.abstractmethod
+    def filter_xml(self, uri: str, name: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def define_filter(self, uri: str, xml: str) -> None: ...
+
+    @abc.abstractmethod
+    def undefine_filter(self, uri: str, name: str) -> bool: ...
+
+    # -- migration
+    @abc.abstractmethod
+    def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
+                on_progress: ProgressCallback | None = None,
+                should_abort: AbortCheck | None = None) -> MigrationResult:
+        """Live-migrate and block until the job ends; raises MigrationAborted,
+        MigrationTimedOut or DriverError, in which case the domain is normally
+        still running on the source."""
+
+    @abc.abstractmethod
+    def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
+                               on_progress: ProgressCallback | None = None,
+                               should_abort: AbortCheck | None = None) -> None:
+        """Block while a migration job of this domain runs on the source."""
+
+    @abc.abstractmethod
+    def abort_migration(self, source_uri: str, uuid: str) -> bool:
+        """Cancel the running migration job; False if none was running."""
+
+
+def driver_dict(value: Any) -> Any:
+    """A driver value as JSON-able data for TaskFlow's store."""
+    data = dataclasses.asdict(value)
+    if "state" in data and isinstance(data["state"], DomainState):
+        data["state"] = data["state"].value
+    return data

@@ -1,0 +1,415 @@
+"""A stateful in-memory-like hypervisor for fast tests and the no-libvirt demo.
+
+Each fake host is a JSON file named by its URI (`fake:///dir/host-a.json`);
+all hosts of one fake cloud live in one directory, guarded by one file lock,
+so the CLI, runners and conductors in separate processes see one world.
+
+A migration progresses with wall-clock time (`migration_seconds` on the
+source host): like a real hypervisor it carries on while its controller is
+dead, and completes the next time anybody looks. Faults are injected per host
+and operation (`inject_fault`) and are consumed as they fire.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from livemig.drivers.base import (
+    AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts,
+    InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
+    MigrationTimedOut, ProgressCallback,
+)
+from livemig.errors import HostUnreachable, InvalidInput
+from livemig.states import DomainState
+
+FAULT_KINDS = ("error", "unreachable", "crash", "dest-died", "hang")
+
+
+def fake_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme != "fake" or not parsed.path.endswith(".json"):
+        raise InvalidInput(f"malformed fake host URI {uri!r} (expected fake:///DIR/NAME.json)")
+    return Path(parsed.path)
+
+
+def fake_uri(directory: Path | str, hostname: str) -> str:
+    return f"fake://{Path(directory).resolve()}/{hostname}.json"
+
+
+def new_host_record(hostname: str, *, vcpus: int = 16, memory_mb: int = 32768, disk_gb: int = 500,
+                    cpu_models: tuple[str, ...] = ("qemu64", "Haswell", "Skylake-Server"),
+                    hypervisor_version: int = 7002000, bridges: tuple[str, ...] = ("br-guests",),
+                    migration_seconds: float = 0.3) -> dict[str, Any]:
+    return {
+        "hostname": hostname, "vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb,
+        "cpu_models": list(cpu_models), "arch": "x86_64", "hypervisor_version": hypervisor_version,
+        "bridges": list(bridges), "networks": [], "filters": {}, "secrets": {}, "reachable": True,
+        "migration_seconds": migration_seconds, "domains": {}, "faults": [], "volume_portals": [],
+        "calls": {},
+    }
+
+
+class _World:
+    """The host files of one directory, loaded on demand under one lock."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.hosts: dict[Path, dict[str, Any]] = {}
+        self.dirty: set[Path] = set()
+
+    def host(self, path: Path) -> dict[str, Any]:
+        if path not in self.hosts:
+            try:
+                self.hosts[path] = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise HostUnreachable(f"fake host {path.stem} does not exist ({path})") from None
+            self._advance_jobs(path)
+        return self.hosts[path]
+
+    def touch(self, path: Path) -> None:
+        self.dirty.add(path)
+
+    def _advance_jobs(self, path: Path) -> None:
+        # Finish (or notice) migrations that completed while nobody looked.
+        record = self.hosts[path]
+        for uuid, dom in list(record["domains"].items()):
+            job = dom.get("job")
+            if job and time.time() >= job["started"] + job["duration"]:
+                self._complete(path, uuid)
+            elif dom.get("incoming_from"):
+                src = Path(dom["incoming_from"])
+                if src != path and src not in self.hosts and src.exists():
+                    self.host(src)
+
+    def _complete(self, src: Path, uuid: str) -> None:
+        source = self.hosts[src]
+        dom = source["domains"][uuid]
+        dest_path = Path(dom["job"]["dest_path"])
+        dest = self.host(dest_path)
+        incoming = dest["domains"].get(uuid)
+        if incoming is not None:
+            incoming["state"] = "running"
+            incoming.pop("incoming_from", None)
+            incoming["last_downtime_ms"] = 25
+        del source["domains"][uuid]
+        self.touch(src)
+        self.touch(dest_path)
+
+    def save(self) -> None:
+        for path in self.dirty:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.hosts[path], indent=1, sort_keys=True))
+            os.replace(tmp, path)
+
+
+class FakeDriver(Driver):
+    """The stateful fake. Stateless itself: the world is in the host files."""
+
+    # -- world management (used by tests, the demo and `livemig lab` for fakes)
+    @contextlib.contextmanager
+    def world(self, uri: str) -> Iterator[tuple[_World, Path]]:
+        path = fake_path(uri)
+        directory = path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".fake-world.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                world = _World(directory)
+                yield world, path
+                world.save()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def create_host(self, uri: str, **kwargs: Any) -> None:
+        path = fake_path(uri)
+        with self.world(uri) as (world, _):
+            world.hosts[path] = new_host_record(path.stem, **kwargs)
+            world.touch(path)
+
+    def update_host(self, uri: str, **changes: Any) -> None:
+        with self.world(uri) as (world, path):
+            world.host(path).update(changes)
+            world.touch(path)
+
+    def create_domain(self, uri: str, name: str, *, vcpus: int = 1, memory_mb: int = 512, disk_gb: int = 1,
+                      project: str = "default", cpu_model: str = "qemu64", uuid: str | None = None,
+                      disks: list[DiskInfo] | None = None, interfaces: list[InterfaceInfo] | None = None,
+                      state: str = "running") -> str:
+        import dataclasses
+
+        uuid = uuid or str(uuidlib.uuid4())
+        with self.world(uri) as (world, path):
+            world.host(path)["domains"][uuid] = {
+                "uuid": uuid, "name": name, "state": state, "vcpus": vcpus, "memory_mb": memory_mb,
+                "disk_gb": disk_gb, "project": project, "cpu_model": cpu_model,
+                "disks": [dataclasses.asdict(d) for d in disks or []],
+                "interfaces": [dataclasses.asdict(i) for i in interfaces or []],
+            }
+            world.touch(path)
+        return uuid
+
+    def inject_fault(self, uri: str, op: str, kind: str = "error", message: str = "injected fault",
+                     times: int = 1) -> None:
+        if kind not in FAULT_KINDS:
+            raise InvalidInput(f"unknown fault kind {kind!r}")
+        with self.world(uri) as (world, path):
+            world.host(path)["faults"].append({"op": op, "kind": kind, "message": message, "times": times})
+            world.touch(path)
+
+    def raw_host(self, uri: str) -> dict[str, Any]:
+        with self.world(uri) as (world, path):
+            return copy.deepcopy(world.host(path))
+
+    def call_count(self, uri: str, op: str) -> int:
+        return self.raw_host(uri)["calls"].get(op, 0)
+
+    # -- helpers
+    def _enter(self, world: _World, path: Path, op: str) -> dict[str, Any]:
+        host = world.host(path)
+        # Count side-effecting calls so tests can prove nothing ran twice.
+        host["calls"][op] = host["calls"].get(op, 0) + 1
+        world.touch(path)
+        if not host.get("reachable", True):
+            raise HostUnreachable(f"host {host['hostname']} is unreachable (connection refused)")
+        for fault in host["faults"]:
+            if fault["op"] == op and fault["times"] > 0:
+                fault["times"] -= 1
+                if fault["kind"] == "unreachable":
+                    raise HostUnreachable(f"host {host['hostname']} is unreachable: {fault['message']}")
+                if fault["kind"] == "error":
+                    raise DriverError(f"{op} on {host['hostname']}: {fault['message']}")
+                return {"fault": fault["kind"], "message": fault["message"]}
+        return {}
+
+    @staticmethod
+    def _domain_info(dom: dict[str, Any]) -> DomainInfo:
+        return DomainInfo(
+            uuid=dom["uuid"], name=dom["name"], state=DomainState(dom["state"]), vcpus=dom["vcpus"],
+            memory_mb=dom["memory_mb"], disk_gb=dom["disk_gb"], project=dom["project"],
+            cpu_model=dom.get("cpu_model"), disks=[DiskInfo(**d) for d in dom["disks"]],
+            interfaces=[InterfaceInfo(**i) for i in dom["interfaces"]],
+            migration_job_active=bool(dom.get("job")),
+        )
+
+    # -- Driver interface
+    def host_facts(self, uri: str) -> HostFacts:
+        with self.world(uri) as (world, path):
+            host = world.host(path)
+            self._enter(world, path, "host_facts")
+            return HostFacts(hostname=host["hostname"], vcpus=host["vcpus"], memory_mb=host["memory_mb"],
+                             disk_gb=host["disk_gb"], cpu_model=host["cpu_models"][-1], arch=host["arch"],
+                             hypervisor_version=host["hypervisor_version"], libvirt_version=9000000)
+
+    def list_domains(self, uri: str) -> list[DomainInfo]:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "list_domains")
+            return [self._domain_info(d) for d in world.host(path)["domains"].values()]
+
+    def find_domain(self, uri: str, uuid: str) -> DomainInfo | None:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "find_domain")
+            dom = world.host(path)["domains"].get(uuid)
+            return self._domain_info(dom) if dom else None
+
+    def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if dom is None:
+                raise DriverError(f"domain {uuid} not found on {world.host(src)['hostname']}", code=42)
+            dest = world.host(fake_path(dest_uri))
+            model = dom.get("cpu_model") or "qemu64"
+            if model in dest["cpu_models"]:
+                return True, ""
+            return False, f"CPU model {model} is not supported by {dest['hostname']}"
+
+    def destroy_domain(self, uri: str, uuid: str) -> bool:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "destroy_domain")
+            host = world.host(path)
+            if uuid not in host["domains"]:
+                return False
+            del host["domains"][uuid]
+            return True
+
+    def volume_reachable(self, uri: str, disk: DiskInfo) -> tuple[bool, str]:
+        with self.world(uri) as (world, path):
+            host = world.host(path)
+            self._enter(world, path, "volume_reachable")
+            if disk.kind != "network":
+                return True, ""
+            blocked = set(host.get("unreachable_portals", []))
+            for h, port in disk.hosts:
+                if f"{h}:{port}" in blocked:
+                    return False, f"{h}:{port} is not reachable from {host['hostname']}"
+            return True, ""
+
+    def secret_defined(self, uri: str, usage: str) -> bool:
+        with self.world(uri) as (world, path):
+            return usage in world.host(path)["secrets"]
+
+    def copy_secret(self, source_uri: str, dest_uri: str, usage: str, secret_type: str,
+                    fallback_value: bytes | None = None) -> None:
+        with self.world(source_uri) as (world, src):
+            dst = fake_path(dest_uri)
+            self._enter(world, dst, "copy_secret")
+            secret = world.host(src)["secrets"].get(usage)
+            if secret is None:
+                raise DriverError(f"no secret with usage {usage!r} on {world.host(src)['hostname']}", code=66)
+            value = secret["value"]
+            if secret.get("private"):
+                if fallback_value is None:
+                    raise DriverError(f"secret {usage!r} is private and no credential is registered", code=65)
+                value = fallback_value.decode()
+            world.host(dst)["secrets"][usage] = {"type": secret_type, "value": value,
+                                                 "private": secret.get("private", False)}
+            world.touch(dst)
+
+    def undefine_secret(self, uri: str, usage: str) -> bool:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "undefine_secret")
+            return world.host(path)["secrets"].pop(usage, None) is not None
+
+    def network_present(self, uri: str, interface: InterfaceInfo) -> tuple[bool, str]:
+        with self.world(uri) as (world, path):
+            host = world.host(path)
+            self._enter(world, path, "network_present")
+            if interface.bridge and interface.bridge not in host["bridges"]:
+                return False, f"bridge {interface.bridge} does not exist on {host['hostname']}"
+            if interface.network and interface.network not in host["networks"]:
+                return False, f"network {interface.network} does not exist on {host['hostname']}"
+            return True, ""
+
+    def filter_xml(self, uri: str, name: str) -> str | None:
+        with self.world(uri) as (world, path):
+            return world.host(path)["filters"].get(name)
+
+    def define_filter(self, uri: str, xml: str) -> None:
+        import xml.etree.ElementTree as ET
+
+        name = ET.fromstring(xml).get("name")
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "define_filter")
+            host = world.host(path)
+            existing = host["filters"].get(name)
+            if existing is not None and existing != xml:
+                raise FilterConflict(f"filter {name} on {host['hostname']} has different rules")
+            host["filters"][name] = xml
+
+    def undefine_filter(self, uri: str, name: str) -> bool:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "undefine_filter")
+            host = world.host(path)
+            for dom in host["domains"].values():
+                if dom["state"] in ("running", "paused") and any(
+                        i.get("filter") == name for i in dom["interfaces"]):
+                    raise DriverError(f"nwfilter {name} is in use", code=55)
+            return host["filters"].pop(name, None) is not None
+
+    # -- migration
+    def _start_migration(self, source_uri: str, dest_uri: str, uuid: str) -> None:
+        with self.world(source_uri) as (world, src):
+            dst = fake_path(dest_uri)
+            if src.parent != dst.parent:
+                raise InvalidInput("fake hosts of one cloud must share a directory")
+            fault = self._enter(world, src, "migrate")
+            source = world.host(src)
+            dest = world.host(dst)
+            if not dest.get("reachable", True):
+                raise DriverError(f"unable to connect to {dest['hostname']}: Connection refused", code=38)
+            dom = source["domains"].get(uuid)
+            if dom is None:
+                raise DriverError(f"domain {uuid} not found on {source['hostname']}", code=42)
+            if dom["state"] != "running":
+                raise DriverError(f"domain {dom['name']} is not running", code=55)
+            if uuid in dest["domains"]:
+                raise DriverError(f"domain {dom['name']} already exists on {dest['hostname']}", code=9)
+            for iface in dom["interfaces"]:
+                if iface.get("bridge") and iface["bridge"] not in dest["bridges"]:
+                    raise DriverError(f"Cannot get interface MTU on '{iface['bridge']}': No such device", 38)
+                if iface.get("filter") and iface["filter"] not in dest["filters"]:
+                    raise DriverError(f"referenced filter '{iface['filter']}' is missing", code=1)
+            for disk in dom["disks"]:
+                if disk.get("secret_usage") and disk["secret_usage"] not in dest["secrets"]:
+                    raise DriverError(f"no secret with matching usage '{disk['secret_usage']}'", code=66)
+            incoming = copy.deepcopy(dom)
+            incoming.update(state="paused", incoming_from=str(src))
+            incoming.pop("job", None)
+            dest["domains"][uuid] = incoming
+            world.touch(dst)
+            kind = fault.get("fault")
+            if kind == "dest-died":
+                # The destination daemon died: the guest stays on the source and
+                # a paused incoming QEMU is orphaned on the destination.
+                raise DriverError(f"client socket is closed: {fault['message']}", code=1)
+            if kind == "crash":
+                dom["state"] = "crashed"
+                del dest["domains"][uuid]
+                raise DriverError(f"domain crashed during migration: {fault['message']}", code=1)
+            duration = 3600.0 if kind == "hang" else float(source.get("migration_seconds", 0.3))
+            dom["job"] = {"dest_path": str(dst), "started": time.time(), "duration": duration}
+
+    def _job_progress(self, source_uri: str, uuid: str) -> MigrationProgress | None:
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if not dom or not dom.get("job"):
+                return None
+            job = dom["job"]
+            elapsed = time.time() - job["started"]
+            fraction = min(1.0, elapsed / job["duration"]) if job["duration"] else 1.0
+            total = dom["memory_mb"] * 1024 * 1024
+            return MigrationProgress(fraction=fraction, memory_total=total,
+                                     memory_processed=int(total * fraction),
+                                     memory_remaining=int(total * (1 - fraction)),
+                                     memory_bps=int(total / max(job["duration"], 0.001)), iteration=1,
+                                     expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000))
+
+    def _poll(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
+              should_abort: AbortCheck | None, started: float) -> None:
+        while True:
+            progress = self._job_progress(source_uri, uuid)
+            if progress is None:
+                return
+            if on_progress:
+                on_progress(progress)
+            if should_abort and should_abort():
+                self.abort_migration(source_uri, uuid)
+                raise MigrationAborted("migration aborted by request", code=78)
+            if time.monotonic() - started > options.timeout_s:
+                self.abort_migration(source_uri, uuid)
+                raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+            time.sleep(min(options.poll_interval_s, 0.05))
+
+    def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
+                on_progress: ProgressCallback | None = None,
+                should_abort: AbortCheck | None = None) -> MigrationResult:
+        started = time.monotonic()
+        self._start_migration(source_uri, dest_uri, uuid)
+        self._poll(source_uri, uuid, options, on_progress, should_abort, started)
+        with self.world(dest_uri) as (world, dst):
+            dom = world.host(dst)["domains"].get(uuid)
+            downtime = dom.get("last_downtime_ms") if dom else None
+        return MigrationResult(downtime_ms=downtime, elapsed_ms=int((time.monotonic() - started) * 1000))
+
+    def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
+                               on_progress: ProgressCallback | None = None,
+                               should_abort: AbortCheck | None = None) -> None:
+        self._poll(source_uri, uuid, options, on_progress, should_abort, time.monotonic())
+
+    def abort_migration(self, source_uri: str, uuid: str) -> bool:
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if not dom or not dom.get("job"):
+                return False
+            dst = Path(dom.pop("job")["dest_path"])
+            world.host(dst)["domains"].pop(uuid, None)
+            world.touch(src)
+            world.touch(dst)
+            return True

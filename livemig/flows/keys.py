@@ -1,0 +1,13 @@
+"""Names of the values in a live-migration flow's store (all JSON-able)."""
+
+MIGRATION_ID = "migration_id"
+INSTANCE_UUID = "instance_uuid"
+SOURCE_HOST = "source_host"
+DEST_HOST = "dest_host"
+
+# Provided by tasks.
+VOLUME_SETUP = "volume_setup"
+NETWORK_SETUP = "network_setup"
+MIGRATION_RESULT = "migration_result"
+
+FLOW_NAME = "livemig-live-migration-flow"

@@ -1,0 +1,118 @@
+"""The database: one SQLAlchemy engine for the inventory and TaskFlow's logbooks."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from livemig.errors import DatabaseUnavailable, InvalidInput
+
+ALEMBIC_DIR = Path(__file__).with_name("alembic")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets a CLI reader look at a migration while a runner writes it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise InvalidInput(f"malformed database URL {url!r}") from None
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 would pick psycopg2; we ship psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs: dict = {"future": True}
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        kwargs["poolclass"] = sa.pool.NullPool
+    else:
+        kwargs["pool_pre_ping"] = True
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    engine = sa.create_engine(parsed, **kwargs)
+    if parsed.drivername.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<malformed URL>"
+
+
+class Database:
+    """Owns the engine and session factory; built once per process."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._taskflow_backend = None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error."""
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except sa.exc.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"database {describe_url(self.url)} is unreachable: {str(exc.orig).strip().splitlines()[0]}"
+            ) from None
+
+    def upgrade(self) -> None:
+        """Bring livemig's schema and TaskFlow's logbook schema to head."""
+        try:
+            with self.engine.begin() as connection:
+                cfg = AlembicConfig()
+                cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+                cfg.attributes["connection"] = connection
+                alembic_command.upgrade(cfg, "head")
+            backend = self.taskflow_backend()
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.upgrade()
+        except sa.exc.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"database {describe_url(self.url)} is unreachable: {str(exc.orig).strip().splitlines()[0]}"
+            ) from None
+
+    def taskflow_backend(self):
+        """TaskFlow's SQL persistence backend on this same engine."""
+        if self._taskflow_backend is None:
+            from taskflow.persistence.backends.impl_sqlalchemy import SQLAlchemyBackend
+
+            self._taskflow_backend = SQLAlchemyBackend(
+                {"connection": self.engine.url.render_as_string(hide_password=False)}, engine=self.engine
+            )
+        return self._taskflow_backend
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+_databases: dict[tuple[int, str], Database] = {}
+
+
+def database_for(url: str) -> Database:
+    """One Database per URL per process (a forked child gets its own)."""
+    key = (os.getpid(), url)
+    db = _databases.get(key)
+    if db is None:
+        db = _databases[key] = Database(url)
+    return db

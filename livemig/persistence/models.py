@@ -1,0 +1,110 @@
+"""The inventory: hosts, instances, migrations, their events, and local host
+reservations. The TaskFlow logbook tables live beside these in one database."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
+
+
+class Host(Base):
+    __tablename__ = "livemig_hosts"
+
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    uri: Mapped[str] = mapped_column(sa.String(1024))
+    zone: Mapped[str] = mapped_column(sa.String(255), default="default")
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
+    last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
+    cpu_allocation_ratio: Mapped[float] = mapped_column(default=4.0)
+    ram_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
+    disk_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
+    max_concurrent_migrations: Mapped[int] = mapped_column(default=1)
+    # Totals as last discovered by `host sync`.
+    vcpus: Mapped[int] = mapped_column(default=0)
+    memory_mb: Mapped[int] = mapped_column(default=0)
+    disk_gb: Mapped[int] = mapped_column(default=0)
+    cpu_model: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    hypervisor_version: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Instance(Base):
+    __tablename__ = "livemig_instances"
+
+    uuid: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(255), index=True)
+    project: Mapped[str] = mapped_column(sa.String(255), default="default")
+    host: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    state: Mapped[str] = mapped_column(sa.String(32))
+    vcpus: Mapped[int] = mapped_column(default=1)
+    memory_mb: Mapped[int] = mapped_column(default=0)
+    disk_gb: Mapped[int] = mapped_column(default=0)
+    cpu_model: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    volumes: Mapped[list[Any]] = mapped_column(default=list)
+    interfaces: Mapped[list[Any]] = mapped_column(default=list)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Migration(Base):
+    __tablename__ = "livemig_migrations"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
+    instance_name: Mapped[str] = mapped_column(sa.String(255))
+    source_host: Mapped[str] = mapped_column(sa.String(255))
+    dest_host: Mapped[str] = mapped_column(sa.String(255))
+    status: Mapped[str] = mapped_column(sa.String(32), index=True)
+    requested_by: Mapped[str] = mapped_column(sa.String(255), default="")
+    # Progress figures of the hypervisor's migration job.
+    progress: Mapped[float] = mapped_column(default=0.0)
+    memory_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    memory_processed: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    memory_remaining: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    memory_bps: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    iteration: Mapped[int] = mapped_column(default=0)
+    expected_downtime_ms: Mapped[int | None] = mapped_column(default=None)
+    downtime_ms: Mapped[int | None] = mapped_column(default=None)
+    error_reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    logbook_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    flow_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    job_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    abort_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Event(Base):
+    __tablename__ = "livemig_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    migration_id: Mapped[int] = mapped_column(index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # "step" (an atom changed state), "status" (the migration's), or "note".
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(32), default="")
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+    controller: Mapped[str] = mapped_column(sa.String(255), default="")
+
+
+class Reservation(Base):
+    """A host's share in one migration, when ZooKeeper is not configured."""
+
+    __tablename__ = "livemig_reservations"
+
+    host: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    migration_id: Mapped[int] = mapped_column(primary_key=True)
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,101 @@
+"""The checks a live migration must pass, shared by the API (to refuse bad
+input before anything is recorded) and the flow's precheck step (to re-check
+when the migration really starts, which may be much later on a jobboard)."""
+from __future__ import annotations
+
+import dataclasses
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from livemig.drivers.registry import DriverRegistry
+from livemig.errors import (
+    Conflict, CpuIncompatible, HostDisabled, InsufficientCapacity, InvalidInput, PrecheckFailed,
+)
+from livemig.persistence.inventory import find_instance, get_host, unfinished_migrations
+from livemig.persistence.models import Host, Instance, Migration
+from livemig.states import InstanceState
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+def placed_on(session: Session, host: str, exclude_migration: int | None = None) -> Usage:
+    """What the inventory places on a host: its instances plus unfinished
+    incoming migrations (which will land there)."""
+    live = Instance.state != InstanceState.DELETED.value
+    resident = session.execute(sa.select(
+        sa.func.coalesce(sa.func.sum(Instance.vcpus), 0), sa.func.coalesce(sa.func.sum(Instance.memory_mb), 0),
+        sa.func.coalesce(sa.func.sum(Instance.disk_gb), 0)).where(Instance.host == host, live)).one()
+    incoming = unfinished_migrations(session).where(Migration.dest_host == host)
+    if exclude_migration is not None:
+        incoming = incoming.where(Migration.id != exclude_migration)
+    extra = [0, 0, 0]
+    for migration in session.scalars(incoming):
+        inst = session.get(Instance, migration.instance_uuid)
+        if inst is not None and inst.host != host:
+            extra[0] += inst.vcpus
+            extra[1] += inst.memory_mb
+            extra[2] += inst.disk_gb
+    return Usage(resident[0] + extra[0], resident[1] + extra[1], resident[2] + extra[2])
+
+
+def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str, source: str, dest: str,
+                    migration_id: int | None = None) -> Instance:
+    """Raise a precise LivemigError unless the migration may start; returns the instance."""
+    if source == dest:
+        raise InvalidInput(f"source and destination are the same host ({source})")
+    src = get_host(session, source)
+    dst = get_host(session, dest)
+    instance = find_instance(session, instance_ref)
+    if instance.host != source:
+        raise PrecheckFailed(f"instance {instance.name} runs on {instance.host or 'no host'}, not on {source}")
+    if instance.state != InstanceState.RUNNING.value:
+        raise PrecheckFailed(f"instance {instance.name} is {instance.state}, not running")
+    for host in (src, dst):
+        if not host.enabled:
+            reason = f" ({host.disabled_reason})" if host.disabled_reason else ""
+            raise HostDisabled(f"host {host.name} is disabled{reason}")
+    if src.zone != dst.zone:
+        raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
+    busy = unfinished_migrations(session).where(Migration.instance_uuid == instance.uuid)
+    if migration_id is not None:
+        busy = busy.where(Migration.id != migration_id)
+    other = session.scalars(busy).first()
+    if other is not None:
+        raise Conflict(f"instance {instance.name} is already in migration {other.id} ({other.status})")
+    src_driver = drivers.for_uri(src.uri)
+    dst_driver = drivers.for_uri(dst.uri)
+    src_facts = src_driver.host_facts(src.uri)
+    dst_facts = dst_driver.host_facts(dst.uri)
+    domain = src_driver.find_domain(src.uri, instance.uuid)
+    if domain is None or not domain.running:
+        state = domain.state.value if domain else "absent"
+        raise PrecheckFailed(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
+    _check_capacity(session, dst, dst_facts.vcpus, dst_facts.memory_mb, dst_facts.disk_gb, instance, migration_id)
+    compatible, why = dst_driver.cpu_compatible(src.uri, dst.uri, instance.uuid)
+    if not compatible:
+        raise CpuIncompatible(f"{dest} cannot run the CPU of instance {instance.name}: {why}")
+    if dst_facts.hypervisor_version < src_facts.hypervisor_version:
+        raise PrecheckFailed(
+            f"{dest}'s hypervisor ({dst_facts.hypervisor_version}) is older than {source}'s "
+            f"({src_facts.hypervisor_version})")
+    return instance
+
+
+def _check_capacity(session: Session, dst: Host, vcpus: int, memory_mb: int, disk_gb: int, instance: Instance,
+                    migration_id: int | None) -> None:
+    used = placed_on(session, dst.name, exclude_migration=migration_id)
+    limits = (
+        ("vcpus", vcpus * dst.cpu_allocation_ratio, used.vcpus, instance.vcpus),
+        ("memory MB", memory_mb * dst.ram_allocation_ratio, used.memory_mb, instance.memory_mb),
+        ("disk GB", disk_gb * dst.disk_allocation_ratio, used.disk_gb, instance.disk_gb),
+    )
+    for what, capacity, in_use, needed in limits:
+        if in_use + needed > capacity:
+            raise InsufficientCapacity(
+                f"{dst.name} has not enough room: {what} needed {needed}, free {max(0, capacity - in_use):g}")

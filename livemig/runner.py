@@ -1,0 +1,168 @@
+"""The one place that builds TaskFlow engines: create a migration's logbook,
+run it in this process, or resume it from its persisted state."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from taskflow import engines, states as tf_states
+from taskflow.engines.helpers import save_factory_details
+from taskflow.listeners.base import Listener
+from taskflow.persistence import models as tf_models
+
+from livemig.errors import Conflict, LivemigError
+from livemig.flows import keys
+from livemig.flows.live_migration import FACTORY_NAME, get_live_migration_flow
+from livemig.persistence.inventory import add_event, get_migration, set_migration_status
+from livemig.services import Services
+from livemig.states import MigrationStatus
+
+LOG = logging.getLogger("livemig.runner")
+
+
+class MigrationEventListener(Listener):
+    """Writes every step's state change into the migration's audit trail."""
+
+    def __init__(self, engine, services: Services, migration_id: int):
+        super().__init__(engine, task_listen_for=(tf_states.RUNNING, tf_states.SUCCESS, tf_states.FAILURE,
+                                                   tf_states.REVERTING, tf_states.REVERTED,
+                                                   tf_states.REVERT_FAILURE),
+                         flow_listen_for=(tf_states.RUNNING, tf_states.SUCCESS, tf_states.REVERTED,
+                                          tf_states.FAILURE, tf_states.SUSPENDED))
+        self._services = services
+        self._migration_id = migration_id
+
+    def _write(self, kind: str, name: str, state: str, message: str = "") -> None:
+        try:
+            with self._services.db.session() as session:
+                add_event(session, self._migration_id, kind, name, state, message)
+        except LivemigError as exc:
+            LOG.warning("migration %s: could not record %s %s: %s", self._migration_id, name, state, exc)
+
+    def _task_receiver(self, state: str, details: dict[str, Any]) -> None:
+        message = ""
+        result = details.get("result")
+        if state in (tf_states.FAILURE, tf_states.REVERT_FAILURE) and result is not None:
+            message = getattr(result, "exception_str", "") or str(result)
+        LOG.info("migration %s: step %s %s", self._migration_id, details.get("task_name"), state)
+        self._write("step", details.get("task_name", "?"), state, message)
+
+    def _flow_receiver(self, state: str, details: dict[str, Any]) -> None:
+        self._write("flow", details.get("flow_name", keys.FLOW_NAME), state)
+
+
+def migration_store(migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
+                    queue_timeout_s: float | None = None) -> dict[str, Any]:
+    store: dict[str, Any] = {keys.MIGRATION_ID: migration_id, keys.INSTANCE_UUID: instance_uuid,
+                             keys.SOURCE_HOST: source_host, keys.DEST_HOST: dest_host}
+    if queue_timeout_s is not None:
+        store["queue_timeout_s"] = queue_timeout_s
+    return store
+
+
+def create_logbook(services: Services, migration_id: int, store: dict[str, Any]) -> tuple[str, str]:
+    """Persist the flow (factory name, arguments and store) before anything runs,
+    so that any controller can run or resume it from the database alone."""
+    backend = services.db.taskflow_backend()
+    settings = services.settings.to_dict()
+    flow = get_live_migration_flow(settings)
+    book = tf_models.LogBook(f"livemig-migration-{migration_id}")
+    flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=_new_uuid())
+    book.add(flow_detail)
+    save_factory_details(flow_detail, FACTORY_NAME, [settings], {})
+    flow_detail.meta["store"] = store
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.save_logbook(book)
+    # Loading with the store persists it in the flow detail's storage.
+    engines.load(flow, store=store, flow_detail=flow_detail, book=book, backend=backend, engine="serial")
+    with services.db.session() as session:
+        migration = get_migration(session, migration_id)
+        migration.logbook_id = book.uuid
+        migration.flow_id = flow_detail.uuid
+    return book.uuid, flow_detail.uuid
+
+
+def _new_uuid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
+
+
+def load_engine(services: Services, migration_id: int):
+    with services.db.session() as session:
+        migration = get_migration(session, migration_id)
+        book_id, flow_id = migration.logbook_id, migration.flow_id
+    if not book_id:
+        raise LivemigError(f"migration {migration_id} has no persisted flow")
+    backend = services.db.taskflow_backend()
+    with contextlib.closing(backend.get_connection()) as conn:
+        book = conn.get_logbook(book_id)
+    flow_detail = book.find(flow_id)
+    return engines.load_from_detail(flow_detail, backend=backend, book=book, engine="serial")
+
+
+@contextlib.contextmanager
+def run_lock(services: Services, migration_id: int) -> Iterator[None]:
+    """Only one local process runs a given migration; the lock dies with it,
+    which is what lets `migration resume` take over after a SIGKILL."""
+    path = Path(services.settings.data_dir) / "runs" / f"{migration_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                lock.seek(0)
+                owner = lock.read().strip() or "another process"
+                raise Conflict(f"migration {migration_id} is being run by {owner}") from None
+            raise
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_engine(services: Services, migration_id: int, engine) -> None:
+    """Run (or resume) an engine; the flow itself records the outcome."""
+    with MigrationEventListener(engine, services, migration_id):
+        try:
+            engine.run()
+        except Exception as exc:  # noqa: BLE001 - the outcome is in the migration row
+            LOG.info("migration %s: flow ended with %s: %s", migration_id, type(exc).__name__, exc)
+            _ensure_outcome_recorded(services, migration_id, exc)
+
+
+def _ensure_outcome_recorded(services: Services, migration_id: int, exc: Exception) -> None:
+    # If even the revert could not record the outcome, say so on the row.
+    try:
+        with services.db.session() as session:
+            migration = get_migration(session, migration_id)
+            if not MigrationStatus(migration.status).finished:
+                set_migration_status(session, migration_id, MigrationStatus.ERROR,
+                                     f"the flow failed and its revert did not finish: {exc}")
+    except LivemigError as err:
+        LOG.error("migration %s: cannot record its outcome: %s", migration_id, err)
+
+
+def run_migration(services: Services, migration_id: int) -> None:
+    with run_lock(services, migration_id):
+        run_engine(services, migration_id, load_engine(services, migration_id))
+
+
+def resume_migration(services: Services, migration_id: int) -> None:
+    with run_lock(services, migration_id):
+        with services.db.session() as session:
+            migration = get_migration(session, migration_id)
+            if MigrationStatus(migration.status).finished:
+                raise Conflict(f"migration {migration_id} already ended ({migration.status})")
+            add_event(session, migration_id, "note", "resume", "", "resumed from the persisted flow")
+        run_engine(services, migration_id, load_engine(services, migration_id))

@@ -1,0 +1,49 @@
+"""The services a process needs (database, drivers, reservations), built from
+settings once per process and handed to tasks through their constructors."""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+from livemig.config import Settings
+from livemig.coordination.base import ReservationService
+from livemig.drivers.registry import DriverRegistry
+from livemig.persistence.database import Database, database_for
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def db(self) -> Database:
+        return database_for(self.settings.database_url)
+
+    @cached_property
+    def drivers(self) -> DriverRegistry:
+        return DriverRegistry()
+
+    @cached_property
+    def reservations(self) -> ReservationService:
+        if self.settings.zookeeper_hosts:
+            from livemig.coordination.zookeeper import ZookeeperReservations
+
+            return ZookeeperReservations(self.settings)
+        from livemig.coordination.local import LocalReservations
+
+        return LocalReservations(self.db, self.settings.data_dir)
+
+
+_services: dict[tuple[int, str], Services] = {}
+
+
+def services_for(settings: Settings) -> Services:
+    """Shared per process and settings, so a flow rebuilt by a conductor reuses
+    connections instead of opening new ones per migration."""
+    import json
+
+    key = (os.getpid(), json.dumps(settings.to_dict(), sort_keys=True))
+    found = _services.get(key)
+    if found is None:
+        found = _services[key] = Services(settings)
+    return found

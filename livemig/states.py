@@ -1,0 +1,50 @@
+"""State enums stored in the inventory (their values are what the DB holds)."""
+from __future__ import annotations
+
+import enum
+
+
+class InstanceState(str, enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    MIGRATING = "migrating"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class MigrationStatus(str, enum.Enum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    POST_MIGRATING = "post-migrating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_MIGRATION_STATUSES
+
+
+FINISHED_MIGRATION_STATUSES = frozenset(
+    {MigrationStatus.COMPLETED, MigrationStatus.FAILED, MigrationStatus.CANCELLED, MigrationStatus.ERROR}
+)
+
+
+class UnrecoverablePolicy(str, enum.Enum):
+    """What to do with an instance that runs on no host, or on two."""
+
+    TERMINATE = "terminate"
+    MARK_ERROR = "mark-error"
+
+
+class DomainState(str, enum.Enum):
+    """A domain's state as a hypervisor driver reports it."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    OTHER = "other"

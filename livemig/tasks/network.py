@@ -1,0 +1,75 @@
+"""Network setup on the destination: bridges/networks and security-group filters."""
+from __future__ import annotations
+
+from typing import Any
+
+from taskflow.types.failure import Failure
+
+from livemig.drivers.base import FilterConflict
+from livemig.errors import LivemigError, PrecheckFailed
+from livemig.persistence.inventory import created_resources
+from livemig.tasks.base import LOG, MigrationTask
+from livemig.tasks.volumes import _runs_on
+
+
+class NetworkMissing(PrecheckFailed):
+    pass
+
+
+class SetUpNetworkOnDestination(MigrationTask):
+    """Checks the destination has every bridge or network the VM's interfaces
+    use and defines there the filters they reference, with identical rules.
+    MAC and IP addresses travel with the domain definition unchanged.
+
+    Reversion strategy: undefine on the destination only the filters this step
+    created, unless the VM already runs there.
+    """
+
+    default_provides = "network_setup"
+
+    def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
+        src_driver, src_uri = self.driver_and_uri(source_host)
+        dst_driver, dst_uri = self.driver_and_uri(dest_host)
+        domain = src_driver.find_domain(src_uri, instance_uuid)
+        if domain is None:
+            raise PrecheckFailed(f"instance {instance_uuid} is no longer on {source_host}")
+        with self.services.db.session() as session:
+            created = created_resources(session, migration_id, self.name)
+        for iface in domain.interfaces:
+            ok, why = dst_driver.network_present(dst_uri, iface)
+            if not ok:
+                raise NetworkMissing(f"interface {iface.mac}: {why}")
+            if not iface.filter:
+                continue
+            wanted = src_driver.filter_xml(src_uri, iface.filter)
+            if wanted is None:
+                raise PrecheckFailed(f"filter {iface.filter} used by {iface.mac} is missing on {source_host}")
+            present = dst_driver.filter_xml(dst_uri, iface.filter)
+            if present is None:
+                self.record_resource(migration_id, iface.filter, "created")
+                dst_driver.define_filter(dst_uri, wanted)
+                created.append(iface.filter)
+                self.note(migration_id, f"defined filter {iface.filter} on {dest_host}")
+            elif present != wanted:
+                raise FilterConflict(f"filter {iface.filter} on {dest_host} has different rules than on {source_host}")
+        return {"filters": sorted(set(created)), "interfaces": len(domain.interfaces)}
+
+    def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
+               flow_failures: dict[str, Failure], **kwargs: Any) -> None:
+        with self.services.db.session() as session:
+            created = created_resources(session, migration_id, self.name)
+        if not created:
+            return
+        if _runs_on(self, dest_host, instance_uuid):
+            self.note(migration_id, f"kept filters {created} on {dest_host}: the VM runs there")
+            return
+        driver, uri = self.driver_and_uri(dest_host)
+        for name in created:
+            try:
+                driver.undefine_filter(uri, name)
+                self.record_resource(migration_id, name, "removed")
+                self.note(migration_id, f"removed filter {name} from {dest_host}")
+            except LivemigError as exc:
+                LOG.warning("migration %s: could not remove filter %s from %s: %s", migration_id, name,
+                            dest_host, exc)
+                self.note(migration_id, f"could not remove filter {name} from {dest_host}: {exc}", "error")

@@ -1,0 +1,51 @@
+"""The precheck step: may this migration start, and claiming the instance."""
+from __future__ import annotations
+
+from typing import Any
+
+from livemig.persistence.inventory import add_event
+from livemig.persistence.models import Instance
+from livemig.prechecks import check_migration
+from livemig.states import InstanceState
+from livemig.tasks.base import MigrationTask
+
+
+class CheckMigrationPrerequisites(MigrationTask):
+    """Re-checks hosts, instance, capacity, CPU and versions against the live hypervisors.
+
+    Reversion strategy: nothing to undo (it changes nothing).
+    """
+
+    def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> None:
+        with self.services.db.session() as session:
+            instance = session.get(Instance, instance_uuid)
+            if instance is not None and instance.state == InstanceState.MIGRATING.value:
+                return  # marked by this flow before a crash: the checks passed then
+            check_migration(session, self.services.drivers, instance_uuid, source_host, dest_host,
+                            migration_id=migration_id)
+
+
+class MarkInstanceMigrating(MigrationTask):
+    """Sets the instance's state to `migrating`, returning the state it had.
+
+    Reversion strategy: put back the previous state if the instance is still `migrating`.
+    """
+
+    default_provides = "previous_instance_state"
+
+    def execute(self, migration_id: int, instance_uuid: str) -> str:
+        with self.services.db.session() as session:
+            instance = session.get(Instance, instance_uuid)
+            previous = instance.state
+            if previous == InstanceState.MIGRATING.value:
+                previous = InstanceState.RUNNING.value  # re-run after a crash
+            instance.state = InstanceState.MIGRATING.value
+            add_event(session, migration_id, "note", self.name, "migrating", f"instance was {previous}")
+            return previous
+
+    def revert(self, result: Any, instance_uuid: str, **kwargs: Any) -> None:
+        previous = result if isinstance(result, str) else InstanceState.RUNNING.value
+        with self.services.db.session() as session:
+            instance = session.get(Instance, instance_uuid)
+            if instance is not None and instance.state == InstanceState.MIGRATING.value:
+                instance.state = previous

@@ -1,0 +1,66 @@
+"""Reserving the source and destination hosts for one migration."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from livemig.coordination.base import HostLimit
+from livemig.errors import MigrationFailed, QueueTimeout
+from livemig.persistence.inventory import get_host, get_migration, set_migration_status
+from livemig.states import MigrationStatus
+from livemig.tasks.base import MigrationTask
+
+
+class ReserveHosts(MigrationTask):
+    """Holds both hosts (within their concurrency limits) and the instance,
+    waiting in `queued` up to the queue timeout.
+
+    Reversion strategy: release this migration's reservations (idempotent).
+    """
+
+    def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
+                queue_timeout_s: float | None = None) -> None:
+        with self.services.db.session() as session:
+            limits = [HostLimit(h.name, h.max_concurrent_migrations)
+                      for h in (get_host(session, source_host), get_host(session, dest_host))]
+        # The request may carry its own timeout (0 for --no-wait).
+        queue_timeout = self.services.settings.queue_timeout_s if queue_timeout_s is None else queue_timeout_s
+        deadline = time.monotonic() + queue_timeout
+        noted = False
+        while True:
+            why = self.services.reservations.try_reserve(migration_id, instance_uuid, limits)
+            if why is None:
+                return
+            if not noted:
+                self.note(migration_id, f"waiting for hosts: {why}", "queued")
+                noted = True
+            with self.services.db.session() as session:
+                if get_migration(session, migration_id).abort_requested:
+                    raise MigrationFailed(f"migration {migration_id} was cancelled while queued")
+            if time.monotonic() >= deadline:
+                raise QueueTimeout(f"gave up waiting for hosts after {queue_timeout:g} s: {why}")
+            time.sleep(self.services.settings.poll_interval_s)
+
+    def revert(self, migration_id: int, source_host: str, dest_host: str, **kwargs: Any) -> None:
+        self.services.reservations.release(migration_id, [source_host, dest_host])
+
+
+class ReleaseHosts(MigrationTask):
+    """Releases this migration's host reservations once the VM has moved.
+
+    Reversion strategy: nothing to undo (ReserveHosts' revert releases anyway).
+    """
+
+    def execute(self, migration_id: int, source_host: str, dest_host: str) -> None:
+        self.services.reservations.release(migration_id, [source_host, dest_host])
+
+
+class MarkMigrationPreparing(MigrationTask):
+    """Moves the migration from `queued` to `preparing`.
+
+    Reversion strategy: none needed; the first task's revert sets the outcome.
+    """
+
+    def execute(self, migration_id: int) -> None:
+        with self.services.db.session() as session:
+            set_migration_status(session, migration_id, MigrationStatus.PREPARING)

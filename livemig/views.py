@@ -1,0 +1,114 @@
+"""Plain result objects returned by the library API (and printed by the CLI)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from livemig.persistence.models import Event, Host, Instance, Migration
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostView(View):
+    name: str
+    uri: str
+    zone: str
+    enabled: bool
+    disabled_reason: str | None
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    max_concurrent_migrations: int
+    last_seen: str | None
+
+    @classmethod
+    def of(cls, h: Host) -> "HostView":
+        return cls(h.name, h.uri, h.zone, h.enabled, h.disabled_reason, h.vcpus, h.memory_mb, h.disk_gb,
+                   h.max_concurrent_migrations, _iso(h.last_seen))
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceView(View):
+    uuid: str
+    name: str
+    project: str
+    host: str | None
+    state: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    volumes: list[Any]
+    interfaces: list[Any]
+
+    @classmethod
+    def of(cls, i: Instance) -> "InstanceView":
+        return cls(i.uuid, i.name, i.project, i.host, i.state, i.vcpus, i.memory_mb, i.disk_gb,
+                   list(i.volumes or []), list(i.interfaces or []))
+
+
+@dataclasses.dataclass(frozen=True)
+class EventView(View):
+    at: str | None
+    kind: str
+    name: str
+    state: str
+    message: str
+    controller: str
+
+    @classmethod
+    def of(cls, e: Event) -> "EventView":
+        return cls(_iso(e.at), e.kind, e.name, e.state, e.message, e.controller)
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationView(View):
+    id: int
+    instance_uuid: str
+    instance_name: str
+    source_host: str
+    dest_host: str
+    status: str
+    progress: float
+    memory_total: int
+    memory_processed: int
+    memory_remaining: int
+    memory_bps: int
+    iteration: int
+    expected_downtime_ms: int | None
+    downtime_ms: int | None
+    error_reason: str | None
+    requested_by: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    events: list[EventView] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def of(cls, m: Migration, events: list[Event] | None = None) -> "MigrationView":
+        duration = (m.finished_at - m.created_at).total_seconds() if m.finished_at and m.created_at else None
+        return cls(m.id, m.instance_uuid, m.instance_name, m.source_host, m.dest_host, m.status, m.progress,
+                   m.memory_total, m.memory_processed, m.memory_remaining, m.memory_bps, m.iteration,
+                   m.expected_downtime_ms, m.downtime_ms, m.error_reason, m.requested_by, _iso(m.created_at),
+                   _iso(m.started_at), _iso(m.finished_at), duration,
+                   [EventView.of(e) for e in events or []])
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceLine(View):
+    kind: str  # "TOTAL", "USED" or "NODE"
+    host: str
+    project: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
