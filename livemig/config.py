@@ -36,9 +36,10 @@ class Settings:
     admin_group: str = "livemig-admin"
     max_downtime_ms: int = 300
     bandwidth_mib_s: int = 0  # 0: unlimited
-    # A migration that runs longer than this per GiB of guest memory (minimum
-    # 60 s) is aborted; the VM stays on its source.
+    # A migration that runs longer than this per GiB of guest memory (but at
+    # least the minimum) is aborted; the VM stays on its source.
     completion_timeout_s_per_gib: float = 240.0
+    completion_timeout_min_s: float = 60.0
     # Disks on a directory that every host mounts (libvirt calls them unsafe).
     shared_storage: bool = False
     # How long a migration waits in "queued" for its hosts' reservations.

@@ -121,11 +121,13 @@ class FakeDriver(Driver):
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / ".fake-world.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            world = _World(directory)
             try:
-                world = _World(directory)
                 yield world, path
-                world.save()
             finally:
+                # Saved even when the operation raises: a real hypervisor's
+                # half-done work (an orphaned incoming domain) is real too.
+                world.save()
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def create_host(self, uri: str, **kwargs: Any) -> None:
@@ -339,6 +341,7 @@ class FakeDriver(Driver):
             for disk in dom["disks"]:
                 if disk.get("secret_usage") and disk["secret_usage"] not in dest["secrets"]:
                     raise DriverError(f"no secret with matching usage '{disk['secret_usage']}'", code=66)
+            dom.pop("job_outcome", None)
             incoming = copy.deepcopy(dom)
             incoming.update(state="paused", incoming_from=str(src))
             incoming.pop("job", None)
@@ -396,6 +399,9 @@ class FakeDriver(Driver):
         with self.world(dest_uri) as (world, dst):
             dom = world.host(dst)["domains"].get(uuid)
             downtime = dom.get("last_downtime_ms") if dom else None
+            left = world.host(fake_path(source_uri))["domains"].get(uuid)
+            if left is not None and left.get("job_outcome") == "aborted":
+                raise MigrationAborted("migration job was aborted; the domain stays on the source", code=78)
         return MigrationResult(downtime_ms=downtime, elapsed_ms=int((time.monotonic() - started) * 1000))
 
     def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
@@ -409,6 +415,7 @@ class FakeDriver(Driver):
             if not dom or not dom.get("job"):
                 return False
             dst = Path(dom.pop("job")["dest_path"])
+            dom["job_outcome"] = "aborted"
             world.host(dst)["domains"].pop(uuid, None)
             world.touch(src)
             world.touch(dst)

@@ -74,7 +74,7 @@ class MigrateDomain(MigrationTask):
         return MigrationOptions(
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
             shared_storage=settings.shared_storage,
-            timeout_s=max(60.0, settings.completion_timeout_s_per_gib * memory_gib),
+            timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
             poll_interval_s=settings.poll_interval_s)
 
     def _finish(self, migration_id: int, downtime_ms: int | None, elapsed_ms: int) -> dict[str, Any]:

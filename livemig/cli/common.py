@@ -1,0 +1,86 @@
+"""What every CLI command shares: settings, the caller's context, output and errors."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from livemig.config import Settings, load_settings
+from livemig.context import RequestContext, context_from_local_user
+from livemig.errors import LivemigError
+
+# Piped output keeps whole lines (no 80-column truncation) for grep and logs.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err = Console(stderr=True, soft_wrap=True)
+
+format_option = click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
+                             show_default=True, help="Human table, or JSON for scripts.")
+
+
+class State:
+    """Built once per invocation from the global options."""
+
+    def __init__(self, database_url: str | None, debug: bool):
+        self._database_url = database_url
+        self.debug = debug
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(database_url=self._database_url)
+        return self._settings
+
+    def context(self) -> RequestContext:
+        return context_from_local_user(self.settings.admin_group)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """One clear line on stderr and the error's documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LivemigError as exc:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"livemig: error: {message}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("livemig: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit(output_format: str, rows: Sequence[Any], columns: Iterable[tuple[str, str]], title: str | None = None) -> None:
+    """Print views as a table (the given columns) or as JSON (everything)."""
+    if output_format == "json":
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
+        return
+    table = Table(title=title, show_lines=False, box=None, header_style="bold")
+    columns = list(columns)
+    for header, _ in columns:
+        table.add_column(header)
+    for row in rows:
+        data = row.to_dict()
+        table.add_row(*("" if data.get(attr) is None else str(data.get(attr)) for _, attr in columns))
+    out.print(table)
+
+
+def emit_one(output_format: str, view: Any, fields: Iterable[tuple[str, str]]) -> None:
+    if output_format == "json":
+        click.echo(json.dumps(view.to_dict(), indent=2, default=str))
+        return
+    data = view.to_dict()
+    for label, attr in fields:
+        value = data.get(attr)
+        out.print(f"[bold]{label:<20}[/bold] {'' if value is None else value}")

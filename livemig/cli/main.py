@@ -1,0 +1,57 @@
+"""`livemig`: the command line, a thin layer over livemig.api."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from livemig import api
+from livemig.cli.common import State, emit, format_option, handle_errors
+from livemig.cli.credential import credential
+from livemig.cli.host import host
+from livemig.cli.instance import instance
+from livemig.cli.migration import migrate, migration
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db-url", envvar="LIVEMIG_DATABASE_URL", default=None,
+              help="Database URL (default: SQLite under ~/.local/share/livemig).")
+@click.option("--debug", is_flag=True, help="Log every step and show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
+    """livemig: live-migrate VMs between KVM/libvirt hosts, safely and resumably."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not debug:
+        # TaskFlow logs every failure with a traceback; livemig reports it once.
+        logging.getLogger("taskflow").setLevel(logging.CRITICAL)
+    ctx.obj = State(db_url, debug)
+
+
+@cli.command()
+@click.argument("host_name", required=False)
+@format_option
+@click.pass_obj
+@handle_errors
+def resources(state: State, host_name: str | None, output_format: str) -> None:
+    """Totals and per-project usage of one host or all (vcpus, memory MB, disk GB)."""
+    lines = api.host_resources(host_name, settings=state.settings)
+    emit(output_format, lines, [("KIND", "kind"), ("HOST", "host"), ("PROJECT", "project"), ("VCPUS", "vcpus"),
+                                ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb")])
+
+
+cli.add_command(migrate)
+cli.add_command(migration)
+cli.add_command(host)
+cli.add_command(instance)
+
+
+cli.add_command(credential)
+
+
+def main() -> None:
+    cli(prog_name="livemig")
+
+
+if __name__ == "__main__":
+    main()

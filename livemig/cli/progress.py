@@ -1,0 +1,42 @@
+"""A live progress line for a migration, on stderr (stdout stays for results)."""
+from __future__ import annotations
+
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from livemig.cli.common import err
+from livemig.views import MigrationView
+
+
+class MigrationProgress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and err.is_terminal
+        self._progress = Progress(TextColumn("[bold]migration {task.fields[mid]}[/bold] {task.fields[status]:<15}"),
+                                  BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[detail]}"),
+                                  TimeElapsedColumn(), console=err, transient=False)
+        self._task = None
+        self._last_status = None
+
+    def __enter__(self) -> "MigrationProgress":
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def __call__(self, view: MigrationView) -> None:
+        detail = ""
+        if view.memory_total:
+            detail = f"{view.memory_processed / 2**20:.0f}/{view.memory_total / 2**20:.0f} MiB"
+            if view.memory_bps:
+                detail += f" {view.memory_bps / 2**20:.0f} MiB/s"
+        if not self.enabled:
+            # Not a terminal: one line per status change, so logs stay readable.
+            if view.status != self._last_status:
+                err.print(f"migration {view.id}: {view.status}")
+                self._last_status = view.status
+            return
+        if self._task is None:
+            self._task = self._progress.add_task("migrate", total=1.0, mid=view.id, status=view.status, detail="")
+        self._progress.update(self._task, completed=view.progress, status=view.status, detail=detail)

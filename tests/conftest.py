@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import pytest
+
+from livemig.config import Settings
+from tests.fakecloud import FakeCloud
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=str(tmp_path / "data"), poll_interval_s=0.02, queue_timeout_s=5.0)
+
+
+@pytest.fixture
+def cloud(tmp_path, settings) -> FakeCloud:
+    return FakeCloud.build(tmp_path, settings)

@@ -1,0 +1,131 @@
+"""The real engine with a fault injected at every step, before or after the
+step's side effect: the end state of the world must be consistent."""
+from __future__ import annotations
+
+import pytest
+
+import livemig
+from livemig.errors import MigrationFailed
+from livemig.flows.live_migration import get_live_migration_flow
+from tests.unit.test_flow_contract import EXPECTED_STEPS
+
+CTX = livemig.admin_context("tests")
+STEP_CLASSES = {atom.name: type(atom) for atom in get_live_migration_flow(livemig.Settings(data_dir="/tmp").to_dict())}
+# Steps that move the VM, or run after it moved.
+MOVED_AFTER = EXPECTED_STEPS.index("migrate-domain")
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _inject(monkeypatch, step: str, when: str) -> None:
+    cls = STEP_CLASSES[step]
+    original = cls.execute
+
+    def execute(self, *args, **kwargs):
+        if self.name != step:
+            return original(self, *args, **kwargs)
+        if when == "before":
+            raise InjectedFault(f"injected before {step}")
+        original(self, *args, **kwargs)
+        raise InjectedFault(f"injected after {step}")
+
+    # Keep TaskFlow's argument inspection working on the wrapped method.
+    execute.__signature__ = __import__("inspect").signature(original)
+    monkeypatch.setattr(cls, "execute", execute)
+
+
+CASES = [(step, when) for step in EXPECTED_STEPS[1:] for when in ("before", "after")]
+
+
+@pytest.mark.parametrize("step,when", CASES, ids=[f"{s}-{w}" for s, w in CASES])
+def test_fault_at_every_step_leaves_a_consistent_world(cloud, monkeypatch, step, when):
+    _inject(monkeypatch, step, when)
+    with pytest.raises(MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    migration = cloud.migration(cloud.last_migration().id)
+    moved = EXPECTED_STEPS.index(step) > MOVED_AFTER or (step == "migrate-domain" and when == "after")
+    where = "b" if moved else "a"
+    # The VM runs on exactly one host, and the inventory says which.
+    assert cloud.running_on() == [where]
+    assert migration.status == "failed", migration.error_reason
+    assert f"injected {when} {step}" in migration.error_reason
+    assert cloud.instance().host == where and cloud.instance().state == "running"
+    assert cloud.reservations() == []
+    if not moved:
+        # Nothing of this migration is left on the destination.
+        assert cloud.host_record("b")["filters"] == {}
+        assert cloud.host_record("b")["secrets"] == {}
+        assert cloud.vm not in cloud.domains_on("b")
+        assert "sg-web" in cloud.host_record("a")["filters"]
+    # And the VM can be migrated afterwards.
+    monkeypatch.undo()
+    target = "c"
+    livemig.migrate(CTX, "vm1", where, target, settings=cloud.settings)
+    assert cloud.running_on() == [target]
+
+
+def test_successful_migration_records_every_step(cloud):
+    view = livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert view.status == "completed" and view.downtime_ms is not None
+    steps = [e.name for e in livemig.show_migration(view.id, settings=cloud.settings).events
+             if e.kind == "step" and e.state == "SUCCESS"]
+    assert steps == EXPECTED_STEPS
+    assert cloud.running_on() == ["b"] and cloud.instance().host == "b"
+    assert cloud.reservations() == []
+
+
+def test_crash_during_migration_terminates_instance(cloud):
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "crash")
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert info.value.status == "error"
+    assert cloud.running_on() == [] and cloud.vm not in cloud.domains_on("a")
+    assert cloud.instance().state == "deleted"
+    migration = cloud.migration(info.value.migration_id)
+    assert "crashed" in migration.error_reason and "terminated" in migration.error_reason
+    # Destination left clean too.
+    assert cloud.host_record("b")["filters"] == {} and cloud.host_record("b")["secrets"] == {}
+
+
+def test_crash_with_mark_error_policy_keeps_evidence(cloud):
+    settings = cloud.settings.replace(unrecoverable_policy="mark-error")
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "crash")
+    with pytest.raises(MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=settings)
+    assert cloud.domains_on("a")[cloud.vm]["state"] == "crashed"
+    assert cloud.instance().state == "error"
+
+
+def test_destination_dies_mid_migration(cloud):
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died")
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert info.value.status == "failed"
+    assert cloud.running_on() == ["a"]
+    assert cloud.domains_on("b") == {}  # the orphaned incoming domain was destroyed
+    assert cloud.host_record("b")["filters"] == {}
+
+
+def test_abort_a_running_migration(cloud):
+    import threading
+    import time
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+
+    def abort_when_running():
+        for _ in range(200):
+            m = cloud.last_migration()
+            if m is not None and m.status == "running":
+                livemig.abort(CTX, m.id, settings=cloud.settings)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=abort_when_running)
+    t.start()
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    t.join()
+    assert info.value.status == "cancelled"
+    assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
+    assert cloud.host_record("b")["filters"] == {}

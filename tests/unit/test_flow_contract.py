@@ -1,0 +1,55 @@
+"""The flow's contract: what it requires, what its atoms are called, and that
+a conductor can rebuild it by name from JSON-able arguments."""
+from __future__ import annotations
+
+import json
+
+from taskflow.engines.helpers import _fetch_validate_factory
+
+from livemig.config import Settings
+from livemig.flows import keys
+from livemig.flows.live_migration import FACTORY_NAME, REQUIRED_STORE_KEYS, get_live_migration_flow
+
+EXPECTED_STEPS = [
+    "rollback-or-terminate", "reserve-hosts", "mark-migration-preparing", "check-migration-prerequisites",
+    "mark-instance-migrating", "set-up-volumes-on-destination", "set-up-network-on-destination", "migrate-domain",
+    "update-instance-host", "clean-up-source", "release-hosts", "mark-migration-completed",
+]
+
+
+def _flow(tmp_path):
+    return get_live_migration_flow(Settings(data_dir=str(tmp_path)).to_dict())
+
+
+def test_flow_requires_exactly_the_store_keys(tmp_path):
+    flow = _flow(tmp_path)
+    assert set(flow.requires) == set(REQUIRED_STORE_KEYS) == {
+        keys.MIGRATION_ID, keys.INSTANCE_UUID, keys.SOURCE_HOST, keys.DEST_HOST}
+
+
+def test_every_task_argument_is_provided_by_store_or_an_earlier_task(tmp_path):
+    available = set(REQUIRED_STORE_KEYS)
+    for atom in _flow(tmp_path):
+        missing = set(atom.requires) - available
+        assert not missing, f"{atom.name} needs {missing}"
+        available |= set(atom.provides)
+
+
+def test_atom_names_are_unique_stable_and_in_order(tmp_path):
+    names = [atom.name for atom in _flow(tmp_path)]
+    assert names == EXPECTED_STEPS
+
+
+def test_factory_importable_by_name_with_json_arguments(tmp_path):
+    settings = Settings(data_dir=str(tmp_path)).to_dict()
+    name, factory = _fetch_validate_factory(FACTORY_NAME)
+    assert factory is get_live_migration_flow
+    assert json.loads(json.dumps(settings)) == settings
+    assert [a.name for a in factory(settings)] == EXPECTED_STEPS
+
+
+def test_rollback_task_is_first_so_its_revert_runs_last(tmp_path):
+    first = next(iter(_flow(tmp_path)))
+    assert first.name == "rollback-or-terminate"
+    # Its revert needs only what the caller stored, never a later task's result.
+    assert set(first.requires) <= REQUIRED_STORE_KEYS
