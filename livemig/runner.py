@@ -160,9 +160,14 @@ def run_migration(services: Services, migration_id: int) -> None:
 
 def resume_migration(services: Services, migration_id: int) -> None:
     with run_lock(services, migration_id):
+        engine = load_engine(services, migration_id)
+        flow_state = engine.storage.get_flow_state()
         with services.db.session() as session:
             migration = get_migration(session, migration_id)
-            if MigrationStatus(migration.status).finished:
+            # A flow killed after its outcome was recorded but before TaskFlow
+            # saved its own end still has steps to finish; one that ended has none.
+            if flow_state in (tf_states.SUCCESS, tf_states.REVERTED, tf_states.FAILURE):
                 raise Conflict(f"migration {migration_id} already ended ({migration.status})")
-            add_event(session, migration_id, "note", "resume", "", "resumed from the persisted flow")
-        run_engine(services, migration_id, load_engine(services, migration_id))
+            add_event(session, migration_id, "note", "resume", "",
+                      f"resumed from the persisted flow (it was {flow_state})")
+        run_engine(services, migration_id, engine)
