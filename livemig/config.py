@@ -101,8 +101,11 @@ def config_file_path(environ: Mapping[str, str]) -> Path | None:
     if explicit:
         return Path(explicit)
     for candidate in (Path.home() / ".config" / "livemig" / "config.toml", Path("/etc/livemig/config.toml")):
-        if candidate.exists():
-            return candidate
+        try:
+            if candidate.exists():
+                return candidate
+        except PermissionError:
+            continue  # another user's home: not ours to read
     return None
 
 
@@ -116,6 +119,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values.update(tomllib.loads(path.read_text()).get("livemig", {}))
         except FileNotFoundError:
             raise InvalidInput(f"config file {path} does not exist") from None
+        except PermissionError:
+            raise InvalidInput(f"config file {path} is not readable") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
     for field in dataclasses.fields(Settings):

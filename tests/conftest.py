@@ -14,3 +14,21 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def cloud(tmp_path, settings) -> FakeCloud:
     return FakeCloud.build(tmp_path, settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the whole session (started here, not assumed)."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def zookeeper():
+    """A real ZooKeeper server for the whole session."""
+    from tests.servers import zookeeper_server
+
+    with zookeeper_server() as server:
+        yield server

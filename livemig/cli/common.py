@@ -54,6 +54,11 @@ def handle_errors(fn: Callable) -> Callable:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             click.echo(f"livemig: error: {message}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            # A file or socket problem (permissions, a full disk): one line too.
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            click.echo(f"livemig: error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("livemig: interrupted", err=True)
             sys.exit(130)

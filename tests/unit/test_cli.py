@@ -1,0 +1,146 @@
+"""The command line as an operator uses it: real processes, exit codes, one
+line on stderr for bad input, and nothing changed by a refused command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from livemig.persistence.database import database_for
+from livemig.persistence.models import Event, Host, Instance, Migration, Reservation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(settings, *args, user=None, stdin=None):
+    env = dict(os.environ, LIVEMIG_DATA_DIR=settings.data_dir, PYTHONPATH=ROOT, COLUMNS="200")
+    env.pop("LIVEMIG_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "livemig.cli.main", *args]
+    if user:
+        env["HOME"] = "/tmp"
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def snapshot(settings):
+    with database_for(settings.database_url).session() as s:
+        return {
+            "hosts": [(h.name, h.uri, h.enabled) for h in s.scalars(sa.select(Host).order_by(Host.name))],
+            "instances": [(i.uuid, i.host, i.state) for i in s.scalars(sa.select(Instance).order_by(Instance.uuid))],
+            "migrations": s.scalar(sa.select(sa.func.count()).select_from(Migration)),
+            "events": s.scalar(sa.select(sa.func.count()).select_from(Event)),
+            "reservations": s.scalar(sa.select(sa.func.count()).select_from(Reservation)),
+        }
+
+
+BAD_INPUT = [
+    ("unknown instance", ["migrate", "--live", "a", "nope", "b"], 3, "instance 'nope' is not in the inventory"),
+    ("unknown source", ["migrate", "--live", "zz", "vm1", "b"], 3, "host 'zz' is not in the inventory"),
+    ("unknown destination", ["migrate", "--live", "a", "vm1", "zz"], 3, "host 'zz' is not in the inventory"),
+    ("source equals destination", ["migrate", "--live", "a", "vm1", "a"], 2, "same host"),
+    ("instance not on source", ["migrate", "--live", "b", "vm1", "c"], 4, "runs on a, not on b"),
+    ("no --live", ["migrate", "a", "vm1", "b"], 2, "pass --live"),
+    ("malformed host URI", ["host", "add", "d", "--uri", "http://nowhere"], 2, "malformed host URI"),
+    ("duplicate host", ["host", "add", "a", "--uri", "fake:///tmp/x/a.json"], 4, "already exists"),
+    ("unknown migration", ["migration", "show", "999"], 3, "migration 999 does not exist"),
+    ("resume unknown migration", ["migration", "resume", "999"], 3, "migration 999 does not exist"),
+    ("unknown host resources", ["resources", "zz"], 3, "host 'zz' is not in the inventory"),
+]
+
+
+@pytest.mark.parametrize("case,args,code,message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_one_line_exit_code_nothing_changed(cloud, case, args, code, message):
+    before = snapshot(cloud.settings)
+    proc = run(cloud.settings, *args)
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith("livemig: error: ")
+    assert snapshot(cloud.settings) == before
+    assert cloud.running_on() == ["a"]
+
+
+def test_disabled_unreachable_full_and_incompatible_destinations_refused(cloud):
+    before = snapshot(cloud.settings)
+    assert run(cloud.settings, "host", "disable", "b", "--reason", "maintenance").returncode == 0
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 4 and "host b is disabled (maintenance)" in proc.stderr
+    run(cloud.settings, "host", "enable", "b")
+    cloud.driver.update_host(cloud.uri("b"), reachable=False)
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 6 and "host b is unreachable" in proc.stderr
+    cloud.driver.update_host(cloud.uri("b"), reachable=True, memory_mb=100)
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 4 and "not enough room" in proc.stderr
+    cloud.driver.update_host(cloud.uri("b"), memory_mb=32768, cpu_models=["486"])
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 4 and "cannot run the CPU" in proc.stderr
+    after = snapshot(cloud.settings)
+    assert after["instances"] == before["instances"] and after["migrations"] == 0
+    assert cloud.running_on() == ["a"]
+
+
+def test_unreachable_database(settings):
+    env_url = "postgresql://nobody@127.0.0.1:1/none"
+    proc = run(settings, "--db-url", env_url, "instance", "list")
+    assert proc.returncode == 6
+    assert proc.stderr.strip().count("\n") == 0 and "is unreachable" in proc.stderr
+
+
+def test_non_admin_is_refused_and_nothing_changes(cloud):
+    # The data must be readable for the refusal to be about roles, not files.
+    subprocess.run(["chmod", "-R", "a+rwX", os.path.dirname(cloud.settings.data_dir)], check=True)
+    parent = os.path.dirname(os.path.dirname(cloud.settings.data_dir))
+    while parent not in ("/", "/tmp"):
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        parent = os.path.dirname(parent)
+    before = snapshot(cloud.settings)
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b", user="65534")
+    assert proc.returncode == 5, proc.stderr
+    assert "administrator's operation" in proc.stderr
+    proc = run(cloud.settings, "host", "disable", "b", user="65534")
+    assert proc.returncode == 5
+    assert snapshot(cloud.settings) == before
+    # Reading is allowed.
+    assert run(cloud.settings, "instance", "list", user="65534").returncode == 0
+
+
+def test_migrate_then_list_show_resources_in_tables_and_json(cloud):
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 0, proc.stderr
+    assert "vm1 a -> b completed" in proc.stdout
+    listed = json.loads(run(cloud.settings, "migration", "list", "--format", "json").stdout)
+    assert [(m["instance_name"], m["source_host"], m["dest_host"], m["status"]) for m in listed] == [
+        ("vm1", "a", "b", "completed")]
+    shown = json.loads(run(cloud.settings, "migration", "show", str(listed[0]["id"]), "--format", "json").stdout)
+    assert [e["name"] for e in shown["events"] if e["kind"] == "step" and e["state"] == "SUCCESS"][-1] == \
+        "mark-migration-completed"
+    instances = json.loads(run(cloud.settings, "instance", "list", "--format", "json").stdout)
+    assert [(i["name"], i["host"], i["state"]) for i in instances] == [("vm1", "b", "running")]
+    table = run(cloud.settings, "resources", "b").stdout.splitlines()
+    assert table[0].split() == ["KIND", "HOST", "PROJECT", "VCPUS", "MEMORY_MB", "DISK_GB"]
+    assert table[1].split() == ["TOTAL", "b", "16", "32768", "500"]
+    assert table[3].split() == ["NODE", "b", "p1", "1", "256", "1"]
+    text = run(cloud.settings, "migration", "show", str(listed[0]["id"])).stdout
+    assert "completed" in text and "migrate-domain" in text
+
+
+def test_migration_failure_exit_code_and_reason(cloud):
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died", "b's libvirtd went away")
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 1
+    assert "failed" in proc.stderr and "client socket is closed" in proc.stderr
+    assert cloud.running_on() == ["a"]
+
+
+def test_credential_add_reads_stdin_and_is_private(cloud):
+    proc = run(cloud.settings, "credential", "add", "vol-9", stdin="pa55word\n")
+    assert proc.returncode == 0
+    path = os.path.join(cloud.settings.data_dir, "credentials", "vol-9")
+    assert open(path, "rb").read() == b"pa55word"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert "pa55word" not in proc.stdout + proc.stderr
