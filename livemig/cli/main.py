@@ -48,6 +48,10 @@ cli.add_command(instance)
 
 cli.add_command(credential)
 
+from livemig.cli.lab import lab  # noqa: E402
+
+cli.add_command(lab)
+
 
 def main() -> None:
     cli(prog_name="livemig")

@@ -1,0 +1,515 @@
+"""The libvirt driver: libvirt-python against real libvirt daemons.
+
+One cached connection per host URI and thread, with keepalive so that a dead
+host is noticed; a second connection monitors a running migration job."""
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import libvirt
+
+from livemig.drivers.base import (
+    AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts, InterfaceInfo,
+    MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult, MigrationTimedOut, ProgressCallback,
+)
+from livemig.drivers.domain_xml import (
+    parse_cpu_model, parse_disks, parse_interfaces, parse_project, strip_uuid,
+)
+from livemig.errors import HostUnreachable
+from livemig.states import DomainState
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING, libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF, libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+}
+_SECRET_USAGE = {"iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, "ceph": libvirt.VIR_SECRET_USAGE_TYPE_CEPH,
+                 "volume": libvirt.VIR_SECRET_USAGE_TYPE_VOLUME}
+_SECRET_USAGE_ELEMENT = {"iscsi": "target", "ceph": "name", "volume": "volume"}
+_UNREACHABLE_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
+                      libvirt.VIR_ERR_AUTH_FAILED}
+
+_event_loop_started = False
+_event_loop_lock = threading.Lock()
+
+
+def _start_event_loop() -> None:
+    """libvirt needs a running event loop for connection keepalives."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        # libvirt-python prints every error to stderr otherwise; we raise them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        _event_loop_started = True
+
+
+def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
+    return DriverError(f"{what}: {exc.get_error_message()}", code=exc.get_error_code())
+
+
+class LibvirtDriver(Driver):
+    def __init__(self, keepalive_interval: int = 5, keepalive_count: int = 3):
+        _start_event_loop()
+        self._local = threading.local()
+        self._keepalive = (keepalive_interval, keepalive_count)
+
+    # -- connections
+    def _open(self, uri: str) -> libvirt.virConnect:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise HostUnreachable(f"cannot connect to {uri}: {exc.get_error_message()}") from None
+        try:
+            conn.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError:
+            pass  # local (unix socket) connections do not support keepalive
+        return conn
+
+    def conn(self, uri: str) -> libvirt.virConnect:
+        cache: dict[str, libvirt.virConnect] = self._local.__dict__.setdefault("conns", {})
+        conn = cache.get(uri)
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except libvirt.libvirtError:
+                pass
+            cache.pop(uri, None)
+        conn = cache[uri] = self._open(uri)
+        return conn
+
+    def _call(self, uri: str, what: str, fn, *args: Any) -> Any:
+        try:
+            return fn(self.conn(uri), *args)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _UNREACHABLE_CODES and not self._alive(uri):
+                raise HostUnreachable(f"host {uri} is unreachable: {exc.get_error_message()}") from None
+            raise _error(exc, what) from None
+
+    def _alive(self, uri: str) -> bool:
+        cache = self._local.__dict__.setdefault("conns", {})
+        conn = cache.pop(uri, None)
+        try:
+            self.conn(uri)
+            return True
+        except HostUnreachable:
+            return False
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except libvirt.libvirtError:
+                    pass
+
+    # -- hosts and domains
+    def host_facts(self, uri: str) -> HostFacts:
+        def facts(conn: libvirt.virConnect) -> HostFacts:
+            info = conn.getInfo()
+            caps = ET.fromstring(conn.getCapabilities())
+            model = caps.findtext("./host/cpu/model")
+            arch = caps.findtext("./host/cpu/arch") or info[0]
+            disk_gb = 0
+            try:
+                pool = conn.storagePoolLookupByName("default")
+                disk_gb = int(pool.info()[1] / 2**30)
+            except libvirt.libvirtError:
+                pass
+            return HostFacts(hostname=conn.getHostname(), vcpus=info[2], memory_mb=info[1], disk_gb=disk_gb,
+                             cpu_model=model, arch=arch, hypervisor_version=conn.getVersion(),
+                             libvirt_version=conn.getLibVersion())
+
+        return self._call(uri, "reading host facts", facts)
+
+    def _domain_info(self, dom: libvirt.virDomain) -> DomainInfo:
+        root = ET.fromstring(dom.XMLDesc(0))
+        state = _STATES.get(dom.state()[0], DomainState.OTHER)
+        disks = parse_disks(root)
+        disk_gb = 0
+        for disk in disks:
+            if disk.kind == "file":
+                try:
+                    disk.size_gb = dom.blockInfo(disk.target)[0] / 2**30
+                    disk_gb += int(round(disk.size_gb))
+                except libvirt.libvirtError:
+                    pass
+        job_active = False
+        if state in (DomainState.RUNNING, DomainState.PAUSED):
+            try:
+                job_active = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+            except libvirt.libvirtError:
+                pass
+        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=state, vcpus=int(root.findtext("vcpu", "1")),
+                          memory_mb=int(dom.maxMemory() / 1024), disk_gb=disk_gb, project=parse_project(root),
+                          cpu_model=parse_cpu_model(root), disks=disks, interfaces=parse_interfaces(root),
+                          migration_job_active=job_active)
+
+    def list_domains(self, uri: str) -> list[DomainInfo]:
+        def domains(conn: libvirt.virConnect) -> list[DomainInfo]:
+            found = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    found.append(self._domain_info(dom))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished while listing
+                        raise
+            return found
+
+        return self._call(uri, "listing domains", domains)
+
+    def _lookup(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def find_domain(self, uri: str, uuid: str) -> DomainInfo | None:
+        def find(conn: libvirt.virConnect) -> DomainInfo | None:
+            dom = self._lookup(conn, uuid)
+            if dom is None:
+                return None
+            try:
+                return self._domain_info(dom)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return self._call(uri, f"looking up domain {uuid}", find)
+
+    def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:
+        def cpu_xml(conn: libvirt.virConnect) -> tuple[str | None, str, str, str]:
+            dom = self._lookup(conn, uuid)
+            if dom is None:
+                raise DriverError(f"domain {uuid} not found on {source_uri}", code=libvirt.VIR_ERR_NO_DOMAIN)
+            root = ET.fromstring(dom.XMLDesc(0))
+            cpu = root.find("cpu")
+            os_type = root.find("./os/type")
+            return (ET.tostring(cpu, encoding="unicode") if cpu is not None and cpu.find("model") is not None
+                    else None, os_type.get("arch", "x86_64"), os_type.get("machine", ""), root.get("type", "kvm"))
+
+        xml, arch, machine, virttype = self._call(source_uri, "reading the domain CPU", cpu_xml)
+        if xml is None:
+            return True, ""  # host-model/passthrough: libvirt checks at migration time
+
+        def compare(conn: libvirt.virConnect) -> int:
+            return conn.compareHypervisorCPU(None, arch, None, virttype, xml, 0)
+
+        result = self._call(dest_uri, "comparing CPUs", compare)
+        if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+            return False, "libvirt reports the CPU definition incompatible"
+        return True, ""
+
+    def destroy_domain(self, uri: str, uuid: str) -> bool:
+        def destroy(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, uuid)
+            if dom is None:
+                return False
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN):
+                    raise
+            try:
+                if dom.isPersistent():
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+            return True
+
+        return self._call(uri, f"destroying domain {uuid}", destroy)
+
+    # -- volumes
+    def volume_reachable(self, uri: str, disk: DiskInfo) -> tuple[bool, str]:
+        """Network disks: their portals answer (checked from the controller;
+        the destination's own login happens before switchover, and a failure
+        there leaves the VM on its source). Local files: libvirt checks them."""
+        import socket
+
+        if disk.kind != "network":
+            return True, ""
+        for host, port in disk.hosts:
+            try:
+                with socket.create_connection((host, port or 3260), timeout=3):
+                    pass
+            except OSError as exc:
+                return False, f"{host}:{port} does not answer ({exc.strerror or exc})"
+        return True, ""
+
+    def _secret(self, conn: libvirt.virConnect, usage: str, secret_type: str | None = None):
+        types = [secret_type] if secret_type else list(_SECRET_USAGE)
+        for kind in types:
+            try:
+                return conn.secretLookupByUsage(_SECRET_USAGE[kind], usage)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                    raise
+        return None
+
+    def secret_defined(self, uri: str, usage: str) -> bool:
+        return self._call(uri, f"looking up secret {usage}", lambda c: self._secret(c, usage) is not None)
+
+    def copy_secret(self, source_uri: str, dest_uri: str, usage: str, secret_type: str,
+                    fallback_value: bytes | None = None) -> None:
+        def read(conn: libvirt.virConnect) -> tuple[str, bytes | None]:
+            secret = self._secret(conn, usage, secret_type)
+            if secret is None:
+                raise DriverError(f"no secret with usage {usage!r} on {source_uri}", code=libvirt.VIR_ERR_NO_SECRET)
+            root = ET.fromstring(secret.XMLDesc(0))
+            for uuid in root.findall("uuid"):
+                root.remove(uuid)  # UUIDs may differ per host; disks refer by usage
+            try:
+                value = secret.value()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_INVALID_SECRET and "private" not in str(exc):
+                    raise
+                value = None
+            return ET.tostring(root, encoding="unicode"), value
+
+        xml, value = self._call(source_uri, f"reading secret {usage}", read)
+        if value is None:
+            value = fallback_value
+        if value is None:
+            raise DriverError(f"secret {usage!r} is private on the source and no credential is registered "
+                              f"(livemig credential add {usage})")
+
+        def define(conn: libvirt.virConnect) -> None:
+            secret = conn.secretDefineXML(xml, 0)
+            try:
+                secret.setValue(value, 0)
+            except libvirt.libvirtError:
+                secret.undefine()
+                raise
+
+        self._call(dest_uri, f"defining secret {usage}", define)
+
+    def undefine_secret(self, uri: str, usage: str) -> bool:
+        def undefine(conn: libvirt.virConnect) -> bool:
+            secret = self._secret(conn, usage)
+            if secret is None:
+                return False
+            secret.undefine()
+            return True
+
+        return self._call(uri, f"undefining secret {usage}", undefine)
+
+    # -- networks
+    def network_present(self, uri: str, interface: InterfaceInfo) -> tuple[bool, str]:
+        def present(conn: libvirt.virConnect) -> tuple[bool, str]:
+            if interface.network:
+                try:
+                    net = conn.networkLookupByName(interface.network)
+                except libvirt.libvirtError:
+                    return False, f"network {interface.network} is not defined"
+                return (True, "") if net.isActive() else (False, f"network {interface.network} is not active")
+            if interface.bridge:
+                try:
+                    iface = conn.interfaceLookupByName(interface.bridge)
+                    if not iface.isActive():
+                        return False, f"bridge {interface.bridge} is down"
+                except libvirt.libvirtError:
+                    return False, f"bridge {interface.bridge} does not exist"
+            return True, ""
+
+        return self._call(uri, "checking networks", present)
+
+    def filter_xml(self, uri: str, name: str) -> str | None:
+        def read(conn: libvirt.virConnect) -> str | None:
+            try:
+                return strip_uuid(conn.nwfilterLookupByName(name).XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER:
+                    return None
+                raise
+
+        return self._call(uri, f"reading filter {name}", read)
+
+    def define_filter(self, uri: str, xml: str) -> None:
+        name = ET.fromstring(xml).get("name")
+        existing = self.filter_xml(uri, name)
+        if existing is not None and existing != strip_uuid(xml):
+            raise FilterConflict(f"filter {name} on {uri} has different rules")
+        self._call(uri, f"defining filter {name}", lambda c: c.nwfilterDefineXML(xml))
+
+    def undefine_filter(self, uri: str, name: str) -> bool:
+        def undefine(conn: libvirt.virConnect) -> bool:
+            try:
+                conn.nwfilterLookupByName(name).undefine()
+                return True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER:
+                    return False
+                raise
+
+        return self._call(uri, f"undefining filter {name}", undefine)
+
+    # -- migration
+    def _job_progress(self, dom: libvirt.virDomain) -> MigrationProgress | None:
+        stats = dom.jobStats(0)
+        if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        total = stats.get("memory_total", 0)
+        processed = stats.get("memory_processed", 0)
+        remaining = stats.get("memory_remaining", 0)
+        fraction = processed / (processed + remaining) if processed + remaining else 0.0
+        return MigrationProgress(fraction=min(fraction, 0.99), memory_total=total, memory_processed=processed,
+                                 memory_remaining=remaining, memory_bps=stats.get("memory_bps", 0),
+                                 iteration=stats.get("memory_iteration", 0),
+                                 expected_downtime_ms=stats.get("downtime"),
+                                 elapsed_ms=stats.get("time_elapsed", 0))
+
+    def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
+                 should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
+        """Poll the job from a second connection until `finished`; returns why
+        we aborted it ("abort" or "timeout"), or None."""
+        monitor = self._open(source_uri)
+        try:
+            dom = self._lookup(monitor, uuid)
+            reason = None
+            while not finished.wait(options.poll_interval_s):
+                try:
+                    progress = self._job_progress(dom) if dom is not None else None
+                except libvirt.libvirtError:
+                    progress = None  # switchover happened: the domain left this host
+                if progress is not None and on_progress is not None:
+                    on_progress(progress)
+                if reason is None and should_abort is not None and should_abort():
+                    reason = "abort"
+                elif reason is None and time.monotonic() - started > options.timeout_s:
+                    reason = "timeout"
+                if reason is not None and dom is not None:
+                    try:
+                        dom.abortJob()
+                    except libvirt.libvirtError:
+                        pass  # no job any more (it just finished) or already aborting
+            return reason
+        finally:
+            try:
+                monitor.close()
+            except libvirt.libvirtError:
+                pass
+
+    def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
+                on_progress: ProgressCallback | None = None,
+                should_abort: AbortCheck | None = None) -> MigrationResult:
+        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        if options.shared_storage:
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+        params: dict[str, Any] = {}
+        if options.bandwidth_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mib_s)
+        conn = self._open(source_uri)  # own connection: the call blocks for the whole job
+        started = time.monotonic()
+        finished = threading.Event()
+        outcome: dict[str, Any] = {}
+        try:
+            dom = self._lookup(conn, uuid)
+            if dom is None:
+                raise DriverError(f"domain {uuid} not found on {source_uri}", code=libvirt.VIR_ERR_NO_DOMAIN)
+            try:
+                dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
+            except libvirt.libvirtError as exc:
+                raise _error(exc, "setting the maximum downtime") from None
+
+            def call() -> None:
+                try:
+                    dom.migrateToURI3(dest_uri, params, flags)
+                except libvirt.libvirtError as exc:
+                    outcome["error"] = exc
+                finally:
+                    finished.set()
+
+            # The libvirt call blocks for the whole job in a worker thread; this
+            # (the task's) thread monitors, because TaskFlow's progress updates
+            # must come from the thread that runs the task.
+            worker = threading.Thread(target=call, name=f"migration-{uuid[:8]}", daemon=True)
+            worker.start()
+            outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
+                                              started)
+            worker.join()
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        error = outcome.get("error")
+        reason = outcome.get("reason")
+        if error is not None:
+            if reason == "timeout":
+                raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+            if error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED or reason == "abort":
+                raise MigrationAborted(f"migration aborted: {error.get_error_message()}",
+                                       code=error.get_error_code())
+            raise _error(error, "live migration failed")
+        return MigrationResult(downtime_ms=self._completed_downtime(dest_uri, uuid), elapsed_ms=elapsed_ms)
+
+    def _completed_downtime(self, dest_uri: str, uuid: str) -> int | None:
+        try:
+            dom = self._lookup(self.conn(dest_uri), uuid)
+            if dom is None:
+                return None
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            return stats.get("downtime")
+        except libvirt.libvirtError:
+            return None
+
+    def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
+                               on_progress: ProgressCallback | None = None,
+                               should_abort: AbortCheck | None = None) -> None:
+        started = time.monotonic()
+        conn = self._open(source_uri)
+        try:
+            dom = self._lookup(conn, uuid)
+            while dom is not None:
+                try:
+                    progress = self._job_progress(dom)
+                except libvirt.libvirtError:
+                    return  # the domain left the host: the job ended
+                if progress is None:
+                    return
+                if on_progress is not None:
+                    on_progress(progress)
+                if should_abort is not None and should_abort():
+                    dom.abortJob()
+                    raise MigrationAborted("migration aborted by request")
+                if time.monotonic() - started > options.timeout_s:
+                    dom.abortJob()
+                    raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+                time.sleep(options.poll_interval_s)
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def abort_migration(self, source_uri: str, uuid: str) -> bool:
+        def abort(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, uuid)
+            if dom is None or dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                return False
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                    return False
+                raise
+            return True
+
+        return self._call(source_uri, f"aborting the migration of {uuid}", abort)

@@ -1,0 +1,130 @@
+"""The lab's tiny guest: Debian's cloud kernel and a busybox initramfs that
+brings up virtio networking and serves, on its IP:
+  7  TCP echo (the client keeps a stream through migrations),
+  9  the guest's boot id (proves it did not reboot),
+  10 a volume probe: writes the line it reads to its iSCSI disk, reads it back.
+
+The packages are downloaded with `apt-get download` and unpacked into the
+lab's cache: nothing is installed on the machine's own boot setup."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import shutil
+import subprocess
+
+from pathlib import Path
+
+MODULES = ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "failover",
+           "net_failover", "virtio_net", "virtio_blk"]
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in {modules}; do insmod /lib/modules/$m.ko 2>/dev/null; done
+IP=$(sed -n 's/.*livemig.ip=\\([0-9.]*\\).*/\\1/p' /proc/cmdline)
+ip link set lo up
+ip link set eth0 up
+ip addr add $IP/24 dev eth0
+nc -ll -p 7 -e cat &
+nc -ll -p 9 -e /bin/bootid &
+nc -ll -p 10 -e /bin/volume &
+echo "livemig-guest ready ip=$IP boot_id=$(cat /proc/sys/kernel/random/boot_id) disks=$(ls /dev/vd* 2>&1)" > /dev/ttyS0
+while true; do sleep 3600; done
+"""
+
+BOOTID = "#!/bin/sh\ncat /proc/sys/kernel/random/boot_id\n"
+VOLUME = """#!/bin/sh
+read token
+# The guest names its only virtio disk vda, whatever the domain XML's target.
+disk=$(ls /dev/vd? 2>/dev/null | head -1)
+if [ -z "$disk" ]; then echo "error: no virtio disk"; exit 0; fi
+echo "$token" | dd of=$disk bs=512 count=1 conv=sync,fsync 2>/dev/null || echo "error: write failed"
+dd if=$disk bs=512 count=1 iflag=direct 2>/dev/null | head -1
+"""
+
+
+def _kernel_package() -> str:
+    out = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"], check=True, capture_output=True,
+                         text=True).stdout
+    match = re.search(r"Depends: (linux-image-[0-9][^\s]*)", out)
+    if not match:
+        raise RuntimeError("cannot find the kernel package behind linux-image-cloud-amd64")
+    return match.group(1)
+
+
+def _download(cache: Path, packages: list[str]) -> None:
+    downloads = cache / "debs"
+    downloads.mkdir(parents=True, exist_ok=True)
+    os.chmod(downloads, 0o777)  # apt's sandbox user writes here
+    proc = subprocess.run(["apt-get", "download", *packages], cwd=downloads, capture_output=True, text=True)
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True)
+        subprocess.run(["apt-get", "download", *packages], cwd=downloads, check=True, capture_output=True)
+
+
+def guest_material(cache: Path) -> tuple[Path, Path]:
+    """(kernel, initramfs), built once and kept in the cache."""
+    import hashlib
+
+    # Named by what goes into it, so a changed init script rebuilds the image.
+    recipe = hashlib.sha256((INIT + BOOTID + VOLUME + " ".join(MODULES)).encode()).hexdigest()[:12]
+    kernel_out, initrd_out = cache / "vmlinuz", cache / f"initrd-{recipe}.gz"
+    if kernel_out.exists() and initrd_out.exists():
+        return kernel_out, initrd_out
+    cache.mkdir(parents=True, exist_ok=True)
+    kernel_pkg = _kernel_package()
+    _download(cache, [kernel_pkg, "busybox-static"])
+    root = cache / "unpacked"
+    shutil.rmtree(root, ignore_errors=True)
+    for deb in (cache / "debs").glob("*.deb"):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    kernel = next((root / "boot").glob("vmlinuz-*"))
+    moddir = next((root / "lib" / "modules").iterdir())
+    found = {p.name[:-3]: p for p in moddir.rglob("*.ko")}
+    missing = [m for m in MODULES if m not in found]
+    if missing:
+        raise RuntimeError(f"kernel {kernel.name} lacks modules {missing}")
+    initrd_tmp = cache / "initrd.gz.tmp"
+    for old in cache.glob("initrd*.gz"):
+        old.unlink()
+    _write_initramfs(initrd_tmp, root / "bin" / "busybox", {m: found[m] for m in MODULES})
+    shutil.copy(kernel, cache / "vmlinuz.tmp")
+    os.replace(cache / "vmlinuz.tmp", kernel_out)
+    os.replace(initrd_tmp, initrd_out)
+    shutil.rmtree(root, ignore_errors=True)
+    return kernel_out, initrd_out
+
+
+def _write_initramfs(path: Path, busybox: Path, modules: dict[str, Path]) -> None:
+    """A newc cpio archive, gzipped (the kernel unpacks it as its root)."""
+    entries: list[tuple[str, int, bytes]] = []
+    for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"):
+        entries.append((d, 0o040755, b""))
+    entries.append(("init", 0o100755, INIT.format(modules=" ".join(MODULES)).encode()))
+    entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
+    entries.append(("bin/bootid", 0o100755, BOOTID.encode()))
+    entries.append(("bin/volume", 0o100755, VOLUME.encode()))
+    for name, p in modules.items():
+        entries.append((f"lib/modules/{name}.ko", 0o100644, p.read_bytes()))
+    buf = io.BytesIO()
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
+        _cpio_entry(buf, ino, name, mode, data)
+    with gzip.open(path, "wb", compresslevel=6) as f:
+        f.write(buf.getvalue())
+
+
+def _cpio_entry(buf: io.BytesIO, ino: int, name: str, mode: int, data: bytes) -> None:
+    encoded = name.encode() + b"\0"
+    header = "070701" + "".join(f"{v:08x}" for v in (
+        ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0))
+    buf.write(header.encode() + encoded)
+    buf.write(b"\0" * ((4 - (110 + len(encoded)) % 4) % 4))
+    buf.write(data)
+    buf.write(b"\0" * ((4 - len(data) % 4) % 4))
+
+
