@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, InsufficientCapacity, InvalidInput, PrecheckFailed,
+    Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_host, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
@@ -70,8 +70,8 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
         raise Conflict(f"instance {instance.name} is already in migration {other.id} ({other.status})")
     src_driver = drivers.for_uri(src.uri)
     dst_driver = drivers.for_uri(dst.uri)
-    src_facts = src_driver.host_facts(src.uri)
-    dst_facts = dst_driver.host_facts(dst.uri)
+    src_facts = _facts(src_driver, src)
+    dst_facts = _facts(dst_driver, dst)
     domain = src_driver.find_domain(src.uri, instance.uuid)
     if domain is None or not domain.running:
         state = domain.state.value if domain else "absent"
@@ -85,6 +85,13 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
             f"{dest}'s hypervisor ({dst_facts.hypervisor_version}) is older than {source}'s "
             f"({src_facts.hypervisor_version})")
     return instance
+
+
+def _facts(driver, host: Host):
+    try:
+        return driver.host_facts(host.uri)
+    except HostUnreachable as exc:
+        raise HostUnreachable(f"host {host.name} is unreachable: {exc}") from None
 
 
 def _check_capacity(session: Session, dst: Host, vcpus: int, memory_mb: int, disk_gb: int, instance: Instance,

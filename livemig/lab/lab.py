@@ -289,6 +289,37 @@ class Lab:
         for host in self.state()["hosts"]:
             api.sync_hosts(admin_context("lab"), host["name"], settings=settings)
 
+    def stop_host(self, index: int) -> None:
+        """Power a lab host off: its libvirtd and its guests stop."""
+        state = self.state()
+        host = state["hosts"][index - 1]
+        self._stop_group(host["pid"])
+
+    def start_host(self, index: int) -> None:
+        """Start a stopped lab host again with its state (no guests)."""
+        state = self.state()
+        host = state["hosts"][index - 1]
+        if _pid_alive(host["pid"]):
+            return
+        log = open(Path(host["dir"]) / "subreaper.log", "ab")
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--uts", "--", sys.executable, "-m",
+             "livemig.lab.subreaper", host["dir"], host["name"]],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+        host["pid"] = proc.pid
+        self._save(state)
+        wait_for_port("127.0.0.1", host["port"], 30)
+        self._connect(host["uri"]).close()
+
+    def libvirtd_pid(self, index: int) -> int | None:
+        """The libvirtd process of a lab host (a child of its subreaper)."""
+        host = self.state()["hosts"][index - 1]
+        try:
+            return int((Path(host["dir"]) / "libvirtd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     # -- guests
     def add_guest(self, state: dict[str, Any], g: int, host_index: int = 1) -> dict[str, Any]:
         import libvirt
@@ -396,10 +427,30 @@ class Lab:
         if _run("ip", "link", "show", self.cfg.bridge, check=False).returncode == 0:
             _run("ip", "link", "del", self.cfg.bridge, check=False)
         self._wait_gone(str(self.root))
+        self._remove_stale_filter_rules()
         shutil.rmtree(self.root, ignore_errors=True)
         for host in state.get("hosts", []):
             self._forget_host(host["name"], settings)
         self.say("lab down")
+
+    @staticmethod
+    def _remove_stale_filter_rules() -> None:
+        """nwfilter's ebtables chains of tap devices that no longer exist.
+
+        A libvirtd killed with guests running never removes them; they name a
+        vnetN device, so only chains of vanished devices are touched."""
+        import re
+
+        listing = _run("ebtables", "-t", "nat", "-L", check=False).stdout
+        chains = re.findall(r"^Bridge chain: ((?:libvirt-[IOJP]-|[IO]-)(vnet\d+)\S*),", listing, re.M)
+        stale = [(chain, dev) for chain, dev in chains if not os.path.exists(f"/sys/class/net/{dev}")]
+        for _chain, dev in stale:
+            _run("ebtables", "-t", "nat", "-D", "PREROUTING", "-i", dev, "-j", f"libvirt-I-{dev}", check=False)
+            _run("ebtables", "-t", "nat", "-D", "POSTROUTING", "-o", dev, "-j", f"libvirt-O-{dev}", check=False)
+        for chain, _dev in stale:
+            _run("ebtables", "-t", "nat", "-F", chain, check=False)
+        for chain, _dev in stale:
+            _run("ebtables", "-t", "nat", "-X", chain, check=False)
 
     def _destroy_all_domains(self, uri: str) -> None:
         import libvirt

@@ -30,10 +30,18 @@ def main() -> None:
     socket.sethostname(hostname)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    daemon = subprocess.Popen(["/usr/sbin/libvirtd", "--listen", "--pid-file", os.path.join(host_dir, "libvirtd.pid")],
-                              stdout=open(os.path.join(host_dir, "libvirtd.out"), "ab"), stderr=subprocess.STDOUT)
+    stopping = False
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(["/usr/sbin/libvirtd", "--listen", "--pid-file",
+                                 os.path.join(host_dir, "libvirtd.pid")],
+                                stdout=open(os.path.join(host_dir, "libvirtd.out"), "ab"), stderr=subprocess.STDOUT)
+
+    daemon = start()
 
     def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
         try:
             daemon.send_signal(signum)
         except ProcessLookupError:
@@ -43,16 +51,20 @@ def main() -> None:
     signal.signal(signal.SIGINT, forward)
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, _status = os.waitpid(-1, 0)
         except ChildProcessError:
             break
         except InterruptedError:
             continue
-        if pid == daemon.pid:
-            daemon.returncode = os.waitstatus_to_exitcode(status)
-            # Orphaned QEMUs of this host are killed with it: a lab host that
-            # stops takes its guests along, as a powered-off host would.
+        if pid != daemon.pid:
+            continue
+        if stopping:
+            # A lab host that stops takes its guests along, as a powered-off host would.
             _kill_children()
+            break
+        # libvirtd died on its own (crashed, or killed by a test): restart it
+        # as systemd would; it reconnects to its running QEMUs.
+        daemon = start()
     sys.exit(0)
 
 

@@ -14,6 +14,9 @@ from livemig.states import MigrationStatus
 from livemig.tasks.base import LOG, MigrationTask
 
 
+REVERT_HOST_WAIT_S = 20.0
+
+
 class DomainLost(DriverError):
     """The VM runs on neither host: nothing to migrate, nothing to roll back to."""
 
@@ -89,18 +92,27 @@ class MigrateDomain(MigrationTask):
 
     def revert(self, result: Any, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
-        try:
-            src_driver, src_uri = self.driver_and_uri(source_host)
-            dst_driver, dst_uri = self.driver_and_uri(dest_host)
-            source = src_driver.find_domain(src_uri, instance_uuid)
-            if source is not None and source.migration_job_active:
-                src_driver.abort_migration(src_uri, instance_uuid)
-                self.note(migration_id, "aborted the migration job still running")
+        # A destination whose daemon just died is often back within seconds
+        # (restarted by its supervisor); the orphan it holds must not be missed.
+        deadline = time.monotonic() + REVERT_HOST_WAIT_S
+        while True:
+            try:
+                src_driver, src_uri = self.driver_and_uri(source_host)
+                dst_driver, dst_uri = self.driver_and_uri(dest_host)
                 source = src_driver.find_domain(src_uri, instance_uuid)
-            dest = dst_driver.find_domain(dst_uri, instance_uuid)
-        except LivemigError as exc:
-            self.note(migration_id, f"could not inspect the hosts while reverting: {exc}", "error")
-            return
+                if source is not None and source.migration_job_active:
+                    src_driver.abort_migration(src_uri, instance_uuid)
+                    self.note(migration_id, "aborted the migration job still running")
+                    source = src_driver.find_domain(src_uri, instance_uuid)
+                dest = dst_driver.find_domain(dst_uri, instance_uuid)
+                break
+            except LivemigError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                self.note(migration_id, f"could not inspect the hosts while reverting (a paused copy may be left "
+                                        f"on {dest_host}): {exc}", "error")
+                return
         if dest is not None and not dest.running and source is not None and source.running:
             try:
                 dst_driver.destroy_domain(dst_uri, instance_uuid)
