@@ -227,16 +227,24 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
     posted as a job for the conductors and, if `wait`, followed to its end.
     Returns the completed migration; raises MigrationFailed if it failed."""
     services = _services(settings)
-    queue_timeout = None if wait else 0.0
-    view = create_migration(context, instance, source, dest, settings=services.settings,
-                            queue_timeout_s=queue_timeout)
     if services.settings.zookeeper_hosts:
-        from livemig.jobs import post_migration_job
+        from livemig.jobs import open_board, post_migration_job
 
-        post_migration_job(services, view.id)
+        context.require_admin("live migration")
+        # Reach the board before recording anything: unreachable means unchanged.
+        board = open_board(services)
+        try:
+            # Posted jobs queue on the board; their hosts may be busy for a while.
+            view = create_migration(context, instance, source, dest, settings=services.settings)
+            post_migration_job(services, view.id, board=board)
+        finally:
+            board.close()
         if not wait:
             return show_migration(view.id, settings=services.settings)
         return _follow(services, view.id, progress, runner=None)
+    queue_timeout = None if wait else 0.0
+    view = create_migration(context, instance, source, dest, settings=services.settings,
+                            queue_timeout_s=queue_timeout)
     return _follow(services, view.id, progress, runner=lambda: run_migration(services, view.id))
 
 
@@ -245,6 +253,19 @@ def resume(context: RequestContext, migration_id: int, settings: Settings | None
     """Resume an interrupted migration from its persisted flow, in this process."""
     context.require_admin("resuming a migration")
     services = _services(settings)
+    if services.settings.zookeeper_hosts:
+        from livemig.jobs import job_on_board, post_migration_job
+
+        with services.db.session() as session:
+            migration = get_migration(session, migration_id)
+            if MigrationStatus(migration.status).finished:
+                raise Conflict(f"migration {migration_id} already ended ({migration.status})")
+            job_id = migration.job_id
+        # A job still on the board is resumed by a conductor once its claim
+        # lapses; otherwise hand the persisted flow to the board again.
+        if not job_on_board(services, job_id):
+            post_migration_job(services, migration_id)
+        return _follow(services, migration_id, progress, runner=None)
     return _follow(services, migration_id, progress, runner=lambda: resume_migration(services, migration_id))
 
 

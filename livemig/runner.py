@@ -138,19 +138,35 @@ def run_engine(services: Services, migration_id: int, engine) -> None:
             engine.run()
         except Exception as exc:  # noqa: BLE001 - the outcome is in the migration row
             LOG.info("migration %s: flow ended with %s: %s", migration_id, type(exc).__name__, exc)
-            _ensure_outcome_recorded(services, migration_id, exc)
+            ensure_outcome_recorded(services, migration_id, exc)
 
 
-def _ensure_outcome_recorded(services: Services, migration_id: int, exc: Exception) -> None:
+def ensure_outcome_recorded(services: Services, migration_id: int, exc: Exception | None) -> None:
     # If even the revert could not record the outcome, say so on the row.
     try:
         with services.db.session() as session:
             migration = get_migration(session, migration_id)
-            if not MigrationStatus(migration.status).finished:
+            flow_state = _flow_state(services, migration)
+            # A suspended or interrupted flow has no outcome yet; an ended one must.
+            ended = flow_state in (tf_states.FAILURE, tf_states.REVERTED, tf_states.SUCCESS)
+            if ended and not MigrationStatus(migration.status).finished:
+                detail = f": {exc}" if exc is not None else ""
                 set_migration_status(session, migration_id, MigrationStatus.ERROR,
-                                     f"the flow failed and its revert did not finish: {exc}")
+                                     f"the flow ended ({flow_state}) but its revert did not record an outcome{detail}")
     except LivemigError as err:
         LOG.error("migration %s: cannot record its outcome: %s", migration_id, err)
+
+
+def _flow_state(services: Services, migration) -> str | None:
+    """TaskFlow's own record of how the flow ended (None if unknown)."""
+    try:
+        backend = services.db.taskflow_backend()
+        with contextlib.closing(backend.get_connection()) as conn:
+            book = conn.get_logbook(migration.logbook_id)
+        flow_detail = book.find(migration.flow_id)
+        return flow_detail.state if flow_detail is not None else None
+    except Exception:  # noqa: BLE001 - best effort
+        return None
 
 
 def run_migration(services: Services, migration_id: int) -> None:

@@ -48,9 +48,11 @@ cli.add_command(instance)
 
 cli.add_command(credential)
 
+from livemig.cli.conductor import conductor  # noqa: E402
 from livemig.cli.lab import lab  # noqa: E402
 
 cli.add_command(lab)
+cli.add_command(conductor)
 
 
 def main() -> None:

@@ -66,6 +66,13 @@ def add_event(session: Session, migration_id: int, kind: str, name: str, state: 
 def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,
                          reason: str | None = None) -> Migration:
     migration = get_migration(session, migration_id)
+    if (MigrationStatus(migration.status) in FINISHED_MIGRATION_STATUSES
+            and status not in FINISHED_MIGRATION_STATUSES):
+        # An outcome is final: a fenced-off controller waking up late must not
+        # move a finished migration back to "running".
+        add_event(session, migration_id, "note", "migration", migration.status,
+                  f"ignored a late change to {status.value} from {controller_id()}")
+        return migration
     if migration.status != status.value:
         migration.status = status.value
         add_event(session, migration_id, "status", "migration", status.value, reason or "")

@@ -1,0 +1,128 @@
+"""Host reservations in ZooKeeper, shared by every controller.
+
+Each reservation is a persistent znode `ROOT/reservations/hosts/HOST/MIGRATION`
+(its data: the instance uuid), plus `ROOT/reservations/instances/UUID` (its
+data: the migration id). They are created together in one transaction under a
+short lock that checks the hosts' current counts, so two controllers can never
+over-book a host; and they are persistent, so a reservation outlives the
+controller that made it until the flow (or its resume) releases it."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NoNodeError, NodeExistsError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from livemig.config import Settings
+from livemig.coordination.base import HostLimit, ReservationService
+from livemig.errors import CoordinationUnavailable
+
+LOG = logging.getLogger("livemig.coordination")
+
+
+def start_client(settings: Settings) -> KazooClient:
+    client = KazooClient(hosts=settings.zookeeper_hosts, timeout=settings.zookeeper_session_timeout,
+                         connection_retry={"max_tries": 3, "delay": 0.2, "max_delay": 1.0})
+    try:
+        client.start(timeout=max(3.0, settings.zookeeper_session_timeout))
+    except (KazooTimeoutError, KazooException) as exc:
+        client.close()
+        raise CoordinationUnavailable(f"ZooKeeper at {settings.zookeeper_hosts} is unreachable ({exc or 'timeout'})") \
+            from None
+    return client
+
+
+class ZookeeperReservations(ReservationService):
+    def __init__(self, settings: Settings, client: KazooClient | None = None):
+        self._settings = settings
+        self._client = client
+        self._own_client = client is None
+        self._lock = threading.Lock()
+        root = settings.zookeeper_root.rstrip("/")
+        self._hosts = f"{root}/reservations/hosts"
+        self._instances = f"{root}/reservations/instances"
+        self._lock_path = f"{root}/locks/reservations"
+
+    @property
+    def client(self) -> KazooClient:
+        with self._lock:
+            if self._client is None or self._client.state == KazooState.LOST and self._own_client:
+                self._client = start_client(self._settings)
+            return self._client
+
+    def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
+        client = self.client
+        try:
+            client.ensure_path(self._hosts)
+            client.ensure_path(self._instances)
+            for h in hosts:
+                client.ensure_path(f"{self._hosts}/{h.host}")
+            mine = [h for h in hosts if client.exists(f"{self._hosts}/{h.host}/{migration_id}")]
+            if len(mine) == len(hosts):
+                return None
+            # Short-held: only the check and the transaction, never the migration.
+            with client.Lock(self._lock_path, identifier=f"migration-{migration_id}"):
+                try:
+                    data, _ = client.get(f"{self._instances}/{instance_uuid}")
+                    holder = int(data.decode())
+                    if holder != migration_id:
+                        return f"instance {instance_uuid} is in migration {holder}"
+                    instance_held = True
+                except NoNodeError:
+                    instance_held = False
+                for h in hosts:
+                    others = [c for c in client.get_children(f"{self._hosts}/{h.host}") if c != str(migration_id)]
+                    if len(others) >= h.limit:
+                        return f"host {h.host} is in {len(others)} migration(s), its limit is {h.limit}"
+                tx = client.transaction()
+                if not instance_held:
+                    tx.create(f"{self._instances}/{instance_uuid}", str(migration_id).encode())
+                for h in hosts:
+                    if not client.exists(f"{self._hosts}/{h.host}/{migration_id}"):
+                        tx.create(f"{self._hosts}/{h.host}/{migration_id}", instance_uuid.encode())
+                results = tx.commit()
+                failed = [r for r in results if isinstance(r, Exception)]
+                if failed and not all(isinstance(r, NodeExistsError) for r in failed):
+                    raise CoordinationUnavailable(f"reserving hosts failed: {failed[0]!r}")
+            return None
+        except (KazooException, KazooTimeoutError) as exc:
+            raise CoordinationUnavailable(f"ZooKeeper error while reserving hosts: {exc!r}") from None
+
+    def release(self, migration_id: int, hosts: list[str]) -> None:
+        client = self.client
+        try:
+            for host in hosts:
+                path = f"{self._hosts}/{host}/{migration_id}"
+                try:
+                    data, _ = client.get(path)
+                except NoNodeError:
+                    continue
+                self._release_instance(client, data.decode(), migration_id)
+                try:
+                    client.delete(path)
+                except NoNodeError:
+                    pass
+        except (KazooException, KazooTimeoutError) as exc:
+            raise CoordinationUnavailable(f"ZooKeeper error while releasing hosts: {exc!r}") from None
+
+    def _release_instance(self, client: KazooClient, instance_uuid: str, migration_id: int) -> None:
+        path = f"{self._instances}/{instance_uuid}"
+        try:
+            data, stat = client.get(path)
+            if data.decode() == str(migration_id):
+                client.delete(path, version=stat.version)
+        except (NoNodeError, KazooException):
+            pass
+
+    def holders(self, host: str) -> list[int]:
+        try:
+            return sorted(int(c) for c in self.client.get_children(f"{self._hosts}/{host}"))
+        except NoNodeError:
+            return []
+
+    def close(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.stop()
+            self._client.close()
