@@ -22,9 +22,8 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> None:
-    data_dir, migration_id, step, when = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    settings = Settings(data_dir=data_dir, poll_interval_s=0.02)
+def install_kill_point(settings: Settings, step: str, when: str) -> None:
+    """Patch this process so that it SIGKILLs itself at STEP/WHEN."""
     classes = {a.name: type(a) for a in get_live_migration_flow(settings.to_dict())}
     cls = classes[step]
     if when == "revert":
@@ -59,6 +58,12 @@ def main() -> None:
 
         execute.__signature__ = inspect.signature(original)
         cls.execute = execute
+
+
+def main() -> None:
+    data_dir, migration_id, step, when = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    settings = Settings(data_dir=data_dir, poll_interval_s=0.02)
+    install_kill_point(settings, step, when)
     run_migration(services_for(settings), migration_id)
     sys.exit(3)  # never reached if the kill point was hit
 

@@ -32,6 +32,8 @@ def conductor(state: State, name: str | None, once: bool) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     for name_ in ("livemig", "livemig.conductor", "livemig.runner"):
         logging.getLogger(name_).setLevel(level)
+    # Connection losses matter to a conductor's operator.
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     stop = threading.Event()

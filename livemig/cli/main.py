@@ -25,6 +25,8 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
     if not debug:
         # TaskFlow logs every failure with a traceback; livemig reports it once.
         logging.getLogger("taskflow").setLevel(logging.CRITICAL)
+        # kazoo narrates every reconnect attempt; a failure is reported once, by us.
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     ctx.obj = State(db_url, debug)
 
 

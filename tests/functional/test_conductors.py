@@ -1,0 +1,233 @@
+"""Many controllers: real ZooKeeper, real conductor processes, SIGKILL and
+SIGSTOP, host reservations under load (fake hypervisor)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+import livemig
+from livemig.persistence.database import database_for
+from livemig.persistence.models import Event, Migration
+from livemig.services import services_for
+from tests.fakecloud import FakeCloud
+from tests.unit.test_flow_contract import EXPECTED_STEPS
+
+CTX = livemig.admin_context("tests")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Conductors:
+    def __init__(self, settings):
+        self.settings = settings
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def env(self):
+        s = self.settings
+        env = dict(os.environ, PYTHONPATH=ROOT, LIVEMIG_DATA_DIR=s.data_dir, LIVEMIG_ZOOKEEPER_HOSTS=s.zookeeper_hosts,
+                   LIVEMIG_ZOOKEEPER_ROOT=s.zookeeper_root,
+                   LIVEMIG_ZOOKEEPER_SESSION_TIMEOUT=str(s.zookeeper_session_timeout),
+                   LIVEMIG_POLL_INTERVAL_S=str(s.poll_interval_s), LIVEMIG_QUEUE_TIMEOUT_S=str(s.queue_timeout_s))
+        env.pop("LIVEMIG_DATABASE_URL", None)
+        return env
+
+    def start(self, name, step=None, when=None):
+        args = [sys.executable, "-m", "tests.helpers_conductor", name] + ([step, when] if step else [])
+        log = open(os.path.join(self.settings.data_dir, f"{name}.log"), "w")
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def stop_all(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def zk_settings(settings, zookeeper):
+    return settings.replace(zookeeper_hosts=zookeeper.hosts, zookeeper_session_timeout=2.0,
+                            zookeeper_root=f"/livemig-test-{uuid.uuid4().hex[:8]}", queue_timeout_s=120.0,
+                            poll_interval_s=0.05)
+
+
+@pytest.fixture
+def conductors(zk_settings):
+    os.makedirs(zk_settings.data_dir, exist_ok=True)
+    c = Conductors(zk_settings)
+    yield c
+    c.stop_all()
+
+
+def wait_finished(settings, ids, timeout=90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        views = [livemig.show_migration(i, settings=settings) for i in ids]
+        if all(v.status in ("completed", "failed", "cancelled", "error") for v in views):
+            return views
+        time.sleep(0.1)
+    raise TimeoutError(f"migrations {ids} did not finish: {[v.status for v in views]}")
+
+
+def step_events(settings, migration_id, state=None):
+    with database_for(settings.database_url).session() as s:
+        q = sa.select(Event).where(Event.migration_id == migration_id, Event.kind == "step").order_by(Event.id)
+        rows = list(s.scalars(q))
+    return [e for e in rows if state is None or e.state == state]
+
+
+def holders(settings, host):
+    return services_for(settings).reservations.holders(host)
+
+
+KILL_CASES = [(s, "after") for s in EXPECTED_STEPS[1:]] + [("migrate-domain", "during")]
+
+
+@pytest.mark.parametrize("step,when", KILL_CASES, ids=[f"{s}-{w}" for s, w in KILL_CASES])
+def test_conductor_killed_in_each_step_another_finishes(tmp_path, zk_settings, conductors, step, when):
+    cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=1.0)
+    victim = conductors.start("victim", step, when)
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    conductors.start("rescuer")
+    (done,) = wait_finished(zk_settings, [view.id])
+    assert done.status == "completed", done.error_reason
+    assert cloud.running_on() == ["b"] and cloud.instance().host == "b"
+    # Each completed step's side effect happened once.
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+    assert cloud.driver.call_count(cloud.uri("b"), "copy_secret") == 1
+    assert cloud.driver.call_count(cloud.uri("b"), "define_filter") == 1
+    # (Killed after the last step, the outcome was already recorded: the
+    # rescuer still re-runs that step, and TaskFlow's record then ends.)
+    deadline = time.monotonic() + 30
+    while [e.name for e in step_events(zk_settings, view.id, "SUCCESS")] != EXPECTED_STEPS:
+        assert time.monotonic() < deadline, [e.name for e in step_events(zk_settings, view.id, "SUCCESS")]
+        time.sleep(0.1)
+    # The rescuer (another process) ran the rest.
+    controllers = {e.controller for e in step_events(zk_settings, view.id)}
+    assert len(controllers) == 2
+    assert holders(zk_settings, "a") == [] and holders(zk_settings, "b") == []
+
+
+def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=6.0)
+    frozen = conductors.start("frozen")
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    deadline = time.monotonic() + 30
+    while livemig.show_migration(view.id, settings=zk_settings).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    frozen.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    conductors.start("rescuer")
+    (done,) = wait_finished(zk_settings, [view.id])
+    assert done.status == "completed"
+    assert time.monotonic() - frozen_at > zk_settings.zookeeper_session_timeout
+    frozen.send_signal(signal.SIGCONT)
+    time.sleep(4.0)  # let it wake, finish its step and notice it lost the claim
+    frozen_id = f"{os.uname().nodename}:{frozen.pid}"
+    after_freeze = [e for e in step_events(zk_settings, view.id) if e.controller == frozen_id
+                    and EXPECTED_STEPS.index(e.name) > EXPECTED_STEPS.index("migrate-domain")]
+    assert after_freeze == [], [(e.name, e.state) for e in after_freeze]
+    assert livemig.show_migration(view.id, settings=zk_settings).status == "completed"
+    assert cloud.running_on() == ["b"]
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+
+
+def test_twenty_migrations_four_hosts_two_conductors_never_overlap(tmp_path, zk_settings, conductors):
+    hosts = ("h1", "h2", "h3", "h4")
+    cloud = FakeCloud.build(tmp_path, zk_settings, hosts=hosts, migration_seconds=0.2)
+    names = []
+    for i, host in enumerate(hosts):
+        for j in range(5 if i else 4):  # vm1 of the fake cloud is already on h1
+            name = f"v{i}{j}"
+            cloud.driver.create_domain(cloud.uri(host), name, memory_mb=256)
+            names.append((name, host))
+    livemig.sync_hosts(CTX, settings=zk_settings)
+    names.append(("vm1", "h1"))
+    ids = []
+    for name, host in names:
+        dest = hosts[(hosts.index(host) + 1) % 4]
+        ids.append(livemig.migrate(CTX, name, host, dest, wait=False, settings=zk_settings).id)
+    conductors.start("c1")
+    conductors.start("c2")
+    views = wait_finished(zk_settings, ids, timeout=240)
+    assert [v.status for v in views] == ["completed"] * 20
+    busy: dict[str, list[tuple]] = {h: [] for h in hosts}
+    for v in views:
+        events = step_events(zk_settings, v.id)
+        start = next(e.at for e in events if e.name == "migrate-domain" and e.state == "RUNNING")
+        end = next(e.at for e in events if e.name == "migrate-domain" and e.state == "SUCCESS")
+        busy[v.source_host].append((start, end, v.id))
+        busy[v.dest_host].append((start, end, v.id))
+    for host, spans in busy.items():
+        spans.sort()
+        for (s1, e1, m1), (s2, e2, m2) in zip(spans, spans[1:]):
+            assert e1 <= s2, f"{host}: migrations {m1} and {m2} overlap"
+    assert all(holders(zk_settings, h) == [] for h in hosts)
+
+
+def test_killed_controller_keeps_reservations_and_others_wait(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=3.0)
+    vm2 = cloud.driver.create_domain(cloud.uri("c"), "vm2")
+    livemig.sync_hosts(CTX, "c", settings=zk_settings)
+    victim = conductors.start("victim", "migrate-domain", "during")
+    first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    time.sleep(zk_settings.zookeeper_session_timeout + 1.0)
+    # The reservations belong to the migration, not to the dead process.
+    assert holders(zk_settings, "a") == [first.id] and holders(zk_settings, "b") == [first.id]
+    second = livemig.migrate(CTX, "vm2", "c", "b", wait=False, settings=zk_settings)
+    conductors.start("c1")
+    conductors.start("c2")
+    v1, v2 = wait_finished(zk_settings, [first.id, second.id])
+    assert (v1.status, v2.status) == ("completed", "completed")
+    e1 = step_events(zk_settings, first.id)
+    e2 = step_events(zk_settings, second.id)
+    released = next(e.at for e in e1 if e.name == "release-hosts" and e.state == "RUNNING")
+    started = next(e.at for e in e2 if e.name == "migrate-domain" and e.state == "RUNNING")
+    assert released <= started
+    assert cloud.running_on() == ["b"] and cloud.running_on(vm2) == ["b"]
+    assert holders(zk_settings, "b") == []
+
+
+def test_failed_job_is_consumed_and_its_outcome_recorded(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died")
+    conductors.start("c1")
+    with pytest.raises(livemig.MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=zk_settings)
+    assert info.value.status == "failed"
+    assert cloud.running_on() == ["a"] and cloud.domains_on("b") == {}
+    from livemig.jobs import open_board
+    board = open_board(services_for(zk_settings))
+    try:
+        deadline = time.monotonic() + 10
+        while list(board.iterjobs(ensure_fresh=True)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(board.iterjobs(ensure_fresh=True)) == []
+    finally:
+        board.close()
+    listed = livemig.list_migrations(settings=zk_settings)
+    assert [(m.status, "client socket is closed" in m.error_reason) for m in listed] == [("failed", True)]
+
+
+def test_zookeeper_unreachable_at_submit_changes_nothing(cloud):
+    env = dict(os.environ, PYTHONPATH=ROOT, LIVEMIG_DATA_DIR=cloud.settings.data_dir,
+               LIVEMIG_ZOOKEEPER_HOSTS="127.0.0.1:1", LIVEMIG_ZOOKEEPER_SESSION_TIMEOUT="2")
+    env.pop("LIVEMIG_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli.main", "migrate", "--live", "a", "vm1", "b"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 6
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ZooKeeper" in lines[0] and "unreachable" in lines[0]
+    with database_for(cloud.settings.database_url).session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Migration)) == 0
+    assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
