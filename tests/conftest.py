@@ -32,3 +32,11 @@ def zookeeper():
 
     with zookeeper_server() as server:
         yield server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_kazoo():
+    # kazoo narrates reconnects at WARNING; tests assert outcomes instead.
+    import logging
+
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
