@@ -74,3 +74,13 @@ def test_unreachable_database_is_one_clear_error(settings):
     bad = settings.replace(database_url="postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(DatabaseUnavailable, match="unreachable"):
         livemig.list_hosts(settings=bad)
+
+
+def test_schema_head_constant_matches_the_migrations():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from livemig.persistence.database import ALEMBIC_DIR, SCHEMA_HEAD
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
