@@ -35,7 +35,8 @@ MAX_DOWNTIME_MS = 300
 def completed_stats(uri: str, uuid: str) -> dict:
     conn = libvirt.open(uri)
     try:
-        return conn.lookupByUUIDString(uuid).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        return conn.lookupByUUIDString(uuid).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                                                      | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
     finally:
         conn.close()
 

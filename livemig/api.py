@@ -187,6 +187,11 @@ def list_migrations(status: str | None = None, instance: str | None = None, limi
         return [MigrationView.of(m) for m in session.scalars(query)]
 
 
+def _migration_row(services: Services, migration_id: int) -> MigrationView:
+    with services.db.session() as session:
+        return MigrationView.of(get_migration(session, migration_id))
+
+
 def show_migration(migration_id: int, settings: Settings | None = None) -> MigrationView:
     with _services(settings).db.session() as session:
         migration = get_migration(session, migration_id)
@@ -306,14 +311,21 @@ def _follow(services: Services, migration_id: int, progress: ProgressHook | None
     if runner is not None:
         thread = threading.Thread(target=target, name=f"migration-{migration_id}", daemon=True)
         thread.start()
+    # Light polling (the row only, twice a second): on a busy hypervisor host
+    # every CPU cycle taken from QEMU lengthens the switchover.
     while True:
-        view = show_migration(migration_id, settings=services.settings)
+        if thread is not None:
+            thread.join(0.5)
+        view = _migration_row(services, migration_id)
         if progress is not None:
             progress(view)
-        done = thread is not None and not thread.is_alive()
-        if done or (thread is None and MigrationStatus(view.status).finished):
+        if thread is not None:
+            if not thread.is_alive():
+                break
+        elif MigrationStatus(view.status).finished:
             break
-        time.sleep(0.1 if thread is not None else 0.25)
+        else:
+            time.sleep(0.5)
     if errors:
         raise errors[0]
     view = show_migration(migration_id, settings=services.settings)

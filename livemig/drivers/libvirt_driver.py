@@ -18,7 +18,7 @@ from livemig.drivers.base import (
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_interfaces, parse_project, strip_uuid,
 )
-from livemig.errors import HostUnreachable
+from livemig.errors import HostUnreachable, LivemigError
 from livemig.states import DomainState
 
 _STATES = {
@@ -373,36 +373,50 @@ class LibvirtDriver(Driver):
                                  expected_downtime_ms=stats.get("downtime"),
                                  elapsed_ms=stats.get("time_elapsed", 0))
 
-    def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
-                 should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
-        """Poll the job from a second connection until `finished`; returns why
-        we aborted it ("abort" or "timeout"), or None."""
-        monitor = self._open(source_uri)
+    def _collect_stats(self, source_uri: str, uuid: str, interval: float, finished: threading.Event,
+                       latest: list) -> None:
+        """In its own thread: a jobStats call can block for a while around
+        switchover, and the migration's caller must not wait for it."""
         try:
-            dom = self._lookup(monitor, uuid)
-            reason = None
-            while not finished.wait(options.poll_interval_s):
+            conn = self._open(source_uri)
+        except HostUnreachable:
+            return
+        try:
+            dom = self._lookup(conn, uuid)
+            while dom is not None and not finished.is_set():
                 try:
-                    progress = self._job_progress(dom) if dom is not None else None
+                    latest[0] = self._job_progress(dom)
                 except libvirt.libvirtError:
-                    progress = None  # switchover happened: the domain left this host
-                if progress is not None and on_progress is not None:
-                    on_progress(progress)
-                if reason is None and should_abort is not None and should_abort():
-                    reason = "abort"
-                elif reason is None and time.monotonic() - started > options.timeout_s:
-                    reason = "timeout"
-                if reason is not None and dom is not None:
-                    try:
-                        dom.abortJob()
-                    except libvirt.libvirtError:
-                        pass  # no job any more (it just finished) or already aborting
-            return reason
+                    return  # switchover happened: the domain left this host
+                finished.wait(interval)
         finally:
             try:
-                monitor.close()
+                conn.close()
             except libvirt.libvirtError:
                 pass
+
+    def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
+                 should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
+        """Report progress and enforce abort/timeout until `finished`; returns
+        why we aborted the job ("abort" or "timeout"), or None."""
+        latest: list[MigrationProgress | None] = [None]
+        threading.Thread(target=self._collect_stats, args=(source_uri, uuid, options.poll_interval_s, finished,
+                                                           latest), name=f"migration-stats-{uuid[:8]}",
+                         daemon=True).start()
+        reason = None
+        while not finished.wait(options.poll_interval_s):
+            if latest[0] is not None and on_progress is not None:
+                on_progress(latest[0])
+            if reason is None and should_abort is not None and should_abort():
+                reason = "abort"
+            elif reason is None and time.monotonic() - started > options.timeout_s:
+                reason = "timeout"
+            if reason is not None:
+                try:
+                    self.abort_migration(source_uri, uuid)
+                except LivemigError:
+                    pass  # no job any more (it just finished) or already aborting
+        return reason
 
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
@@ -465,7 +479,8 @@ class LibvirtDriver(Driver):
             dom = self._lookup(self.conn(dest_uri), uuid)
             if dom is None:
                 return None
-            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            # KEEP: reading completed stats otherwise clears them for everyone else.
+            stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
             return stats.get("downtime")
         except libvirt.libvirtError:
             return None
