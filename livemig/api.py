@@ -233,17 +233,14 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
     Returns the completed migration; raises MigrationFailed if it failed."""
     services = _services(settings)
     if services.settings.zookeeper_hosts:
-        from livemig.jobs import open_board, post_migration_job
+        from livemig.jobs import post_migration_job
 
         context.require_admin("live migration")
         # Reach the board before recording anything: unreachable means unchanged.
-        board = open_board(services)
-        try:
-            # Posted jobs queue on the board; their hosts may be busy for a while.
-            view = create_migration(context, instance, source, dest, settings=services.settings)
-            post_migration_job(services, view.id, board=board)
-        finally:
-            board.close()
+        board = services.jobboard
+        # Posted jobs queue on the board; their hosts may be busy for a while.
+        view = create_migration(context, instance, source, dest, settings=services.settings)
+        post_migration_job(services, view.id, board=board)
         if not wait:
             return show_migration(view.id, settings=services.settings)
         return _follow(services, view.id, progress, runner=None)
@@ -269,7 +266,7 @@ def resume(context: RequestContext, migration_id: int, settings: Settings | None
         # A job still on the board is resumed by a conductor once its claim
         # lapses; otherwise hand the persisted flow to the board again.
         if not job_on_board(services, job_id):
-            post_migration_job(services, migration_id)
+            post_migration_job(services, migration_id, board=services.jobboard)
         return _follow(services, migration_id, progress, runner=None)
     return _follow(services, migration_id, progress, runner=lambda: resume_migration(services, migration_id))
 

@@ -160,11 +160,7 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
 def job_on_board(services: Services, job_id: str | None) -> bool:
     if not job_id:
         return False
-    board = open_board(services)
-    try:
-        return any(job.uuid == job_id for job in board.iterjobs(ensure_fresh=True))
-    finally:
-        board.close()
+    return any(job.uuid == job_id for job in services.jobboard.iterjobs(ensure_fresh=True))
 
 
 __all__ = ["open_board", "post_migration_job", "run_conductor", "job_on_board", "LivemigError"]

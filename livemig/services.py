@@ -24,6 +24,14 @@ class Services:
         return DriverRegistry()
 
     @cached_property
+    def jobboard(self):
+        """A connected jobboard, kept for the process: connecting and closing
+        one per request costs about a second (TaskFlow joins its threads)."""
+        from livemig.jobs import open_board
+
+        return open_board(self)
+
+    @cached_property
     def reservations(self) -> ReservationService:
         if self.settings.zookeeper_hosts:
             from livemig.coordination.zookeeper import ZookeeperReservations

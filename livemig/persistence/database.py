@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -40,8 +41,9 @@ def make_engine(url: str) -> sa.Engine:
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Pooled: opening and closing a SQLite connection per transaction
+        # (NullPool) costs milliseconds each, and a migration has ~100 of them.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        kwargs["poolclass"] = sa.pool.NullPool
     else:
         kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 5}
@@ -114,15 +116,35 @@ class Database:
     def taskflow_backend(self):
         """TaskFlow's SQL persistence backend on this same engine."""
         if self._taskflow_backend is None:
-            from taskflow.persistence.backends.impl_sqlalchemy import SQLAlchemyBackend
-
-            self._taskflow_backend = SQLAlchemyBackend(
+            self._taskflow_backend = _shared_connection_backend()(
                 {"connection": self.engine.url.render_as_string(hide_password=False)}, engine=self.engine
             )
         return self._taskflow_backend
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _shared_connection_backend():
+    from taskflow.persistence.backends.impl_sqlalchemy import SQLAlchemyBackend
+
+    class SharedConnectionBackend(SQLAlchemyBackend):
+        """TaskFlow's SQL backend builds its table metadata anew for every
+        connection, i.e. for every atom state change: most of a conductor's
+        CPU, and memory that grew by megabytes per migration. Its connections
+        hold no state besides that metadata (each call opens its own
+        transaction on the engine), so one is shared."""
+
+        _shared = None
+        _shared_lock = threading.Lock()
+
+        def get_connection(self):
+            with self._shared_lock:
+                if self._shared is None:
+                    self._shared = super().get_connection()
+                return self._shared
+
+    return SharedConnectionBackend
 
 
 _databases: dict[tuple[int, str], Database] = {}
