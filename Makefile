@@ -2,6 +2,10 @@
 # Each installs what it needs first (scripts/bootstrap).
 .PHONY: demo test bootstrap bench clean
 
+# Lab guests run under TCG unless told otherwise: it works on every machine,
+# including those whose /dev/kvm cannot boot a guest. Production uses kvm.
+export LIVEMIG_DOMAIN_TYPE ?= qemu
+
 bootstrap:
 	@scripts/bootstrap
 

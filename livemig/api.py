@@ -225,11 +225,14 @@ def create_migration(context: RequestContext, instance: str, source: str, dest: 
 
 
 def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
-            settings: Settings | None = None, progress: ProgressHook | None = None) -> MigrationView:
+            queue_timeout_s: float | None = None, settings: Settings | None = None,
+            progress: ProgressHook | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
-    posted as a job for the conductors and, if `wait`, followed to its end.
+    posted as a job for the conductors and, if `wait`, followed to its end
+    (otherwise the queued migration is returned). `queue_timeout_s` bounds the
+    wait for busy hosts (default: the setting; 0 fails at once).
     Returns the completed migration; raises MigrationFailed if it failed."""
     services = _services(settings)
     if services.settings.zookeeper_hosts:
@@ -239,14 +242,14 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
-        view = create_migration(context, instance, source, dest, settings=services.settings)
+        view = create_migration(context, instance, source, dest, settings=services.settings,
+                                queue_timeout_s=queue_timeout_s)
         post_migration_job(services, view.id, board=board)
         if not wait:
             return show_migration(view.id, settings=services.settings)
         return _follow(services, view.id, progress, runner=None)
-    queue_timeout = None if wait else 0.0
     view = create_migration(context, instance, source, dest, settings=services.settings,
-                            queue_timeout_s=queue_timeout)
+                            queue_timeout_s=queue_timeout_s)
     return _follow(services, view.id, progress, runner=lambda: run_migration(services, view.id))
 
 

@@ -35,7 +35,8 @@ def _report(view: MigrationView, output_format: str) -> None:
 
 @click.command()
 @click.option("--live", is_flag=True, help="Live migration (the only kind livemig does; required).")
-@click.option("--no-wait", is_flag=True, help="Fail at once if the hosts are busy; with ZooKeeper, return once posted.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail at once if the hosts are busy (no queueing); with ZooKeeper, also return once posted.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @format_option
 @click.argument("source")
@@ -48,9 +49,11 @@ def migrate(state: State, live: bool, no_wait: bool, quiet: bool, output_format:
     """Live-migrate INSTANCE (name or uuid) from host SOURCE to host DEST."""
     if not live:
         raise InvalidInput("only live migration is supported: pass --live")
+    zk = bool(state.settings.zookeeper_hosts)
     with MigrationProgress(enabled=not quiet and output_format == "table") as progress:
         try:
-            view = api.migrate(state.context(), instance, source, dest, wait=not no_wait, settings=state.settings,
+            view = api.migrate(state.context(), instance, source, dest, wait=not (no_wait and zk),
+                               queue_timeout_s=0.0 if no_wait else None, settings=state.settings,
                                progress=progress)
         except MigrationFailed as exc:
             if exc.migration_id is not None and output_format == "json":

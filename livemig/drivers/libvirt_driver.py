@@ -62,7 +62,10 @@ def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
 class LibvirtDriver(Driver):
     def __init__(self, keepalive_interval: int = 5, keepalive_count: int = 3):
         _start_event_loop()
-        self._local = threading.local()
+        # libvirt connections are thread-safe: one per host for the process
+        # (only a blocking migration call gets its own).
+        self._conns: dict[str, libvirt.virConnect] = {}
+        self._conns_lock = threading.Lock()
         self._keepalive = (keepalive_interval, keepalive_count)
 
     # -- connections
@@ -78,17 +81,17 @@ class LibvirtDriver(Driver):
         return conn
 
     def conn(self, uri: str) -> libvirt.virConnect:
-        cache: dict[str, libvirt.virConnect] = self._local.__dict__.setdefault("conns", {})
-        conn = cache.get(uri)
-        if conn is not None:
-            try:
-                if conn.isAlive():
-                    return conn
-            except libvirt.libvirtError:
-                pass
-            cache.pop(uri, None)
-        conn = cache[uri] = self._open(uri)
-        return conn
+        with self._conns_lock:
+            conn = self._conns.get(uri)
+            if conn is not None:
+                try:
+                    if conn.isAlive():
+                        return conn
+                except libvirt.libvirtError:
+                    pass
+                self._conns.pop(uri, None)
+            conn = self._conns[uri] = self._open(uri)
+            return conn
 
     def _call(self, uri: str, what: str, fn, *args: Any) -> Any:
         try:
@@ -99,8 +102,8 @@ class LibvirtDriver(Driver):
             raise _error(exc, what) from None
 
     def _alive(self, uri: str) -> bool:
-        cache = self._local.__dict__.setdefault("conns", {})
-        conn = cache.pop(uri, None)
+        with self._conns_lock:
+            conn = self._conns.pop(uri, None)
         try:
             self.conn(uri)
             return True
@@ -378,22 +381,15 @@ class LibvirtDriver(Driver):
         """In its own thread: a jobStats call can block for a while around
         switchover, and the migration's caller must not wait for it."""
         try:
-            conn = self._open(source_uri)
-        except HostUnreachable:
-            return
-        try:
-            dom = self._lookup(conn, uuid)
+            dom = self._lookup(self.conn(source_uri), uuid)
             while dom is not None and not finished.is_set():
                 try:
                     latest[0] = self._job_progress(dom)
                 except libvirt.libvirtError:
                     return  # switchover happened: the domain left this host
                 finished.wait(interval)
-        finally:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+        except (HostUnreachable, libvirt.libvirtError):
+            return
 
     def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
                  should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
@@ -428,40 +424,36 @@ class LibvirtDriver(Driver):
         params: dict[str, Any] = {}
         if options.bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mib_s)
-        conn = self._open(source_uri)  # own connection: the call blocks for the whole job
+        # The shared connection: libvirt multiplexes calls on it, so the long
+        # migration call does not block other threads' calls.
+        conn = self.conn(source_uri)
         started = time.monotonic()
         finished = threading.Event()
         outcome: dict[str, Any] = {}
+        dom = self._lookup(conn, uuid)
+        if dom is None:
+            raise DriverError(f"domain {uuid} not found on {source_uri}", code=libvirt.VIR_ERR_NO_DOMAIN)
         try:
-            dom = self._lookup(conn, uuid)
-            if dom is None:
-                raise DriverError(f"domain {uuid} not found on {source_uri}", code=libvirt.VIR_ERR_NO_DOMAIN)
+            dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
+        except libvirt.libvirtError as exc:
+            raise _error(exc, "setting the maximum downtime") from None
+
+        def call() -> None:
             try:
-                dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
+                dom.migrateToURI3(dest_uri, params, flags)
             except libvirt.libvirtError as exc:
-                raise _error(exc, "setting the maximum downtime") from None
+                outcome["error"] = exc
+            finally:
+                finished.set()
 
-            def call() -> None:
-                try:
-                    dom.migrateToURI3(dest_uri, params, flags)
-                except libvirt.libvirtError as exc:
-                    outcome["error"] = exc
-                finally:
-                    finished.set()
-
-            # The libvirt call blocks for the whole job in a worker thread; this
-            # (the task's) thread monitors, because TaskFlow's progress updates
-            # must come from the thread that runs the task.
-            worker = threading.Thread(target=call, name=f"migration-{uuid[:8]}", daemon=True)
-            worker.start()
-            outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
-                                              started)
-            worker.join()
-        finally:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+        # The libvirt call blocks for the whole job in a worker thread; this
+        # (the task's) thread monitors, because TaskFlow's progress updates
+        # must come from the thread that runs the task.
+        worker = threading.Thread(target=call, name=f"migration-{uuid[:8]}", daemon=True)
+        worker.start()
+        outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
+                                          started)
+        worker.join()
         elapsed_ms = int((time.monotonic() - started) * 1000)
         error = outcome.get("error")
         reason = outcome.get("reason")

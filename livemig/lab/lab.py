@@ -52,7 +52,6 @@ class LabConfig:
     port_base: int = 16600
     iscsi_port: int = 13260
     host_prefix: str = "lab"
-    domain_type: str = "qemu"
     guest_memory_mb: int = 128
 
     @classmethod
@@ -108,6 +107,7 @@ class Lab:
         self.root = Path(config.root)
         self.cache = Path(config.cache)
         self.say = say
+        self.domain_type = "qemu"
 
     # -- state
     @property
@@ -150,6 +150,11 @@ class Lab:
             self.say("removing what an earlier lab left behind")
             self.down(settings=settings)
         started = time.monotonic()
+        from livemig.config import load_settings
+
+        # The domain type is livemig's setting: kvm in production, qemu (TCG)
+        # where KVM cannot boot guests, as on nested or paravirtual machines.
+        self.domain_type = (settings or load_settings()).domain_type
         kernel, initrd = guest_material(self.cache)
         state: dict[str, Any] = {"config": dataclasses.asdict(self.cfg), "hosts": [], "guests": [],
                                  "bridge": None, "tgtd_pid": None, "kernel": str(kernel), "initrd": str(initrd)}
@@ -167,8 +172,9 @@ class Lab:
         except BaseException:
             kept = self.cache / "last-failure"
             shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(self.root, kept, ignore=shutil.ignore_patterns("*.img", "*.sock"),
-                            ignore_dangling_symlinks=True, dirs_exist_ok=True)
+            with contextlib.suppress(OSError, shutil.Error):
+                shutil.copytree(self.root, kept, ignore=shutil.ignore_patterns("*.img", "*.sock", "cache"),
+                                ignore_dangling_symlinks=True, dirs_exist_ok=True)
             self.say(f"lab up failed; its logs are kept in {kept}; removing what it created")
             self.down(settings=settings)
             raise
@@ -364,7 +370,7 @@ class Lab:
     def _domain_xml(self, name: str, uuid: str, ip: str, g: int, iqn: str, usage: str, state: dict[str, Any],
                     console: Path) -> str:
         mac = f"52:54:00:77:{int(self.cfg.subnet.split('.')[1]) % 256:02x}:{g:02x}"
-        return f"""<domain type='{self.cfg.domain_type}'>
+        return f"""<domain type='{self.domain_type}'>
   <name>{name}</name>
   <uuid>{uuid}</uuid>
   <metadata><livemig:instance xmlns:livemig='https://livemig.dev/xmlns/domain/1'><livemig:project>lab</livemig:project></livemig:instance></metadata>

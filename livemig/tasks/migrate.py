@@ -134,11 +134,13 @@ class _ProgressReporter:
         self._last_abort_check = 0.0
 
     def __call__(self, progress: MigrationProgress) -> None:
-        self.task.update_progress(min(max(progress.fraction, 0.0), 1.0))
         now = time.monotonic()
+        # Both TaskFlow's progress and our row are database writes: a few a
+        # second are plenty for an operator, more only slows the controller.
         if now - self._last_write < 0.5:
             return
         self._last_write = now
+        self.task.update_progress(min(max(progress.fraction, 0.0), 1.0))
         try:
             with self.task.services.db.session() as session:
                 m = get_migration(session, self.migration_id)

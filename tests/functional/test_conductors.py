@@ -231,3 +231,39 @@ def test_zookeeper_unreachable_at_submit_changes_nothing(cloud):
     with database_for(cloud.settings.database_url).session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Migration)) == 0
     assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
+
+
+def test_sigterm_hands_the_job_over_after_the_current_step(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=3.0)
+    first = conductors.start("first")
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    deadline = time.monotonic() + 30
+    while livemig.show_migration(view.id, settings=zk_settings).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0  # a clean stop
+    first_id = f"{os.uname().nodename}:{first.pid}"
+    steps_by_first = [e.name for e in step_events(zk_settings, view.id, "SUCCESS") if e.controller == first_id]
+    # It finished the step it was in, and no further one.
+    assert steps_by_first[-1] == "migrate-domain"
+    assert livemig.show_migration(view.id, settings=zk_settings).status != "completed"
+    conductors.start("second")
+    (done,) = wait_finished(zk_settings, [view.id], timeout=60)
+    assert done.status == "completed"
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+    assert [e.name for e in step_events(zk_settings, view.id, "SUCCESS")] == EXPECTED_STEPS
+
+
+def test_conductor_once_runs_one_job_and_exits(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    cloud.driver.create_domain(cloud.uri("c"), "vm2")
+    livemig.sync_hosts(CTX, "c", settings=zk_settings)
+    first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    second = livemig.migrate(CTX, "vm2", "c", "b", wait=False, settings=zk_settings)
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli.main", "conductor", "--once", "--name", "once"],
+                          cwd=ROOT, env=conductors.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "claimed livemig-migration-" in proc.stderr and "finished livemig-migration-" in proc.stderr
+    statuses = sorted(livemig.show_migration(i, settings=zk_settings).status for i in (first.id, second.id))
+    assert statuses == ["completed", "queued"]

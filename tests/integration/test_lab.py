@@ -34,7 +34,7 @@ def assert_nothing_left(settings):
 @pytest.fixture
 def life_settings(tmp_path):
     from livemig.config import Settings
-    return Settings(data_dir=str(tmp_path / "data"))
+    return Settings(data_dir=str(tmp_path / "data"), domain_type="qemu")
 
 
 def test_up_down_twice_leaves_nothing(life_settings):

@@ -144,3 +144,15 @@ def test_credential_add_reads_stdin_and_is_private(cloud):
     assert open(path, "rb").read() == b"pa55word"
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert "pa55word" not in proc.stdout + proc.stderr
+
+
+def test_no_wait_fails_at_once_when_a_host_is_busy(cloud):
+    from livemig.coordination.base import HostLimit
+    from livemig.services import services_for
+    # Another migration holds host b.
+    services_for(cloud.settings).reservations.try_reserve(999, "someone-else", [HostLimit("b", 1)])
+    proc = run(cloud.settings, "migrate", "--live", "--no-wait", "a", "vm1", "b")
+    assert proc.returncode == 1
+    assert "host b is in 1 migration(s), its limit is 1" in proc.stderr
+    assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
+    assert cloud.last_migration().status == "failed"
