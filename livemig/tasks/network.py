@@ -6,17 +6,15 @@ from typing import Any
 from taskflow.types.failure import Failure
 
 from livemig.drivers.base import FilterConflict
-from livemig.errors import LivemigError, PrecheckFailed
-from livemig.persistence.inventory import created_resources
-from livemig.tasks.base import LOG, MigrationTask
-from livemig.tasks.volumes import _runs_on
+from livemig.errors import PrecheckFailed
+from livemig.tasks.destination import DestinationSetupTask
 
 
 class NetworkMissing(PrecheckFailed):
     pass
 
 
-class SetUpNetworkOnDestination(MigrationTask):
+class SetUpNetworkOnDestination(DestinationSetupTask):
     """Checks the destination has every bridge or network the VM's interfaces
     use and defines there the filters they reference, with identical rules.
     MAC and IP addresses travel with the domain definition unchanged.
@@ -26,15 +24,13 @@ class SetUpNetworkOnDestination(MigrationTask):
     """
 
     default_provides = "network_setup"
+    resource_kind = "filter"
 
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
+        domain = self.source_domain(instance_uuid, source_host)
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
-        domain = src_driver.find_domain(src_uri, instance_uuid)
-        if domain is None:
-            raise PrecheckFailed(f"instance {instance_uuid} is no longer on {source_host}")
-        with self.services.db.session() as session:
-            created = created_resources(session, migration_id, self.name)
+        created = self.created_so_far(migration_id)
         for iface in domain.interfaces:
             ok, why = dst_driver.network_present(dst_uri, iface)
             if not ok:
@@ -56,20 +52,5 @@ class SetUpNetworkOnDestination(MigrationTask):
 
     def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
-        with self.services.db.session() as session:
-            created = created_resources(session, migration_id, self.name)
-        if not created:
-            return
-        if _runs_on(self, dest_host, instance_uuid):
-            self.note(migration_id, f"kept filters {created} on {dest_host}: the VM runs there")
-            return
-        driver, uri = self.driver_and_uri(dest_host)
-        for name in created:
-            try:
-                driver.undefine_filter(uri, name)
-                self.record_resource(migration_id, name, "removed")
-                self.note(migration_id, f"removed filter {name} from {dest_host}")
-            except LivemigError as exc:
-                LOG.warning("migration %s: could not remove filter %s from %s: %s", migration_id, name,
-                            dest_host, exc)
-                self.note(migration_id, f"could not remove filter {name} from {dest_host}: {exc}", "error")
+        self.remove_created(migration_id, instance_uuid, dest_host,
+                            lambda driver, uri, name: driver.undefine_filter(uri, name))
