@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Callable
 
 import sqlalchemy as sa
@@ -17,7 +18,9 @@ from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.errors import Conflict, InvalidInput, MigrationFailed
-from livemig.persistence.inventory import add_event, get_host, get_migration, set_migration_status
+from livemig.persistence.inventory import (
+    add_event, get_host, get_migration, set_migration_status, unfinished_migrations,
+)
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
 from livemig.runner import create_logbook, migration_store, resume_migration, run_migration
@@ -100,8 +103,7 @@ def sync_hosts(context: RequestContext, name: str | None = None,
         facts = driver.host_facts(uri)
         domains = driver.list_domains(uri)
         with services.db.session() as session:
-            busy = {m.instance_uuid for m in session.scalars(sa.select(Migration).where(
-                Migration.status.not_in([s.value for s in MigrationStatus if s.finished])))}
+            busy = {m.instance_uuid for m in session.scalars(unfinished_migrations(session))}
             host = get_host(session, host_name)
             host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
@@ -297,8 +299,6 @@ def abort(context: RequestContext, migration_id: int, settings: Settings | None 
 def _follow(services: Services, migration_id: int, progress: ProgressHook | None,
             runner: Callable[[], None] | None) -> MigrationView:
     """Run (if a runner is given) while reporting progress; then the outcome."""
-    import time
-
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -19,7 +19,7 @@ from taskflow.jobs import backends as job_backends
 from taskflow.listeners.base import Listener
 
 from livemig.coordination.zookeeper import start_client
-from livemig.errors import CoordinationUnavailable, LivemigError
+from livemig.errors import CoordinationUnavailable
 from livemig.persistence.inventory import add_event, controller_id, get_migration
 from livemig.runner import MigrationEventListener, ensure_outcome_recorded
 from livemig.services import Services
@@ -162,5 +162,3 @@ def job_on_board(services: Services, job_id: str | None) -> bool:
         return False
     return any(job.uuid == job_id for job in services.jobboard.iterjobs(ensure_fresh=True))
 
-
-__all__ = ["open_board", "post_migration_job", "run_conductor", "job_on_board", "LivemigError"]

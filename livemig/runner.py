@@ -146,10 +146,11 @@ def ensure_outcome_recorded(services: Services, migration_id: int, exc: Exceptio
     try:
         with services.db.session() as session:
             migration = get_migration(session, migration_id)
+            if MigrationStatus(migration.status).finished:
+                return  # the usual case: no need to load the whole logbook
             flow_state = _flow_state(services, migration)
             # A suspended or interrupted flow has no outcome yet; an ended one must.
-            ended = flow_state in (tf_states.FAILURE, tf_states.REVERTED, tf_states.SUCCESS)
-            if ended and not MigrationStatus(migration.status).finished:
+            if flow_state in (tf_states.FAILURE, tf_states.REVERTED, tf_states.SUCCESS):
                 detail = f": {exc}" if exc is not None else ""
                 set_migration_status(session, migration_id, MigrationStatus.ERROR,
                                      f"the flow ended ({flow_state}) but its revert did not record an outcome{detail}")

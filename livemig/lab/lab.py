@@ -234,14 +234,8 @@ class Lab:
             f'migration_address = "{mig_ip}"\nmigration_host = "{mig_ip}"\n'
             f'migration_port_min = {low}\nmigration_port_max = {low + 49}\n')
         (host_dir / "etc" / "libvirt.conf").write_text("")
-        log = open(host_dir / "subreaper.log", "ab")
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--uts", "--", sys.executable, "-m",
-             "livemig.lab.subreaper", str(host_dir), name],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
-        entry = {"name": name, "index": i, "dir": str(host_dir), "uri": self.host_uri(i), "port": port, "pid": proc.pid,
-                 "migration_ip": mig_ip}
+        entry = {"name": name, "index": i, "dir": str(host_dir), "uri": self.host_uri(i), "port": port,
+                 "pid": self._spawn_host(host_dir, name), "migration_ip": mig_ip}
         state["hosts"].append(entry)
         self._save(state)
         try:
@@ -260,6 +254,18 @@ class Lab:
         finally:
             conn.close()
         self.say(f"host {name}: libvirtd on {entry['uri']} (migration address {mig_ip})")
+
+    @staticmethod
+    def _spawn_host(host_dir: Path, name: str) -> int:
+        """Start a host's libvirtd (under its subreaper) in a private mount and
+        UTS namespace; returns the pid of the process group leader."""
+        log = open(host_dir / "subreaper.log", "ab")
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--uts", "--", sys.executable, "-m",
+             "livemig.lab.subreaper", str(host_dir), name],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+        return proc.pid
 
     @staticmethod
     def _connect(uri: str):
@@ -307,13 +313,7 @@ class Lab:
         host = state["hosts"][index - 1]
         if _pid_alive(host["pid"]):
             return
-        log = open(Path(host["dir"]) / "subreaper.log", "ab")
-        proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--uts", "--", sys.executable, "-m",
-             "livemig.lab.subreaper", host["dir"], host["name"]],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
-        host["pid"] = proc.pid
+        host["pid"] = self._spawn_host(Path(host["dir"]), host["name"])
         self._save(state)
         wait_for_port("127.0.0.1", host["port"], 30)
         self._connect(host["uri"]).close()

@@ -77,9 +77,7 @@ class Database:
             with self._sessions.begin() as session:
                 yield session
         except sa.exc.OperationalError as exc:
-            raise DatabaseUnavailable(
-                f"database {describe_url(self.url)} is unreachable: {str(exc.orig).strip().splitlines()[0]}"
-            ) from None
+            raise self._unreachable(exc) from None
 
     def is_current(self) -> bool:
         """Both schemas at head already (one cheap query instead of alembic)."""
@@ -90,6 +88,10 @@ class Database:
         except sa.exc.DBAPIError:
             return False
         return version == SCHEMA_HEAD
+
+    def _unreachable(self, exc: sa.exc.OperationalError) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"database {describe_url(self.url)} is unreachable: {str(exc.orig).strip().splitlines()[0]}")
 
     def upgrade(self) -> None:
         """Bring livemig's schema and TaskFlow's logbook schema to head."""
@@ -109,9 +111,7 @@ class Database:
             with contextlib.closing(backend.get_connection()) as conn:
                 conn.upgrade()
         except sa.exc.OperationalError as exc:
-            raise DatabaseUnavailable(
-                f"database {describe_url(self.url)} is unreachable: {str(exc.orig).strip().splitlines()[0]}"
-            ) from None
+            raise self._unreachable(exc) from None
 
     def taskflow_backend(self):
         """TaskFlow's SQL persistence backend on this same engine."""

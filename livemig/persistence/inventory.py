@@ -12,9 +12,6 @@ from livemig.errors import HostNotFound, InstanceNotFound, InvalidInput, Migrati
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState, MigrationStatus
 
-CONTROLLER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
 def controller_id() -> str:
     # Recomputed after fork, so a forked conductor names itself correctly.
     return f"{socket.gethostname()}:{os.getpid()}"

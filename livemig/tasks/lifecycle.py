@@ -53,12 +53,10 @@ class RollBackOrTerminateInstance(MigrationTask):
         unknown = [h for h, d in located.items() if d is False]
         if unknown and not migrate_started:
             # The VM was never touched by this migration: it is where it was.
-            located = {source_host: True, dest_host: None}
-            unknown = []
+            self._end_recoverable(migration_id, instance_uuid, source_host, cancelled, reason)
+            return
         running = [h for h, d in located.items() if isinstance(d, DomainInfo) and d.running]
         crashed = [h for h, d in located.items() if isinstance(d, DomainInfo) and d.state is DomainState.CRASHED]
-        if located.get(source_host) is True:
-            running = [source_host]
         if len(running) == 1 and not crashed and not unknown:
             self._end_recoverable(migration_id, instance_uuid, running[0], cancelled, reason)
             return

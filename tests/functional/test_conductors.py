@@ -76,6 +76,13 @@ def wait_finished(settings, ids, timeout=90.0):
     raise TimeoutError(f"migrations {ids} did not finish: {[v.status for v in views]}")
 
 
+def wait_running(settings, migration_id, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while livemig.show_migration(migration_id, settings=settings).status != "running":
+        assert time.monotonic() < deadline, f"migration {migration_id} never started running"
+        time.sleep(0.05)
+
+
 def step_events(settings, migration_id, state=None):
     with database_for(settings.database_url).session() as s:
         q = sa.select(Event).where(Event.migration_id == migration_id, Event.kind == "step").order_by(Event.id)
@@ -120,10 +127,7 @@ def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conduc
     cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=6.0)
     frozen = conductors.start("frozen")
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
-    deadline = time.monotonic() + 30
-    while livemig.show_migration(view.id, settings=zk_settings).status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_running(zk_settings, view.id)
     frozen.send_signal(signal.SIGSTOP)
     frozen_at = time.monotonic()
     conductors.start("rescuer")
@@ -237,10 +241,7 @@ def test_sigterm_hands_the_job_over_after_the_current_step(tmp_path, zk_settings
     cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=3.0)
     first = conductors.start("first")
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
-    deadline = time.monotonic() + 30
-    while livemig.show_migration(view.id, settings=zk_settings).status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_running(zk_settings, view.id)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=30) == 0  # a clean stop
     first_id = f"{os.uname().nodename}:{first.pid}"

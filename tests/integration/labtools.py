@@ -31,35 +31,28 @@ def conn(lab, index):
     return libvirt.open(lab.host_uri(index))
 
 
-def active_on(lab, uuid, hosts=(1, 2)) -> list[str]:
+def _hosts_with(lab, uuid, hosts, running_only: bool) -> list[str]:
     found = []
     for i in hosts:
         c = conn(lab, i)
         try:
             try:
                 dom = c.lookupByUUIDString(uuid)
-                if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
-                    found.append(lab.host_name(i))
             except libvirt.libvirtError:
-                pass
+                continue
+            if not running_only or dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                found.append(lab.host_name(i))
         finally:
             c.close()
     return found
+
+
+def active_on(lab, uuid, hosts=(1, 2)) -> list[str]:
+    return _hosts_with(lab, uuid, hosts, running_only=True)
 
 
 def defined_on(lab, uuid, hosts=(1, 2)) -> list[str]:
-    found = []
-    for i in hosts:
-        c = conn(lab, i)
-        try:
-            try:
-                c.lookupByUUIDString(uuid)
-                found.append(lab.host_name(i))
-            except libvirt.libvirtError:
-                pass
-        finally:
-            c.close()
-    return found
+    return _hosts_with(lab, uuid, hosts, running_only=False)
 
 
 def has_filter(lab, index, name) -> bool:

@@ -38,6 +38,18 @@ def index_of(lab, host):
     return 1 if host == lab.host_name(1) else 2
 
 
+def start_slow_migration(lab, lab_settings, mib_s):
+    """A bandwidth-limited migration by a background CLI process, once its
+    hypervisor job has moved some memory."""
+    g = guest(lab)
+    src = where(lab, lab_settings)
+    dst = other(lab, src)
+    boot_id = ask(g["ip"], 9)
+    runner = cli(lab_settings, "migrate", "--live", "-q", src, g["name"], dst,
+                 env={"LIVEMIG_BANDWIDTH_MIB_S": str(mib_s)}, background=True)
+    return g, src, dst, boot_id, runner, wait_for_running_migration(lab_settings)
+
+
 def test_round_trips_keep_the_tcp_stream(lab, lab_settings):
     g = guest(lab)
     boot_id = ask(g["ip"], 9)
@@ -100,13 +112,7 @@ def test_destination_daemon_down_is_a_clear_precheck_error(lab, lab_settings):
 
 
 def test_abort_during_a_slow_migration_keeps_vm_on_source(lab, lab_settings):
-    g = guest(lab)
-    src = where(lab, lab_settings)
-    dst = other(lab, src)
-    boot_id = ask(g["ip"], 9)
-    runner = cli(lab_settings, "migrate", "--live", "-q", src, g["name"], dst,
-                 env={"LIVEMIG_BANDWIDTH_MIB_S": "1"}, background=True)
-    m = wait_for_running_migration(lab_settings)
+    g, src, dst, boot_id, runner, m = start_slow_migration(lab, lab_settings, mib_s=1)
     # Pre-operations ran: the destination has the filter and secret now.
     assert has_filter(lab, index_of(lab, dst), FILTER_NAME)
     proc = cli(lab_settings, "migration", "abort", str(m.id))
@@ -124,13 +130,7 @@ def test_abort_during_a_slow_migration_keeps_vm_on_source(lab, lab_settings):
 
 
 def test_destination_killed_during_migration_rolls_back(lab, lab_settings):
-    g = guest(lab)
-    src = where(lab, lab_settings)
-    dst = other(lab, src)
-    boot_id = ask(g["ip"], 9)
-    runner = cli(lab_settings, "migrate", "--live", "-q", src, g["name"], dst,
-                 env={"LIVEMIG_BANDWIDTH_MIB_S": "1"}, background=True)
-    wait_for_running_migration(lab_settings)
+    g, src, dst, boot_id, runner, _ = start_slow_migration(lab, lab_settings, mib_s=1)
     # The destination's libvirtd dies (its supervisor restarts it).
     os.kill(lab.libvirtd_pid(index_of(lab, dst)), signal.SIGKILL)
     out, err = runner.communicate(timeout=180)
@@ -144,15 +144,9 @@ def test_destination_killed_during_migration_rolls_back(lab, lab_settings):
 
 
 def test_controller_killed_mid_migration_then_resume(lab, lab_settings):
-    g = guest(lab)
-    src = where(lab, lab_settings)
-    dst = other(lab, src)
-    boot_id = ask(g["ip"], 9)
     # No TCP stream during this slow (multi-iteration) migration: under TCG a
     # guest busy during such a migration can come up corrupted (NOTES.md).
-    runner = cli(lab_settings, "migrate", "--live", "-q", src, g["name"], dst,
-                 env={"LIVEMIG_BANDWIDTH_MIB_S": "3"}, background=True)
-    m = wait_for_running_migration(lab_settings)
+    g, src, dst, boot_id, runner, m = start_slow_migration(lab, lab_settings, mib_s=3)
     runner.send_signal(signal.SIGKILL)
     runner.wait()
     assert migration_row(lab_settings, m.id).status == "running"

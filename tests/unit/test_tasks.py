@@ -90,7 +90,6 @@ def test_vm_on_both_hosts_is_terminated_everywhere(cloud, mig):
 def test_mark_error_policy_keeps_crashed_vm_for_forensics(tmp_path, cloud):
     settings = cloud.settings.replace(unrecoverable_policy="mark-error")
     view = livemig.create_migration(CTX, "vm1", "a", "b", settings=settings)
-    cloud.driver.update_host(cloud.uri("a"))
     with cloud.driver.world(cloud.uri("a")) as (world, path):
         world.host(path)["domains"][cloud.vm]["state"] = "crashed"
         world.touch(path)
