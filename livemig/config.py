@@ -34,7 +34,13 @@ class Settings:
     unrecoverable_policy: str = UnrecoverablePolicy.TERMINATE.value
     # Members of this Unix group (and root) may run mutating commands.
     admin_group: str = "livemig-admin"
+    # The longest the guest may be paused at switchover. livemig starts at
+    # max/downtime_steps and raises the limit a step every
+    # downtime_step_delay_s_per_gib (times the guest's memory in GiB), as
+    # Nova does: most guests converge on a low limit.
     max_downtime_ms: int = 300
+    downtime_steps: int = 10
+    downtime_step_delay_s_per_gib: float = 75.0
     bandwidth_mib_s: int = 0  # 0: unlimited
     # A migration that runs longer than this per GiB of guest memory (but at
     # least the minimum) is aborted; the VM stays on its source.
@@ -60,6 +66,9 @@ class Settings:
                 f"unrecoverable_policy must be one of "
                 f"{', '.join(p.value for p in UnrecoverablePolicy)}, not {self.unrecoverable_policy!r}"
             ) from None
+        if self.max_downtime_ms < 1 or self.downtime_steps < 1 or self.downtime_step_delay_s_per_gib < 0:
+            raise InvalidInput("max_downtime_ms and downtime_steps must be at least 1, "
+                               "downtime_step_delay_s_per_gib at least 0")
         if self.domain_type not in ("kvm", "qemu"):
             raise InvalidInput(f"domain_type must be 'kvm' or 'qemu', not {self.domain_type!r}")
 

@@ -107,6 +107,25 @@ class MigrationOptions:
     shared_storage: bool = False
     timeout_s: float = 600.0
     poll_interval_s: float = 0.2
+    # (seconds into the job, allowed downtime in ms), ascending; empty: the
+    # maximum from the start.
+    downtime_schedule: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+
+    def initial_downtime_ms(self) -> int:
+        return self.downtime_schedule[0][1] if self.downtime_schedule else int(self.max_downtime_ms)
+
+
+def downtime_schedule(max_downtime_ms: int, steps: int, step_delay_s: float) -> list[tuple[float, int]]:
+    """The allowed downtime rises from max/steps to max, one step every
+    `step_delay_s`. QEMU switches over as soon as what is left to copy fits
+    in the allowed downtime at the bandwidth it last measured; allowing the
+    maximum from the start lets a migration whose first bandwidth sample is
+    low (a busy host) stop the guest with most of its memory still unsent."""
+    if steps <= 1:
+        return [(0.0, int(max_downtime_ms))]
+    base = max_downtime_ms / steps
+    offset = (max_downtime_ms - base) / steps
+    return [(step_delay_s * i, int(round(base + offset * i))) for i in range(steps + 1)]
 
 
 @dataclasses.dataclass

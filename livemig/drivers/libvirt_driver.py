@@ -399,10 +399,13 @@ class LibvirtDriver(Driver):
         threading.Thread(target=self._collect_stats, args=(source_uri, uuid, options.poll_interval_s, finished,
                                                            latest), name=f"migration-stats-{uuid[:8]}",
                          daemon=True).start()
+        steps = list(options.downtime_schedule[1:])
         reason = None
         while not finished.wait(options.poll_interval_s):
             if latest[0] is not None and on_progress is not None:
                 on_progress(latest[0])
+            if steps and time.monotonic() - started >= steps[0][0]:
+                self._raise_downtime(source_uri, uuid, steps.pop(0)[1])
             if reason is None and should_abort is not None and should_abort():
                 reason = "abort"
             elif reason is None and time.monotonic() - started > options.timeout_s:
@@ -413,6 +416,17 @@ class LibvirtDriver(Driver):
                 except LivemigError:
                     pass  # no job any more (it just finished) or already aborting
         return reason
+
+    def _raise_downtime(self, source_uri: str, uuid: str, downtime_ms: int) -> None:
+        def raise_(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, uuid)
+            if dom is not None:
+                dom.migrateSetMaxDowntime(downtime_ms, 0)
+
+        try:
+            self._call(source_uri, "raising the maximum downtime", raise_)
+        except LivemigError:
+            pass  # the job just ended (or the domain left): nothing to raise
 
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
@@ -434,7 +448,7 @@ class LibvirtDriver(Driver):
         if dom is None:
             raise DriverError(f"domain {uuid} not found on {source_uri}", code=libvirt.VIR_ERR_NO_DOMAIN)
         try:
-            dom.migrateSetMaxDowntime(int(options.max_downtime_ms), 0)
+            dom.migrateSetMaxDowntime(options.initial_downtime_ms(), 0)
         except libvirt.libvirtError as exc:
             raise _error(exc, "setting the maximum downtime") from None
 

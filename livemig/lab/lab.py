@@ -212,7 +212,7 @@ class Lab:
     def _host_up(self, state: dict[str, Any], i: int) -> None:
         name = self.host_name(i)
         host_dir = self.root / "hosts" / name
-        for sub in ("run", "lib", "log", "images"):
+        for sub in ("lib", "log", "images"):
             (host_dir / sub).mkdir(parents=True, exist_ok=True)
         # The stock configuration (nwfilter built-ins included), then ours on top.
         shutil.copytree("/etc/libvirt", host_dir / "etc", dirs_exist_ok=True, symlinks=True)

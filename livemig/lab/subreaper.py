@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 PR_SET_CHILD_SUBREAPER = 36
-MOUNTS = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt",
-          "log": "/var/log/libvirt", "etc": "/etc/libvirt"}
+MOUNTS = {"lib": "/var/lib/libvirt", "cache": "/var/cache/libvirt", "log": "/var/log/libvirt",
+          "etc": "/etc/libvirt"}
 
 
 def main() -> None:
@@ -27,6 +27,13 @@ def main() -> None:
         os.makedirs(source, exist_ok=True)
         os.makedirs(target, exist_ok=True)
         subprocess.run(["mount", "--bind", source, target], check=True)
+    # Runtime state on tmpfs, as /run is on a real host: libvirt fsyncs every
+    # status file it rewrites, and several of those writes fall inside a
+    # migration's downtime, where a disk-backed /run adds journal commits.
+    # It lives as long as this namespace, so a restarted libvirtd finds it.
+    os.makedirs("/run/libvirt", exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "livemig-lab-run", "/run/libvirt"],
+                   check=True)
     socket.sethostname(hostname)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

@@ -6,7 +6,7 @@ from typing import Any
 
 from taskflow.types.failure import Failure
 
-from livemig.drivers.base import DriverError, MigrationOptions, MigrationProgress
+from livemig.drivers.base import DriverError, MigrationOptions, MigrationProgress, downtime_schedule
 from livemig.errors import LivemigError
 from livemig.persistence.inventory import get_migration, set_migration_status
 from livemig.persistence.models import Instance
@@ -78,7 +78,9 @@ class MigrateDomain(MigrationTask):
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
             shared_storage=settings.shared_storage,
             timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
-            poll_interval_s=settings.poll_interval_s)
+            poll_interval_s=settings.poll_interval_s,
+            downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
+                                                settings.downtime_step_delay_s_per_gib * memory_gib))
 
     def _finish(self, migration_id: int, downtime_ms: int | None, elapsed_ms: int) -> dict[str, Any]:
         with self.services.db.session() as session:

@@ -13,7 +13,7 @@ import pytest
 from livemig.lab.echo import EchoStream, ask
 from livemig.lab.lab import FILTER_NAME
 from tests.integration.labtools import (
-    active_on, cli, console_problems, defined_on, has_filter, has_secret, inventory_host, migration_row,
+    active_on, cli, conn, console_problems, defined_on, has_filter, has_secret, inventory_host, migration_row,
     qemu_processes_for, wait_for_running_migration,
 )
 
@@ -38,7 +38,7 @@ def index_of(lab, host):
     return 1 if host == lab.host_name(1) else 2
 
 
-def start_slow_migration(lab, lab_settings, mib_s):
+def start_slow_migration(lab, lab_settings, mib_s, env=None):
     """A bandwidth-limited migration by a background CLI process, once its
     hypervisor job has moved some memory."""
     g = guest(lab)
@@ -46,7 +46,7 @@ def start_slow_migration(lab, lab_settings, mib_s):
     dst = other(lab, src)
     boot_id = ask(g["ip"], 9)
     runner = cli(lab_settings, "migrate", "--live", "-q", src, g["name"], dst,
-                 env={"LIVEMIG_BANDWIDTH_MIB_S": str(mib_s)}, background=True)
+                 env={"LIVEMIG_BANDWIDTH_MIB_S": str(mib_s), **(env or {})}, background=True)
     return g, src, dst, boot_id, runner, wait_for_running_migration(lab_settings)
 
 
@@ -127,6 +127,31 @@ def test_abort_during_a_slow_migration_keeps_vm_on_source(lab, lab_settings):
     assert not has_secret(lab, index_of(lab, dst), g["secret_usage"])
     assert defined_on(lab, g["uuid"]) == [src]
     assert ask(g["ip"], 10, "after-abort") == "after-abort"
+
+
+def test_allowed_downtime_starts_low_and_rises_in_steps(lab, lab_settings):
+    # 128 MiB guest: 24 s/GiB makes a step every 3 s; 4 steps to 400 ms.
+    g, src, dst, boot_id, runner, m = start_slow_migration(lab, lab_settings, mib_s=1, env={
+        "LIVEMIG_MAX_DOWNTIME_MS": "400", "LIVEMIG_DOWNTIME_STEPS": "4",
+        "LIVEMIG_DOWNTIME_STEP_DELAY_S_PER_GIB": "24"})
+    c = conn(lab, index_of(lab, src))
+    try:
+        dom = c.lookupByUUIDString(g["uuid"])
+        seen = [dom.migrateGetMaxDowntime(0)]
+        deadline = time.monotonic() + 20
+        while seen[-1] < 250 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            value = dom.migrateGetMaxDowntime(0)
+            if value != seen[-1]:
+                seen.append(value)
+    finally:
+        c.close()
+    assert cli(lab_settings, "migration", "abort", str(m.id)).returncode == 0
+    runner.communicate(timeout=120)
+    # Read while the job ran: the first step, then the schedule's next ones.
+    assert seen[0] == 100, seen
+    assert seen[1:3] == [175, 250], seen
+    assert where(lab, lab_settings) == src and ask(g["ip"], 9) == boot_id
 
 
 def test_destination_killed_during_migration_rolls_back(lab, lab_settings):
