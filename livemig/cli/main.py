@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
@@ -58,7 +60,32 @@ cli.add_command(conductor)
 
 
 def main() -> None:
-    cli(prog_name="livemig")
+    try:
+        cli(prog_name="livemig")
+        code = 0
+    except SystemExit as exc:  # click ends every command this way
+        code = exc.code
+    _exit(code)
+
+
+def _exit(code: int | str | None) -> None:
+    """Exit without tearing down the interpreter: finalizing SQLAlchemy,
+    TaskFlow and libvirt-python costs ~0.1 s, a twentieth of a migration
+    command. Nothing is pending by now: every transaction is committed, each
+    command has joined the threads it started and closed what it must close
+    (reservations, jobboards); the OS closes sockets and files."""
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 1  # e.g. stdout closed by `| head`: report as Python would
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
