@@ -50,6 +50,9 @@ class Settings:
     shared_storage: bool = False
     # How long a migration waits in "queued" for its hosts' reservations.
     queue_timeout_s: float = 300.0
+    # Migrations one conductor runs at once (each waits on its hypervisors;
+    # host limits, not this, bound the load on a host).
+    conductor_max_migrations: int = 16
     poll_interval_s: float = 0.2
     # Where local reservations live when ZooKeeper is not configured.
     data_dir: str = ""
@@ -66,6 +69,8 @@ class Settings:
                 f"unrecoverable_policy must be one of "
                 f"{', '.join(p.value for p in UnrecoverablePolicy)}, not {self.unrecoverable_policy!r}"
             ) from None
+        if self.conductor_max_migrations < 1:
+            raise InvalidInput("conductor_max_migrations must be at least 1")
         if self.max_downtime_ms < 1 or self.downtime_steps < 1 or self.downtime_step_delay_s_per_gib < 0:
             raise InvalidInput("max_downtime_ms and downtime_steps must be at least 1, "
                                "downtime_step_delay_s_per_gib at least 0")

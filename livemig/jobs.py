@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 from typing import Any
 
 from kazoo.client import KazooState
 from taskflow import states as tf_states
-from taskflow.conductors.backends.impl_blocking import BlockingConductor
+from taskflow.conductors.backends.impl_nonblocking import NonBlockingConductor
 from taskflow.jobs import backends as job_backends
 from taskflow.listeners.base import Listener
 
@@ -25,6 +27,7 @@ from livemig.runner import MigrationEventListener, ensure_outcome_recorded
 from livemig.services import Services
 
 LOG = logging.getLogger("livemig.conductor")
+SWITCH_INTERVAL_S = float(os.environ.get("LIVEMIG_SWITCH_INTERVAL_S", "0.0005"))
 BOARD_NAME = "livemig-migrations"
 
 
@@ -65,50 +68,87 @@ def post_migration_job(services: Services, migration_id: int, board=None) -> str
     return job.uuid
 
 
+class SessionTracker:
+    """Counts lost ZooKeeper sessions: every claim made in an earlier session
+    is lost with it (its lock node was ephemeral)."""
+
+    def __init__(self, client) -> None:
+        self._lock = threading.Lock()
+        self.client = client
+        self.generation = 0
+        client.add_listener(self.on_state)
+
+    def on_state(self, state: str) -> None:
+        if state == KazooState.LOST:
+            with self._lock:
+                self.generation += 1
+
+
 class ClaimFence(Listener):
     """Stops the engine before its next step once this conductor no longer
     owns the job (its session expired while it was frozen or partitioned).
     The step that was running when the claim was lost may finish: every
     livemig step is safe to run twice."""
 
-    def __init__(self, engine, board, job, name: str, lost: threading.Event):
+    def __init__(self, engine, board, job, name: str, sessions: SessionTracker):
         super().__init__(engine, task_listen_for=(tf_states.SUCCESS, tf_states.FAILURE, tf_states.REVERTED),
                          flow_listen_for=())
-        self._board, self._job, self._name, self._lost = board, job, name, lost
+        self._board, self._job, self._name, self._sessions = board, job, name, sessions
+        self._generation = sessions.generation  # the claim was made in this session
         self.fenced = False
 
     def _task_receiver(self, state: str, details: dict[str, Any]) -> None:
         if self.fenced:
             return
-        owner = None
-        if not self._lost.is_set():
-            try:
-                owner = self._board.find_owner(self._job)
-            except Exception:  # noqa: BLE001 - cannot prove ownership: stop
-                owner = None
-        if owner != self._name:
-            self.fenced = True
-            LOG.warning("conductor %s lost its claim on %s (owner now %s); stopping before the next step",
-                        self._name, self._job.name, owner)
-            self._engine.suspend()
+        if self._sessions.generation == self._generation and self._claim_held():
+            return
+        self.fenced = True
+        LOG.warning("conductor %s lost its claim on %s; stopping before the next step", self._name, self._job.name)
+        self._engine.suspend()
+
+    def _claim_held(self) -> bool:
+        """The claim is an ephemeral node of this conductor's session: it
+        exists, and is ours, exactly while that session lives. One read; a
+        request in an expired session fails, which also means lost."""
+        try:
+            stat = self._sessions.client.exists(self._job.lock_path)
+            return stat is not None and stat.ephemeralOwner == self._sessions.client.client_id[0]
+        except Exception:  # noqa: BLE001 - cannot prove ownership: stop
+            return False
 
 
-class MigrationConductor(BlockingConductor):
-    """A blocking conductor that records livemig's events and fences itself."""
+class UnclaimedJobs:
+    """The board as a conductor should see it: TaskFlow's conductor walks
+    every job, claimed ones included, and tries to claim each (a failing
+    ZooKeeper transaction apiece); with many migrations in flight that was a
+    good part of ZooKeeper's load."""
 
-    def __init__(self, name: str, board, services: Services, session_lost: threading.Event, **kwargs: Any):
+    def __init__(self, board):
+        self._board = board
+
+    def iterjobs(self, only_unclaimed: bool = True, ensure_fresh: bool = False):
+        return self._board.iterjobs(only_unclaimed=True, ensure_fresh=ensure_fresh)
+
+    def __getattr__(self, name: str):
+        return getattr(self._board, name)
+
+
+class MigrationConductor(NonBlockingConductor):
+    """Runs up to `max_simultaneous_jobs` migrations at once, each in its own
+    thread (a live migration mostly waits on its hypervisors), records
+    livemig's events and fences itself."""
+
+    def __init__(self, name: str, board, services: Services, sessions: SessionTracker, **kwargs: Any):
         super().__init__(name, board, persistence=services.db.taskflow_backend(), engine="serial", **kwargs)
         self._services = services
-        self._session_lost = session_lost
+        self._sessions = sessions
 
     def _listeners_from_job(self, job, engine):
         listeners = super()._listeners_from_job(job, engine)
         migration_id = (job.details or {}).get("migration_id")
         if migration_id is not None:
             listeners.append(MigrationEventListener(engine, self._services, migration_id))
-        # A claim is owned by this session; losing the session loses the claim.
-        self._session_lost.clear()
-        listeners.append(ClaimFence(engine, self._jobboard, job, self._name, self._session_lost))
+        listeners.append(ClaimFence(engine, self._jobboard, job, self._name, self._sessions))
         return listeners
 
     def _dispatch_job(self, job):
@@ -123,19 +163,21 @@ class MigrationConductor(BlockingConductor):
 
 
 def run_conductor(services: Services, name: str | None = None, once: bool = False,
-                  stop_event: threading.Event | None = None) -> None:
+                  stop_event: threading.Event | None = None, max_migrations: int | None = None) -> None:
     """Claim and run migration jobs until stopped (or after one with `once`)."""
     name = name or f"conductor-{controller_id()}"
+    # Many migration threads each wait on short database and ZooKeeper round
+    # trips; with the default 5 ms switch interval every reply waits for the
+    # running thread to give up the GIL, and a step of three writes took 45 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    max_migrations = 1 if once else (max_migrations or services.settings.conductor_max_migrations)
     client = start_client(services.settings)
-    lost = threading.Event()
-
-    def on_state(state: str) -> None:
-        if state == KazooState.LOST:
-            lost.set()
-
-    client.add_listener(on_state)
+    sessions = SessionTracker(client)
     board = open_board(services, client=client)
-    conductor = MigrationConductor(name, board, services, lost, wait_timeout=0.5)
+    # The wait between looks at the board when nothing was claimed, which is
+    # also how soon a finished migration's slot is refilled.
+    conductor = MigrationConductor(name, UnclaimedJobs(board), services, sessions, wait_timeout=0.1,
+                                   max_simultaneous_jobs=max_migrations)
     if once:
         conductor.notifier.register("job_consumed", lambda *_a, **_k: conductor.stop())
         conductor.notifier.register("job_abandoned", lambda *_a, **_k: conductor.stop())
@@ -143,7 +185,8 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     if stop_event is not None:
         watcher = threading.Thread(target=lambda: (stop_event.wait(), conductor.stop()), daemon=True)
         watcher.start()
-    LOG.info("conductor %s: waiting for jobs on %s", name, services.settings.zookeeper_hosts)
+    LOG.info("conductor %s: waiting for jobs on %s (up to %d at once)", name, services.settings.zookeeper_hosts,
+             max_migrations)
     try:
         conductor.run()
     finally:

@@ -39,8 +39,7 @@ class MigrationEventListener(Listener):
 
     def _write(self, kind: str, name: str, state: str, message: str = "") -> None:
         try:
-            with self._services.db.session() as session:
-                add_event(session, self._migration_id, kind, name, state, message)
+            self._services.db.record_event(self._migration_id, kind, name, state, message)
         except LivemigError as exc:
             LOG.warning("migration %s: could not record %s %s: %s", self._migration_id, name, state, exc)
 

@@ -3,6 +3,7 @@ settings once per process and handed to tasks through their constructors."""
 from __future__ import annotations
 
 import os
+import time
 from functools import cached_property
 
 from livemig.config import Settings
@@ -11,9 +12,28 @@ from livemig.drivers.registry import DriverRegistry
 from livemig.persistence.database import Database, database_for
 
 
+# How long a host's URI is reused without asking the database again (every
+# step of every migration needs both hosts' URIs; a host's URI is fixed when it
+# is added).
+HOST_URI_TTL_S = 30.0
+
+
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._host_uris: dict[str, tuple[str, float]] = {}
+
+    def host_uri(self, name: str) -> str:
+        cached = self._host_uris.get(name)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        from livemig.persistence.inventory import get_host
+
+        with self.db.session() as session:
+            uri = get_host(session, name).uri
+        self._host_uris[name] = (uri, now + HOST_URI_TTL_S)
+        return uri
 
     @cached_property
     def db(self) -> Database:

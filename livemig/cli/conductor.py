@@ -14,13 +14,15 @@ from livemig.errors import InvalidInput
 @click.command()
 @click.option("--name", default=None, help="Conductor name (default: conductor-HOST:PID).")
 @click.option("--once", is_flag=True, help="Run one job, then exit.")
+@click.option("--max-migrations", type=click.IntRange(min=1), default=None,
+              help="Migrations run at once (default: the conductor_max_migrations setting, 16).")
 @click.pass_obj
 @handle_errors
-def conductor(state: State, name: str | None, once: bool) -> None:
+def conductor(state: State, name: str | None, once: bool, max_migrations: int | None) -> None:
     """Run migrations posted to the jobboard (needs LIVEMIG_ZOOKEEPER_HOSTS).
 
-    SIGTERM stops cleanly: the current step finishes and the job is handed
-    back to the board for another conductor."""
+    SIGTERM stops cleanly: each running migration finishes its current step
+    and its job is handed back to the board for another conductor."""
     from livemig.api import _services
     from livemig.jobs import run_conductor
 
@@ -39,4 +41,4 @@ def conductor(state: State, name: str | None, once: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_conductor(_services(settings), name=name, once=once, stop_event=stop)
+    run_conductor(_services(settings), name=name, once=once, stop_event=stop, max_migrations=max_migrations)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,13 @@ class ReservationService(abc.ABC):
     @abc.abstractmethod
     def release(self, migration_id: int, hosts: list[str]) -> None:
         """Drop this migration's reservations; releasing twice is fine."""
+
+    def wait_for_change(self, instance_uuid: str, hosts: list[str], poll_interval_s: float) -> None:
+        """Return once a reservation that blocks a migration of this instance
+        between these hosts may have been released, or after a while (at most
+        about a second, so the waiter can check for an abort). Polls unless
+        the service can be notified."""
+        time.sleep(poll_interval_s)
 
     @abc.abstractmethod
     def holders(self, host: str) -> list[int]:

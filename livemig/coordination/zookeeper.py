@@ -44,6 +44,7 @@ class ZookeeperReservations(ReservationService):
         self._hosts = f"{root}/reservations/hosts"
         self._instances = f"{root}/reservations/instances"
         self._lock_path = f"{root}/locks/reservations"
+        self._known_paths: set[str] = set()
 
     @property
     def client(self) -> KazooClient:
@@ -55,10 +56,8 @@ class ZookeeperReservations(ReservationService):
     def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
         client = self.client
         try:
-            client.ensure_path(self._hosts)
-            client.ensure_path(self._instances)
-            for h in hosts:
-                client.ensure_path(f"{self._hosts}/{h.host}")
+            for path in [self._hosts, self._instances] + [f"{self._hosts}/{h.host}" for h in hosts]:
+                self._ensure_path(client, path)
             mine = [h for h in hosts if client.exists(f"{self._hosts}/{h.host}/{migration_id}")]
             if len(mine) == len(hosts):
                 return None
@@ -90,6 +89,13 @@ class ZookeeperReservations(ReservationService):
         except (KazooException, KazooTimeoutError) as exc:
             raise CoordinationUnavailable(f"ZooKeeper error while reserving hosts: {exc!r}") from None
 
+    def _ensure_path(self, client: KazooClient, path: str) -> None:
+        # These nodes are never deleted: create each once per process (a
+        # round trip saved per node and reservation attempt).
+        if path not in self._known_paths:
+            client.ensure_path(path)
+            self._known_paths.add(path)
+
     def release(self, migration_id: int, hosts: list[str]) -> None:
         client = self.client
         try:
@@ -115,6 +121,29 @@ class ZookeeperReservations(ReservationService):
                 client.delete(path, version=stat.version)
         except (NoNodeError, KazooException):
             pass
+
+    def wait_for_change(self, instance_uuid: str, hosts: list[str], poll_interval_s: float,
+                        longest_s: float = 1.0) -> None:
+        """Watches instead of polling: a queued migration wakes when a host's
+        or the instance's reservations change. Many queued migrations would
+        otherwise each take the reservation lock every poll interval."""
+        changed = threading.Event()
+
+        def wake(_event) -> None:
+            changed.set()
+
+        client = self.client
+        try:
+            for host in hosts:
+                try:
+                    client.get_children(f"{self._hosts}/{host}", watch=wake)
+                except NoNodeError:
+                    changed.set()
+            client.exists(f"{self._instances}/{instance_uuid}", watch=wake)
+        except (KazooException, KazooTimeoutError):
+            changed.wait(poll_interval_s)  # the next try_reserve reports the error
+            return
+        changed.wait(longest_s)
 
     def holders(self, host: str) -> list[int]:
         try:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -71,6 +69,7 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._taskflow_backend = None
+        self._insert_event = None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -78,6 +77,23 @@ class Database:
         try:
             with self._sessions.begin() as session:
                 yield session
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
+    def record_event(self, migration_id: int, kind: str, name: str, state: str = "", message: str = "") -> None:
+        """One audit-trail event in its own short transaction. A plain INSERT
+        compiled once: through an ORM session each cost several times the
+        CPU, and a migration records about thirty."""
+        from livemig.persistence.inventory import controller_id
+        from livemig.persistence.models import Event
+
+        if self._insert_event is None:
+            self._insert_event = sa.insert(Event.__table__)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_event, {"migration_id": migration_id, "kind": kind, "name": name,
+                                                  "state": state, "message": message,
+                                                  "controller": controller_id()})
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 
@@ -118,57 +134,15 @@ class Database:
     def taskflow_backend(self):
         """TaskFlow's SQL persistence backend on this same engine."""
         if self._taskflow_backend is None:
-            self._taskflow_backend = _shared_connection_backend()(
+            from livemig.persistence.taskflow_backend import SharedConnectionBackend
+
+            self._taskflow_backend = SharedConnectionBackend(
                 {"connection": self.engine.url.render_as_string(hide_password=False)}, engine=self.engine
             )
         return self._taskflow_backend
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _lazy_module(name: str) -> None:
-    """Register `name` so that it executes on first attribute access."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        return
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    # Bound on its package too: `from package import name` then takes it as
-    # it is, where the import system would look inside (and so load) it.
-    parent, _, child = name.rpartition(".")
-    setattr(sys.modules[parent], child, module)
-
-
-def _shared_connection_backend():
-    # TaskFlow's backend imports its schema-migration module, and with it
-    # alembic and every SQLAlchemy dialect (~100 ms of each command's start),
-    # though only a schema upgrade uses it.
-    _lazy_module("taskflow.persistence.backends.sqlalchemy.migration")
-    from taskflow.persistence.backends.impl_sqlalchemy import SQLAlchemyBackend
-
-    class SharedConnectionBackend(SQLAlchemyBackend):
-        """TaskFlow's SQL backend builds its table metadata anew for every
-        connection, i.e. for every atom state change: most of a conductor's
-        CPU, and memory that grew by megabytes per migration. Its connections
-        hold no state besides that metadata (each call opens its own
-        transaction on the engine), so one is shared."""
-
-        _shared = None
-        _shared_lock = threading.Lock()
-
-        def get_connection(self):
-            with self._shared_lock:
-                if self._shared is None:
-                    self._shared = super().get_connection()
-                return self._shared
-
-    return SharedConnectionBackend
 
 
 _databases: dict[tuple[int, str], Database] = {}

@@ -7,7 +7,6 @@ from typing import Any
 from taskflow import task
 
 from livemig.drivers.base import Driver, DomainInfo
-from livemig.persistence.inventory import add_event, get_host
 from livemig.services import Services
 
 LOG = logging.getLogger("livemig.tasks")
@@ -21,8 +20,7 @@ class MigrationTask(task.Task):
         self.services = services
 
     def host_uri(self, host: str) -> str:
-        with self.services.db.session() as session:
-            return get_host(session, host).uri
+        return self.services.host_uri(host)
 
     def driver_and_uri(self, host: str) -> tuple[Driver, str]:
         uri = self.host_uri(host)
@@ -35,9 +33,7 @@ class MigrationTask(task.Task):
     def note(self, migration_id: int, message: str, state: str = "") -> None:
         """An event in the migration's audit trail, from this step."""
         LOG.info("migration %s: %s: %s", migration_id, self.name, message)
-        with self.services.db.session() as session:
-            add_event(session, migration_id, "note", self.name, state, message)
+        self.services.db.record_event(migration_id, "note", self.name, state, message)
 
     def record_resource(self, migration_id: int, resource: str, state: str) -> None:
-        with self.services.db.session() as session:
-            add_event(session, migration_id, "resource", self.name, state, resource)
+        self.services.db.record_event(migration_id, "resource", self.name, state, resource)

@@ -39,7 +39,8 @@ class ReserveHosts(MigrationTask):
                     raise MigrationFailed(f"migration {migration_id} was cancelled while queued")
             if time.monotonic() >= deadline:
                 raise QueueTimeout(f"gave up waiting for hosts after {queue_timeout:g} s: {why}")
-            time.sleep(self.services.settings.poll_interval_s)
+            self.services.reservations.wait_for_change(instance_uuid, [source_host, dest_host],
+                                                       self.services.settings.poll_interval_s)
 
     def revert(self, migration_id: int, source_host: str, dest_host: str, **kwargs: Any) -> None:
         self.services.reservations.release(migration_id, [source_host, dest_host])
