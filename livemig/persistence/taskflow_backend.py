@@ -4,9 +4,11 @@ cheaper writes per atom state change.
 Imported only when a flow is persisted or loaded (see Database.taskflow_backend)."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import threading
+from collections import OrderedDict
 
 
 def _lazy_module(name: str) -> None:
@@ -47,11 +49,42 @@ class LivemigConnection(impl_sqlalchemy.Connection):
     UPDATE is also built anew (and its SQL cache key computed) per write;
     here one statement with bound parameters is compiled once."""
 
+    # Atoms whose last written values are remembered (see _progress_only).
+    REMEMBERED_ATOMS = 4096
+
     def __init__(self, backend, upgrade_lock):
         super().__init__(backend, upgrade_lock)
         atoms = self._tables.atomdetails
         # The SET clause comes from the parameters' keys (the detail's fields).
         self._update_atom = atoms.update().where(atoms.c.uuid == sa.bindparam("match_uuid"))
+        self._written: OrderedDict[str, dict] = OrderedDict()
+        self._written_lock = threading.Lock()
+
+    def _progress_only(self, values: dict) -> bool:
+        """Whether this write changes nothing but the task's progress.
+
+        TaskFlow's engine writes a task's progress on its own, twice per step
+        (0.0 as it starts, 1.0 as it ends), a quarter of all writes. livemig
+        keeps progress in its migration row, and TaskFlow never reads it back
+        (a resumed step starts over), so such a write stays in memory and
+        goes out with the atom's next state change."""
+        with self._written_lock:
+            last = self._written.get(values["match_uuid"])
+        if last is None:
+            return False
+        strip = ("progress", "progress_details")
+        return ({k: v for k, v in values.items() if k != "meta"} == {k: v for k, v in last.items() if k != "meta"}
+                and {k: v for k, v in (values["meta"] or {}).items() if k not in strip}
+                == {k: v for k, v in (last["meta"] or {}).items() if k not in strip})
+
+    def _remember(self, values: dict) -> None:
+        # A copy of the metadata: TaskFlow may reuse the dict it handed us.
+        values = dict(values, meta=copy.deepcopy(values["meta"]))
+        with self._written_lock:
+            self._written[values["match_uuid"]] = values
+            self._written.move_to_end(values["match_uuid"])
+            while len(self._written) > self.REMEMBERED_ATOMS:
+                self._written.popitem(last=False)
 
     def _atom_values(self, atom_detail) -> dict:
         values = atom_detail.to_dict()
@@ -59,13 +92,17 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         return values
 
     def update_atom_details(self, atom_detail):
+        values = self._atom_values(atom_detail)
+        if self._progress_only(values):
+            return atom_detail
         try:
             with self._engine.begin() as conn:
-                if conn.execute(self._update_atom, self._atom_values(atom_detail)).rowcount != 1:
+                if conn.execute(self._update_atom, values).rowcount != 1:
                     raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure,
                                     f"Failed updating atom details with uuid '{atom_detail.uuid}'")
+        self._remember(values)
         return atom_detail
 
     def _update_atom_details(self, conn, ad, e_ad):
@@ -75,7 +112,9 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         before = e_ad.to_dict()
         e_ad.merge(ad)
         if e_ad.to_dict() != before:
-            conn.execute(self._update_atom, self._atom_values(e_ad))
+            values = self._atom_values(e_ad)
+            conn.execute(self._update_atom, values)
+            self._remember(values)
 
 
 class SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):

@@ -37,10 +37,11 @@ class Conductors:
         env.pop("LIVEMIG_DATABASE_URL", None)
         return env
 
-    def start(self, name, step=None, when=None):
+    def start(self, name, step=None, when=None, env=None):
         args = [sys.executable, "-m", "tests.helpers_conductor", name] + ([step, when] if step else [])
         log = open(os.path.join(self.settings.data_dir, f"{name}.log"), "w")
-        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**self.env(), **(env or {})}, stdout=log,
+                                            stderr=subprocess.STDOUT)
         return self.procs[name]
 
     def stop_all(self):
@@ -268,3 +269,31 @@ def test_conductor_once_runs_one_job_and_exits(tmp_path, zk_settings, conductors
     assert "claimed livemig-migration-" in proc.stderr and "finished livemig-migration-" in proc.stderr
     statuses = sorted(livemig.show_migration(i, settings=zk_settings).status for i in (first.id, second.id))
     assert statuses == ["completed", "queued"]
+
+
+def migrate_domain_span(settings, migration_id):
+    events = step_events(settings, migration_id)
+    return (next(e.at for e in events if e.name == "migrate-domain" and e.state == "RUNNING"),
+            next(e.at for e in events if e.name == "migrate-domain" and e.state == "SUCCESS"))
+
+
+@pytest.mark.parametrize("max_migrations,overlap", [(None, True), (1, False)], ids=["default", "one-at-a-time"])
+def test_one_conductor_runs_migrations_of_disjoint_hosts_at_once(tmp_path, zk_settings, conductors,
+                                                                 max_migrations, overlap):
+    # Each hypervisor migration takes 1.5 s: run one after the other they cannot overlap.
+    cloud = FakeCloud.build(tmp_path, zk_settings, hosts=("a", "b", "c", "d"), migration_seconds=1.5)
+    cloud.driver.create_domain(cloud.uri("c"), "vm2")
+    livemig.sync_hosts(CTX, "c", settings=zk_settings)
+    first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    second = livemig.migrate(CTX, "vm2", "c", "d", wait=False, settings=zk_settings)
+    env = {"LIVEMIG_CONDUCTOR_MAX_MIGRATIONS": str(max_migrations)} if max_migrations else {}
+    conductors.start("solo", env=env)
+    views = wait_finished(zk_settings, [first.id, second.id], timeout=60)
+    assert [v.status for v in views] == ["completed", "completed"]
+    (s1, e1), (s2, e2) = (migrate_domain_span(zk_settings, v.id) for v in views)
+    assert (s1 < e2 and s2 < e1) is overlap, ((s1, e1), (s2, e2))
+    assert cloud.running_on(cloud.instance().uuid) == ["b"]
+    with database_for(zk_settings.database_url).session() as s:
+        claimed_by = {e.controller for e in s.scalars(sa.select(Event).where(
+            Event.kind == "step", Event.migration_id.in_([first.id, second.id])))}
+    assert len(claimed_by) == 1  # one conductor process ran both

@@ -84,3 +84,53 @@ def test_schema_head_constant_matches_the_migrations():
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
+
+
+def _book_with_task(db):
+    backend = db.taskflow_backend()
+    book = tf_models.LogBook("atoms")
+    flow = tf_models.FlowDetail("f", uuid=str(uuid.uuid4()))
+    book.add(flow)
+    task = tf_models.TaskDetail("t", uuid=str(uuid.uuid4()))
+    flow.add(task)
+    conn = backend.get_connection()
+    conn.save_logbook(book)
+    return conn, book, task
+
+
+def _stored(conn, book, task):
+    return conn.get_logbook(book.uuid).find(list(book)[0].uuid).find(task.uuid)
+
+
+def test_atom_writes_persist_state_and_skip_progress_only_changes(db_settings):
+    db = Database(db_settings.database_url)
+    db.upgrade()
+    conn, book, task = _book_with_task(db)
+    running = task.copy()
+    running.state = "RUNNING"
+    conn.update_atom_details(running)
+    assert _stored(conn, book, task).state == "RUNNING"
+    # TaskFlow's automatic progress write: kept in memory only...
+    started = running.copy()
+    started.meta = dict(running.meta, progress=0.0)
+    conn.update_atom_details(started)
+    assert _stored(conn, book, task).meta.get("progress") is None
+    # ...and written with the next change of state, with the result.
+    done = started.copy()
+    done.state, done.results = "SUCCESS", {"downtime_ms": 12}
+    conn.update_atom_details(done)
+    stored = _stored(conn, book, task)
+    assert (stored.state, stored.results, stored.meta.get("progress")) == ("SUCCESS", {"downtime_ms": 12}, 0.0)
+    db.dispose()
+
+
+def test_atom_write_of_an_unknown_atom_is_not_found(db_settings):
+    from taskflow import exceptions as tf_exc
+
+    db = Database(db_settings.database_url)
+    db.upgrade()
+    conn, _book, _task = _book_with_task(db)
+    stray = tf_models.TaskDetail("stray", uuid=str(uuid.uuid4()))
+    with pytest.raises(tf_exc.NotFound):
+        conn.update_atom_details(stray)
+    db.dispose()
