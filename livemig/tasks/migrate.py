@@ -90,6 +90,8 @@ class MigrateDomain(MigrationTask):
                 migration.downtime_ms = downtime_ms
             set_migration_status(session, migration_id, MigrationStatus.POST_MIGRATING)
         self.update_progress(1.0)
+        self.note(migration_id, f"hypervisor migration call took {elapsed_ms} ms, downtime "
+                                f"{'unknown' if downtime_ms is None else f'{downtime_ms} ms'}")
         return {"downtime_ms": downtime_ms, "elapsed_ms": elapsed_ms}
 
     def revert(self, result: Any, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
