@@ -23,7 +23,7 @@ from livemig.persistence.inventory import (
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
-from livemig.runner import create_logbook, migration_store, resume_migration, run_migration
+from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
 from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
@@ -205,25 +205,34 @@ def create_migration(context: RequestContext, instance: str, source: str, dest: 
                      settings: Settings | None = None, queue_timeout_s: float | None = None) -> MigrationView:
     """Check the request and record it (status `queued`) with its persisted
     flow; nothing runs yet. Bad input raises and records nothing."""
-    context.require_admin("live migration")
     services = _services(settings)
+    migration_id, _ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+    return show_migration(migration_id, settings=services.settings)
+
+
+def _record_migration(context: RequestContext, services: Services, instance: str, source: str, dest: str,
+                      queue_timeout_s: float | None) -> tuple[int, tuple[str, str]]:
+    """The migration row and its logbook; returns the id and (logbook, flow) uuids."""
+    context.require_admin("live migration")
+    book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = check_migration(session, services.drivers, instance, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
-                              dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user)
+                              dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
+                              logbook_id=book_id, flow_id=flow_id)
         session.add(migration)
         session.flush()
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
                   f"requested by {context.user}: {inst.name} {source} -> {dest}")
         migration_id, instance_uuid = migration.id, inst.uuid
     try:
-        create_logbook(services, migration_id,
-                       migration_store(migration_id, instance_uuid, source, dest, queue_timeout_s))
+        create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest,
+                                                               queue_timeout_s), book_id, flow_id)
     except Exception as exc:
         with services.db.session() as session:
             set_migration_status(session, migration_id, MigrationStatus.ERROR, f"could not persist its flow: {exc}")
         raise
-    return show_migration(migration_id, settings=services.settings)
+    return migration_id, (book_id, flow_id)
 
 
 def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
@@ -244,15 +253,13 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
-        view = create_migration(context, instance, source, dest, settings=services.settings,
-                                queue_timeout_s=queue_timeout_s)
-        post_migration_job(services, view.id, board=board)
+        migration_id, ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+        post_migration_job(services, migration_id, board=board, logbook_ids=ids)
         if not wait:
-            return show_migration(view.id, settings=services.settings)
-        return _follow(services, view.id, progress, runner=None)
-    view = create_migration(context, instance, source, dest, settings=services.settings,
-                            queue_timeout_s=queue_timeout_s)
-    return _follow(services, view.id, progress, runner=lambda: run_migration(services, view.id))
+            return show_migration(migration_id, settings=services.settings)
+        return _follow(services, migration_id, progress, runner=None)
+    migration_id, _ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+    return _follow(services, migration_id, progress, runner=lambda: run_migration(services, migration_id))
 
 
 def resume(context: RequestContext, migration_id: int, settings: Settings | None = None,

@@ -19,11 +19,12 @@ from taskflow import states as tf_states
 from taskflow.conductors.backends.impl_nonblocking import NonBlockingConductor
 from taskflow.jobs import backends as job_backends
 from taskflow.listeners.base import Listener
+from taskflow.persistence import models as tf_models
 
 from livemig.coordination.zookeeper import start_client
 from livemig.errors import CoordinationUnavailable
 from livemig.persistence.inventory import add_event, controller_id, get_migration
-from livemig.runner import MigrationEventListener, ensure_outcome_recorded
+from livemig.runner import MigrationEventListener, ensure_outcome_recorded, logbook_name
 from livemig.services import Services
 
 LOG = logging.getLogger("livemig.conductor")
@@ -46,18 +47,21 @@ def open_board(services: Services, client=None):
     return board
 
 
-def post_migration_job(services: Services, migration_id: int, board=None) -> str:
-    """Post the migration's persisted flow as a job; returns the job's uuid."""
-    with services.db.session() as session:
-        migration = get_migration(session, migration_id)
-        book_id, flow_id = migration.logbook_id, migration.flow_id
-    backend = services.db.taskflow_backend()
-    with contextlib.closing(backend.get_connection()) as conn:
-        book = conn.get_logbook(book_id)
+def post_migration_job(services: Services, migration_id: int, board=None,
+                       logbook_ids: tuple[str, str] | None = None) -> str:
+    """Post the migration's persisted flow as a job; returns the job's uuid.
+    `logbook_ids`: its (logbook, flow) uuids, if the caller has them."""
+    if logbook_ids is None:
+        with services.db.session() as session:
+            migration = get_migration(session, migration_id)
+            logbook_ids = (migration.logbook_id, migration.flow_id)
+    book_id, flow_id = logbook_ids
+    # The posting names the logbook (name and uuid); conductors load it.
+    book = tf_models.LogBook(logbook_name(migration_id), uuid=book_id)
     own_board = board is None
     board = board or open_board(services)
     try:
-        job = board.post(f"livemig-migration-{migration_id}", book=book,
+        job = board.post(logbook_name(migration_id), book=book,
                          details={"flow_uuid": flow_id, "migration_id": migration_id})
     finally:
         if own_board:

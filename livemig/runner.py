@@ -17,7 +17,7 @@ from taskflow.persistence import models as tf_models
 
 from livemig.errors import Conflict, LivemigError
 from livemig.flows import keys
-from livemig.flows.live_migration import FACTORY_NAME, get_live_migration_flow
+from livemig.flows.live_migration import FACTORY_NAME
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
 from livemig.services import Services
 from livemig.states import MigrationStatus
@@ -64,26 +64,30 @@ def migration_store(migration_id: int, instance_uuid: str, source_host: str, des
     return store
 
 
-def create_logbook(services: Services, migration_id: int, store: dict[str, Any]) -> tuple[str, str]:
+def new_logbook_ids() -> tuple[str, str]:
+    """Uuids of a migration's logbook and flow, known before either is saved
+    so that the migration row can name them when it is created."""
+    return _new_uuid(), _new_uuid()
+
+
+def create_logbook(services: Services, migration_id: int, store: dict[str, Any], book_id: str,
+                   flow_id: str) -> None:
     """Persist the flow (factory name, arguments and store) before anything runs,
     so that any controller can run or resume it from the database alone."""
     backend = services.db.taskflow_backend()
-    settings = services.settings.to_dict()
-    flow = get_live_migration_flow(settings)
-    book = tf_models.LogBook(f"livemig-migration-{migration_id}")
-    flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=_new_uuid())
+    book = tf_models.LogBook(logbook_name(migration_id), uuid=book_id)
+    flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=flow_id)
     book.add(flow_detail)
-    save_factory_details(flow_detail, FACTORY_NAME, [settings], {})
+    save_factory_details(flow_detail, FACTORY_NAME, [services.settings.to_dict()], {})
+    # Every engine that runs the flow (this process's, a conductor's, a
+    # resume's) injects the store from here when it loads the flow.
     flow_detail.meta["store"] = store
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
-    # Loading with the store persists it in the flow detail's storage.
-    engines.load(flow, store=store, flow_detail=flow_detail, book=book, backend=backend, engine="serial")
-    with services.db.session() as session:
-        migration = get_migration(session, migration_id)
-        migration.logbook_id = book.uuid
-        migration.flow_id = flow_detail.uuid
-    return book.uuid, flow_detail.uuid
+
+
+def logbook_name(migration_id: int) -> str:
+    return f"livemig-migration-{migration_id}"
 
 
 def _new_uuid() -> str:
@@ -102,7 +106,8 @@ def load_engine(services: Services, migration_id: int):
     with contextlib.closing(backend.get_connection()) as conn:
         book = conn.get_logbook(book_id)
     flow_detail = book.find(flow_id)
-    return engines.load_from_detail(flow_detail, backend=backend, book=book, engine="serial")
+    return engines.load_from_detail(flow_detail, store=(flow_detail.meta or {}).get("store"), backend=backend,
+                                    book=book, engine="serial")
 
 
 @contextlib.contextmanager
