@@ -14,6 +14,7 @@ from taskflow import engines, states as tf_states
 from taskflow.engines.helpers import save_factory_details
 from taskflow.listeners.base import Listener
 from taskflow.persistence import models as tf_models
+from taskflow.storage import Storage
 
 from livemig.errors import Conflict, LivemigError
 from livemig.flows import keys
@@ -79,11 +80,12 @@ def create_logbook(services: Services, migration_id: int, store: dict[str, Any],
     flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=flow_id)
     book.add(flow_detail)
     save_factory_details(flow_detail, FACTORY_NAME, [services.settings.to_dict()], {})
-    # Every engine that runs the flow (this process's, a conductor's, a
-    # resume's) injects the store from here when it loads the flow.
-    flow_detail.meta["store"] = store
+    flow_detail.meta["store"] = store  # where TaskFlow's conductors look for it
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
+    # The store as the flow's injected arguments, through TaskFlow's storage
+    # alone: building the flow and an engine for it cost twice as much.
+    Storage(flow_detail, backend=backend).inject(store)
 
 
 def logbook_name(migration_id: int) -> str:
@@ -106,8 +108,7 @@ def load_engine(services: Services, migration_id: int):
     with contextlib.closing(backend.get_connection()) as conn:
         book = conn.get_logbook(book_id)
     flow_detail = book.find(flow_id)
-    return engines.load_from_detail(flow_detail, store=(flow_detail.meta or {}).get("store"), backend=backend,
-                                    book=book, engine="serial")
+    return engines.load_from_detail(flow_detail, backend=backend, book=book, engine="serial")
 
 
 @contextlib.contextmanager
