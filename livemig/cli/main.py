@@ -71,9 +71,11 @@ def main() -> None:
 def _exit(code: int | str | None) -> None:
     """Exit without tearing down the interpreter: finalizing SQLAlchemy,
     TaskFlow and libvirt-python costs ~0.1 s, a twentieth of a migration
-    command. Nothing is pending by now: every transaction is committed, each
-    command has joined the threads it started and closed what it must close
-    (reservations, jobboards); the OS closes sockets and files."""
+    command. Nothing is pending by now: every transaction is committed, and
+    each command has joined the threads it started (a conductor has also
+    handed back its jobs and closed its ZooKeeper session). The OS closes
+    sockets and files; a poster's ZooKeeper session, which owns no ephemeral
+    node, simply expires."""
     if code is None:
         code = 0
     elif not isinstance(code, int):
