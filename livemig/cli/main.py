@@ -61,9 +61,20 @@ cli.add_command(conductor)
 
 def main() -> None:
     try:
-        cli(prog_name="livemig")
-        code = 0
-    except SystemExit as exc:  # click ends every command this way
+        result = cli.main(prog_name="livemig", standalone_mode=False)
+        code = result if isinstance(result, int) else 0  # `--help` returns its exit code
+    except click.UsageError as exc:
+        # Click's own report is usage, a hint and the error over four lines.
+        where = exc.ctx.command_path if exc.ctx is not None else "livemig"
+        click.echo(f"livemig: error: {' '.join(exc.format_message().split())} (see `{where} --help`)", err=True)
+        code = exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"livemig: error: {' '.join(exc.format_message().split())}", err=True)
+        code = exc.exit_code
+    except click.Abort:
+        click.echo("livemig: interrupted", err=True)
+        code = 130
+    except SystemExit as exc:  # handle_errors reports an error and exits this way
         code = exc.code
     _exit(code)
 
