@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import threading
 from typing import Any
 
@@ -28,7 +26,6 @@ from livemig.runner import MigrationEventListener, ensure_outcome_recorded, logb
 from livemig.services import Services
 
 LOG = logging.getLogger("livemig.conductor")
-SWITCH_INTERVAL_S = float(os.environ.get("LIVEMIG_SWITCH_INTERVAL_S", "0.0005"))
 BOARD_NAME = "livemig-migrations"
 
 
@@ -170,10 +167,6 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
                   stop_event: threading.Event | None = None, max_migrations: int | None = None) -> None:
     """Claim and run migration jobs until stopped (or after one with `once`)."""
     name = name or f"conductor-{controller_id()}"
-    # Many migration threads each wait on short database and ZooKeeper round
-    # trips; with the default 5 ms switch interval every reply waits for the
-    # running thread to give up the GIL, and a step of three writes took 45 ms.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     max_migrations = 1 if once else (max_migrations or services.settings.conductor_max_migrations)
     client = start_client(services.settings)
     sessions = SessionTracker(client)
