@@ -91,10 +91,10 @@ class ClaimFence(Listener):
     The step that was running when the claim was lost may finish: every
     livemig step is safe to run twice."""
 
-    def __init__(self, engine, board, job, name: str, sessions: SessionTracker):
+    def __init__(self, engine, job, name: str, sessions: SessionTracker):
         super().__init__(engine, task_listen_for=(tf_states.SUCCESS, tf_states.FAILURE, tf_states.REVERTED),
                          flow_listen_for=())
-        self._board, self._job, self._name, self._sessions = board, job, name, sessions
+        self._job, self._name, self._sessions = job, name, sessions
         self._generation = sessions.generation  # the claim was made in this session
         self.fenced = False
 
@@ -149,7 +149,7 @@ class MigrationConductor(NonBlockingConductor):
         migration_id = (job.details or {}).get("migration_id")
         if migration_id is not None:
             listeners.append(MigrationEventListener(engine, self._services, migration_id))
-        listeners.append(ClaimFence(engine, self._jobboard, job, self._name, self._sessions))
+        listeners.append(ClaimFence(engine, job, self._name, self._sessions))
         return listeners
 
     def _dispatch_job(self, job):
