@@ -27,33 +27,32 @@ LOG = logging.getLogger("livemig.runner")
 
 
 class MigrationEventListener(Listener):
-    """Writes every step's state change into the migration's audit trail."""
+    """Puts every step's state change into the migration's audit trail.
+
+    The events are written by livemig's TaskFlow connection, in the same
+    transaction as the state they record (see LivemigConnection.track); this
+    listener names the flow's migration for the length of the run and logs
+    the steps."""
 
     def __init__(self, engine, services: Services, migration_id: int):
         super().__init__(engine, task_listen_for=(tf_states.RUNNING, tf_states.SUCCESS, tf_states.FAILURE,
                                                    tf_states.REVERTING, tf_states.REVERTED,
                                                    tf_states.REVERT_FAILURE),
-                         flow_listen_for=(tf_states.RUNNING, tf_states.SUCCESS, tf_states.REVERTED,
-                                          tf_states.FAILURE, tf_states.SUSPENDED))
-        self._services = services
+                         flow_listen_for=())
+        self._connection = services.db.taskflow_backend().get_connection()
         self._migration_id = migration_id
 
-    def _write(self, kind: str, name: str, state: str, message: str = "") -> None:
-        try:
-            self._services.db.record_event(self._migration_id, kind, name, state, message)
-        except LivemigError as exc:
-            LOG.warning("migration %s: could not record %s %s: %s", self._migration_id, name, state, exc)
+    def register(self) -> None:
+        storage = self._engine.storage
+        self._connection.track(storage.flow_uuid, self._migration_id, storage.get_flow_state())
+        super().register()
+
+    def deregister(self) -> None:
+        super().deregister()
+        self._connection.untrack(self._engine.storage.flow_uuid)
 
     def _task_receiver(self, state: str, details: dict[str, Any]) -> None:
-        message = ""
-        result = details.get("result")
-        if state in (tf_states.FAILURE, tf_states.REVERT_FAILURE) and result is not None:
-            message = getattr(result, "exception_str", "") or str(result)
         LOG.info("migration %s: step %s %s", self._migration_id, details.get("task_name"), state)
-        self._write("step", details.get("task_name", "?"), state, message)
-
-    def _flow_receiver(self, state: str, details: dict[str, Any]) -> None:
-        self._write("flow", details.get("flow_name", keys.FLOW_NAME), state)
 
 
 def migration_store(migration_id: int, instance_uuid: str, source_host: str, dest_host: str,

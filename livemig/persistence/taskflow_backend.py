@@ -37,38 +37,100 @@ _lazy_module("taskflow.persistence.backends.sqlalchemy.migration")
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy import exc as sa_exc  # noqa: E402
 from taskflow import exceptions as tf_exc  # noqa: E402
+from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
 
+def _by_columns(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
+
+
+# The state changes that go into a migration's audit trail.
+AUDITED_ATOM_STATES = frozenset({"RUNNING", "SUCCESS", "FAILURE", "REVERTING", "REVERTED", "REVERT_FAILURE"})
+AUDITED_FLOW_STATES = frozenset({"RUNNING", "SUCCESS", "REVERTED", "FAILURE", "SUSPENDED"})
+
+
 class LivemigConnection(impl_sqlalchemy.Connection):
-    """Writes an atom detail with one prepared UPDATE.
+    """TaskFlow's SQL connection, with fewer and cheaper writes, and the
+    audit trail written in the same transaction as the state it records.
 
-    TaskFlow reads the row, merges the new detail into it and writes every
-    column back. Its merge takes every field from the new detail, so the
-    read changes nothing: the written row is the new detail either way. Its
-    UPDATE is also built anew (and its SQL cache key computed) per write;
-    here one statement with bound parameters is compiled once."""
+    TaskFlow reads a row before writing it, merges the new detail into it and
+    writes every column back. Its merge takes every field from the new
+    detail, so the read changes nothing: the written row is the new detail
+    either way. Its UPDATE is also built anew (and its SQL cache key
+    computed) per write; here each statement is compiled once.
 
-    # Atoms whose last written values are remembered (see _progress_only).
+    Steps of a tracked flow (see `track`) get a "step" event per audited
+    state change, and the flow a "flow" event, inside the transaction that
+    saves the state: the trail and TaskFlow's record cannot disagree, and a
+    migration costs one transaction per state change instead of two."""
+
+    # Atoms whose last written values are remembered (see _same_but_progress).
     REMEMBERED_ATOMS = 4096
 
     def __init__(self, backend, upgrade_lock):
         super().__init__(backend, upgrade_lock)
-        atoms = self._tables.atomdetails
+        from livemig.persistence.models import Event
+
+        atoms, flows = self._tables.atomdetails, self._tables.flowdetails
         # The SET clause comes from the parameters' keys (the detail's fields).
         self._update_atom = atoms.update().where(atoms.c.uuid == sa.bindparam("match_uuid"))
+        self._update_flow = flows.update().where(flows.c.uuid == sa.bindparam("match_uuid"))
+        self._insert_atom = atoms.insert()
+        self._atom_states = sa.select(atoms.c.uuid, atoms.c.state).where(atoms.c.parent_uuid == sa.bindparam("flow"))
+        self._insert_event = sa.insert(Event.__table__)
         self._written: OrderedDict[str, dict] = OrderedDict()
-        self._written_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._tracked: dict[str, dict] = {}  # flow uuid -> migration id, last flow state
+        self._atom_flow: dict[str, str] = {}  # atom uuid -> flow uuid, for tracked flows
 
-    def _progress_only(self, values: dict) -> bool:
+    # -- the audit trail ----------------------------------------------------------------------------
+
+    def track(self, flow_uuid: str, migration_id: int, flow_state: str | None) -> None:
+        """Record this flow's state changes as migration `migration_id`'s events."""
+        with self._lock:
+            self._tracked[flow_uuid] = {"migration_id": migration_id, "state": flow_state}
+
+    def untrack(self, flow_uuid: str) -> None:
+        with self._lock:
+            self._tracked.pop(flow_uuid, None)
+            for atom in [a for a, f in self._atom_flow.items() if f == flow_uuid]:
+                del self._atom_flow[atom]
+
+    def _event(self, migration_id: int, kind: str, name: str, state: str, message: str = "") -> dict:
+        from livemig.persistence.inventory import controller_id
+
+        return {"migration_id": migration_id, "kind": kind, "name": name, "state": state,
+                "message": message, "controller": controller_id()}
+
+    def _atom_event(self, atom_detail, previous_state: str | None) -> dict | None:
+        with self._lock:
+            flow = self._atom_flow.get(atom_detail.uuid)
+            tracked = self._tracked.get(flow) if flow else None
+        state = atom_detail.state
+        if tracked is None or state == previous_state or state not in AUDITED_ATOM_STATES:
+            return None
+        message = ""
+        failure = atom_detail.revert_failure if state == "REVERT_FAILURE" else atom_detail.failure
+        if state in ("FAILURE", "REVERT_FAILURE") and failure is not None:
+            message = getattr(failure, "exception_str", "") or str(failure)
+        return self._event(tracked["migration_id"], "step", atom_detail.name, state, message)
+
+    # -- atom writes --------------------------------------------------------------------------------
+
+    def _same_but_progress(self, values: dict) -> bool:
         """Whether this write changes nothing but the task's progress.
 
         TaskFlow's engine writes a task's progress on its own, twice per step
-        (0.0 as it starts, 1.0 as it ends), a quarter of all writes. livemig
-        keeps progress in its migration row, and TaskFlow never reads it back
-        (a resumed step starts over), so such a write stays in memory and
-        goes out with the atom's next state change."""
-        with self._written_lock:
+        (0.0 as it starts, 1.0 as it ends), a quarter of all writes, and
+        again for every atom when the flow is saved. livemig keeps progress in
+        its migration row, and TaskFlow never reads it back (a resumed step
+        starts over), so such a write stays in memory and goes out with the
+        atom's next state change."""
+        with self._lock:
             last = self._written.get(values["match_uuid"])
         if last is None:
             return False
@@ -77,10 +139,15 @@ class LivemigConnection(impl_sqlalchemy.Connection):
                 and {k: v for k, v in (values["meta"] or {}).items() if k not in strip}
                 == {k: v for k, v in (last["meta"] or {}).items() if k not in strip})
 
+    def _last_state(self, atom_uuid: str) -> str | None:
+        with self._lock:
+            last = self._written.get(atom_uuid)
+        return last["state"] if last is not None else None
+
     def _remember(self, values: dict) -> None:
         # A copy of the metadata: TaskFlow may reuse the dict it handed us.
         values = dict(values, meta=copy.deepcopy(values["meta"]))
-        with self._written_lock:
+        with self._lock:
             self._written[values["match_uuid"]] = values
             self._written.move_to_end(values["match_uuid"])
             while len(self._written) > self.REMEMBERED_ATOMS:
@@ -93,28 +160,78 @@ class LivemigConnection(impl_sqlalchemy.Connection):
 
     def update_atom_details(self, atom_detail):
         values = self._atom_values(atom_detail)
-        if self._progress_only(values):
+        if self._same_but_progress(values):
             return atom_detail
+        event = self._atom_event(atom_detail, self._last_state(atom_detail.uuid))
         try:
             with self._engine.begin() as conn:
                 if conn.execute(self._update_atom, values).rowcount != 1:
                     raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
+                if event is not None:
+                    conn.execute(self._insert_event, event)
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure,
                                     f"Failed updating atom details with uuid '{atom_detail.uuid}'")
         self._remember(values)
         return atom_detail
 
-    def _update_atom_details(self, conn, ad, e_ad):
-        # Called for every atom of a flow whenever the flow detail is saved;
-        # each atom's own changes were written as they happened, so most are
-        # unchanged and need no write.
-        before = e_ad.to_dict()
-        e_ad.merge(ad)
-        if e_ad.to_dict() != before:
-            values = self._atom_values(e_ad)
-            conn.execute(self._update_atom, values)
+    # -- flow writes --------------------------------------------------------------------------------
+
+    def update_flow_details(self, flow_detail):
+        """Write the flow's row, and only those of its atoms that changed
+        (each atom's own changes were written as they happened), inserting
+        new ones in one statement: TaskFlow re-reads the flow and all its
+        atoms first and writes them one by one."""
+        flow_values = flow_detail.to_dict()
+        flow_values["match_uuid"] = flow_values.pop("uuid")
+        with self._lock:
+            tracked = self._tracked.get(flow_detail.uuid)
+            if tracked is not None:
+                for atom_detail in flow_detail:
+                    self._atom_flow[atom_detail.uuid] = flow_detail.uuid
+        changed = []
+        for atom_detail in flow_detail:
+            values = self._atom_values(atom_detail)
+            if not self._same_but_progress(values):
+                changed.append((atom_detail, values))
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(self._update_flow, flow_values).rowcount != 1:
+                    raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
+                known = {}
+                if any(self._last_state(ad.uuid) is None for ad, _v in changed):
+                    known = dict(conn.execute(self._atom_states, {"flow": flow_detail.uuid}).all())
+                inserts, updates, events = [], [], []
+                for atom_detail, values in changed:
+                    previous = self._last_state(atom_detail.uuid)
+                    if previous is None and atom_detail.uuid not in known:
+                        inserts.append(dict(atom_detail.to_dict(), parent_uuid=flow_detail.uuid,
+                                            atom_type=tf_models.atom_detail_type(atom_detail)))
+                    else:
+                        updates.append(values)
+                        previous = previous or known.get(atom_detail.uuid)
+                    event = self._atom_event(atom_detail, previous)
+                    if event is not None:
+                        events.append(event)
+                # One statement per set of columns (a task's and a retry's differ).
+                for rows in _by_columns(inserts):
+                    conn.execute(self._insert_atom, rows)
+                for rows in _by_columns(updates):
+                    conn.execute(self._update_atom, rows)
+                if tracked is not None and flow_detail.state != tracked["state"]:
+                    if flow_detail.state in AUDITED_FLOW_STATES:
+                        events.append(self._event(tracked["migration_id"], "flow", flow_detail.name,
+                                                  flow_detail.state))
+                if events:
+                    conn.execute(self._insert_event, events)
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure,
+                                    f"Failed updating flow details with uuid '{flow_detail.uuid}'")
+        if tracked is not None:
+            tracked["state"] = flow_detail.state
+        for _atom_detail, values in changed:
             self._remember(values)
+        return flow_detail
 
 
 class SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):

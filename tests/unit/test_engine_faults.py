@@ -69,9 +69,13 @@ def test_fault_at_every_step_leaves_a_consistent_world(cloud, monkeypatch, step,
 def test_successful_migration_records_every_step(cloud):
     view = livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
     assert view.status == "completed" and view.downtime_ms is not None
-    steps = [e.name for e in livemig.show_migration(view.id, settings=cloud.settings).events
-             if e.kind == "step" and e.state == "SUCCESS"]
-    assert steps == EXPECTED_STEPS
+    trail = [(e.kind, e.name, e.state) for e in livemig.show_migration(view.id, settings=cloud.settings).events
+             if e.kind in ("step", "flow")]
+    # Each state change once, in order, between the flow's start and end.
+    expected = [("step", name, state) for name in EXPECTED_STEPS for state in ("RUNNING", "SUCCESS")]
+    assert trail[1:-1] == expected
+    assert [(kind, state) for kind, _name, state in (trail[0], trail[-1])] == [("flow", "RUNNING"),
+                                                                               ("flow", "SUCCESS")]
     assert cloud.running_on() == ["b"] and cloud.instance().host == "b"
     assert cloud.reservations() == []
 
@@ -129,3 +133,19 @@ def test_abort_a_running_migration(cloud):
     assert info.value.status == "cancelled"
     assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
     assert cloud.host_record("b")["filters"] == {}
+
+
+def test_failed_step_is_in_the_trail_with_its_error(cloud, monkeypatch):
+    _inject(monkeypatch, "set-up-network-on-destination", "before")
+    with pytest.raises(MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    events = livemig.show_migration(cloud.last_migration().id, settings=cloud.settings).events
+    trail = [(e.name, e.state) for e in events if e.kind == "step"]
+    failed = [e for e in events if e.kind == "step" and e.state == "FAILURE"]
+    assert [e.name for e in failed] == ["set-up-network-on-destination"]
+    assert "injected before set-up-network-on-destination" in failed[0].message
+    # The steps that ran are reverted, newest first, each once.
+    done = EXPECTED_STEPS[:EXPECTED_STEPS.index("set-up-network-on-destination")]
+    reverted = [name for name, state in trail if state == "REVERTED" and name in done]
+    assert reverted == list(reversed(done))
+    assert [e.state for e in events if e.kind == "flow"] == ["RUNNING", "REVERTED"]
