@@ -45,11 +45,12 @@ class Services:
 
     @cached_property
     def jobboard(self):
-        """A connected jobboard, kept for the process: connecting and closing
-        one per request costs about a second (TaskFlow joins its threads)."""
+        """A connected jobboard to post on, kept for the process: connecting
+        and closing one per request costs about a second (TaskFlow joins its
+        threads). It does not follow the jobs posted (conductors do)."""
         from livemig.jobs import open_board
 
-        return open_board(self)
+        return open_board(self, watch_jobs=False)
 
     @cached_property
     def reservations(self) -> ReservationService:
