@@ -2,9 +2,12 @@
 
 Each reservation is a persistent znode `ROOT/reservations/hosts/HOST/MIGRATION`
 (its data: the instance uuid), plus `ROOT/reservations/instances/UUID` (its
-data: the migration id). They are created together in one transaction under a
-short lock that checks the hosts' current counts, so two controllers can never
-over-book a host; and they are persistent, so a reservation outlives the
+data: the migration id). They are created together in one transaction that
+also bumps the version of each host's node, on condition that it is still the
+version read with the host's reservations: of two controllers counting the
+same host at once, one commits and the other retries with fresh counts, so a
+host is never over-booked (an optimistic lock, a third of the requests of a
+ZooKeeper lock recipe). They are persistent, so a reservation outlives the
 controller that made it until the flow (or its resume) releases it."""
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import logging
 import threading
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoNodeError, NodeExistsError
+from kazoo.exceptions import (
+    BadVersionError, KazooException, NoNodeError, NodeExistsError, RolledBackError, RuntimeInconsistency,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 
 from livemig.config import Settings
@@ -34,6 +39,9 @@ def start_client(settings: Settings) -> KazooClient:
     return client
 
 
+_CONFLICT = object()  # another controller committed first: count again
+
+
 class ZookeeperReservations(ReservationService):
     def __init__(self, settings: Settings, client: KazooClient | None = None):
         self._settings = settings
@@ -43,7 +51,6 @@ class ZookeeperReservations(ReservationService):
         root = settings.zookeeper_root.rstrip("/")
         self._hosts = f"{root}/reservations/hosts"
         self._instances = f"{root}/reservations/instances"
-        self._lock_path = f"{root}/locks/reservations"
         self._known_paths: set[str] = set()
 
     @property
@@ -53,41 +60,58 @@ class ZookeeperReservations(ReservationService):
                 self._client = start_client(self._settings)
             return self._client
 
+    # Commits lost to concurrent reservations on the same hosts before giving up this try.
+    MAX_CONFLICTS = 20
+
     def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
         client = self.client
         try:
             for path in [self._hosts, self._instances] + [f"{self._hosts}/{h.host}" for h in hosts]:
                 self._ensure_path(client, path)
-            mine = [h for h in hosts if client.exists(f"{self._hosts}/{h.host}/{migration_id}")]
-            if len(mine) == len(hosts):
-                return None
-            # Short-held: only the check and the transaction, never the migration.
-            with client.Lock(self._lock_path, identifier=f"migration-{migration_id}"):
-                try:
-                    data, _ = client.get(f"{self._instances}/{instance_uuid}")
-                    holder = int(data.decode())
-                    if holder != migration_id:
-                        return f"instance {instance_uuid} is in migration {holder}"
-                    instance_held = True
-                except NoNodeError:
-                    instance_held = False
-                for h in hosts:
-                    others = [c for c in client.get_children(f"{self._hosts}/{h.host}") if c != str(migration_id)]
-                    if len(others) >= h.limit:
-                        return f"host {h.host} is in {len(others)} migration(s), its limit is {h.limit}"
-                tx = client.transaction()
-                if not instance_held:
-                    tx.create(f"{self._instances}/{instance_uuid}", str(migration_id).encode())
-                for h in hosts:
-                    if not client.exists(f"{self._hosts}/{h.host}/{migration_id}"):
-                        tx.create(f"{self._hosts}/{h.host}/{migration_id}", instance_uuid.encode())
-                results = tx.commit()
-                failed = [r for r in results if isinstance(r, Exception)]
-                if failed and not all(isinstance(r, NodeExistsError) for r in failed):
-                    raise CoordinationUnavailable(f"reserving hosts failed: {failed[0]!r}")
-            return None
+            for _attempt in range(self.MAX_CONFLICTS):
+                outcome = self._try_reserve_once(client, migration_id, instance_uuid, hosts)
+                if outcome is not _CONFLICT:
+                    return outcome
+            return "reservations on these hosts kept changing; will try again"
         except (KazooException, KazooTimeoutError) as exc:
             raise CoordinationUnavailable(f"ZooKeeper error while reserving hosts: {exc!r}") from None
+
+    def _try_reserve_once(self, client: KazooClient, migration_id: int, instance_uuid: str,
+                          hosts: list[HostLimit]):
+        me = str(migration_id)
+        listed = {h.host: client.get_children(f"{self._hosts}/{h.host}", include_data=True) for h in hosts}
+        if all(me in listed[h.host][0] for h in hosts):
+            return None  # already ours (a resumed flow)
+        try:
+            data, _ = client.get(f"{self._instances}/{instance_uuid}")
+            holder = int(data.decode())
+            if holder != migration_id:
+                return f"instance {instance_uuid} is in migration {holder}"
+            instance_held = True
+        except NoNodeError:
+            instance_held = False
+        for h in hosts:
+            others = [c for c in listed[h.host][0] if c != me]
+            if len(others) >= h.limit:
+                return f"host {h.host} is in {len(others)} migration(s), its limit is {h.limit}"
+        tx = client.transaction()
+        for h in hosts:
+            # Fails if anyone reserved on (or released from) this host since our count.
+            tx.set_data(f"{self._hosts}/{h.host}", b"", version=listed[h.host][1].version)
+        if not instance_held:
+            tx.create(f"{self._instances}/{instance_uuid}", me.encode())
+        for h in hosts:
+            if me not in listed[h.host][0]:
+                tx.create(f"{self._hosts}/{h.host}/{me}", instance_uuid.encode())
+        failed = [r for r in tx.commit() if isinstance(r, Exception)]
+        if not failed:
+            return None
+        # A failed transaction changes nothing; the next count sees the winner.
+        # ZooKeeper reports the operation that failed; the others as rolled back or not run.
+        causes = [r for r in failed if not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+        if causes and all(isinstance(r, (BadVersionError, NodeExistsError)) for r in causes):
+            return _CONFLICT
+        raise CoordinationUnavailable(f"reserving hosts failed: {failed!r}")
 
     def _ensure_path(self, client: KazooClient, path: str) -> None:
         # These nodes are never deleted: create each once per process (a
@@ -126,7 +150,7 @@ class ZookeeperReservations(ReservationService):
                         longest_s: float = 1.0) -> None:
         """Watches instead of polling: a queued migration wakes when a host's
         or the instance's reservations change. Many queued migrations would
-        otherwise each take the reservation lock every poll interval."""
+        otherwise each count the hosts' reservations every poll interval."""
         changed = threading.Event()
 
         def wake(_event) -> None:
