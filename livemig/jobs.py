@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 from kazoo.client import KazooState
@@ -93,11 +94,16 @@ class ClaimFence(Listener):
     The step that was running when the claim was lost may finish: every
     livemig step is safe to run twice."""
 
-    def __init__(self, engine, job, name: str, sessions: SessionTracker):
+    def __init__(self, engine, job, name: str, sessions: SessionTracker, session_timeout_s: float):
         super().__init__(engine, task_listen_for=(tf_states.SUCCESS, tf_states.FAILURE, tf_states.REVERTED),
                          flow_listen_for=())
         self._job, self._name, self._sessions = job, name, sessions
         self._generation = sessions.generation  # the claim was made in this session
+        # ZooKeeper expires a session only after a whole timeout without hearing
+        # from it: for half a timeout after a request that proved the claim,
+        # the claim still holds (a freeze in between makes the gap longer).
+        self._proof_lasts_s = session_timeout_s / 2
+        self._proven_at: float | None = None
         self.fenced = False
 
     def _task_receiver(self, state: str, details: dict[str, Any]) -> None:
@@ -113,11 +119,17 @@ class ClaimFence(Listener):
         """The claim is an ephemeral node of this conductor's session: it
         exists, and is ours, exactly while that session lives. One read; a
         request in an expired session fails, which also means lost."""
+        asked_at = time.monotonic()
+        if self._proven_at is not None and asked_at - self._proven_at < self._proof_lasts_s:
+            return True
         try:
             stat = self._sessions.client.exists(self._job.lock_path)
-            return stat is not None and stat.ephemeralOwner == self._sessions.client.client_id[0]
+            held = stat is not None and stat.ephemeralOwner == self._sessions.client.client_id[0]
         except Exception:  # noqa: BLE001 - cannot prove ownership: stop
             return False
+        if held:
+            self._proven_at = asked_at
+        return held
 
 
 class UnclaimedJobs:
@@ -159,7 +171,8 @@ class MigrationConductor(NonBlockingConductor):
         migration_id = (job.details or {}).get("migration_id")
         if migration_id is not None:
             listeners.append(MigrationEventListener(engine, self._services, migration_id))
-        listeners.append(ClaimFence(engine, job, self._name, self._sessions))
+        listeners.append(ClaimFence(engine, job, self._name, self._sessions,
+                                    self._services.settings.zookeeper_session_timeout))
         return listeners
 
     def _dispatch_job(self, job):

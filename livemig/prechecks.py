@@ -14,7 +14,7 @@ from livemig.errors import (
 )
 from livemig.persistence.inventory import find_instance, get_host, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
-from livemig.states import InstanceState
+from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,22 +26,21 @@ class Usage:
 
 def placed_on(session: Session, host: str, exclude_migration: int | None = None) -> Usage:
     """What the inventory places on a host: its instances plus unfinished
-    incoming migrations (which will land there)."""
-    live = Instance.state != InstanceState.DELETED.value
-    resident = session.execute(sa.select(
-        sa.func.coalesce(sa.func.sum(Instance.vcpus), 0), sa.func.coalesce(sa.func.sum(Instance.memory_mb), 0),
-        sa.func.coalesce(sa.func.sum(Instance.disk_gb), 0)).where(Instance.host == host, live)).one()
-    incoming = unfinished_migrations(session).where(Migration.dest_host == host)
+    incoming migrations (which will land there). One round trip."""
+    def totals():
+        return (sa.func.coalesce(sa.func.sum(Instance.vcpus), 0), sa.func.coalesce(sa.func.sum(Instance.memory_mb), 0),
+                sa.func.coalesce(sa.func.sum(Instance.disk_gb), 0))
+
+    resident = sa.select(*totals()).where(Instance.host == host,
+                                          Instance.state != InstanceState.DELETED.value)
+    finished = [status.value for status in FINISHED_MIGRATION_STATUSES]
+    incoming = (sa.select(*totals()).select_from(Migration)
+                .join(Instance, Instance.uuid == Migration.instance_uuid)
+                .where(Migration.dest_host == host, Migration.status.not_in(finished), Instance.host != host))
     if exclude_migration is not None:
         incoming = incoming.where(Migration.id != exclude_migration)
-    extra = [0, 0, 0]
-    for migration in session.scalars(incoming):
-        inst = session.get(Instance, migration.instance_uuid)
-        if inst is not None and inst.host != host:
-            extra[0] += inst.vcpus
-            extra[1] += inst.memory_mb
-            extra[2] += inst.disk_gb
-    return Usage(resident[0] + extra[0], resident[1] + extra[1], resident[2] + extra[2])
+    rows = session.execute(sa.union_all(resident, incoming)).all()
+    return Usage(*(sum(row[i] for row in rows) for i in range(3)))
 
 
 def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str, source: str, dest: str,

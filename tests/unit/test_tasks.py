@@ -130,6 +130,36 @@ def test_reserve_then_second_migration_on_same_host_times_out(cloud, mig):
 
 # -- precheck ----------------------------------------------------------------------------------------
 
+def test_capacity_counts_unfinished_incoming_migrations_only(cloud, mig):
+    from livemig.prechecks import placed_on
+    from livemig.states import MigrationStatus
+
+    db = services_for(cloud.settings).db
+    cloud.driver.create_domain(cloud.uri("c"), "vm2", memory_mb=512)
+    livemig.sync_hosts(CTX, "c", settings=cloud.settings)
+    with db.session() as session:
+        before = placed_on(session, "b")
+    incoming = livemig.create_migration(CTX, "vm2", "c", "b", settings=cloud.settings)
+    with db.session() as session:
+        during = placed_on(session, "b")
+        own = placed_on(session, "b", exclude_migration=incoming.id)
+        source = placed_on(session, "c")
+    assert during.memory_mb == before.memory_mb + 512 and during.vcpus == before.vcpus + 1
+    assert own == before  # a migration's own precheck does not count itself
+    assert source.memory_mb == 512  # still resident on its source
+    # The precheck of another migration into b (vm1's, counted in `before`
+    # as incoming but not by itself) now sees the room taken: 128 MB free.
+    cloud.driver.update_host(cloud.uri("b"), memory_mb=before.memory_mb - 256 + 512 + 128)
+    with pytest.raises(InsufficientCapacity, match="memory MB needed 256, free 128"):
+        make(CheckMigrationPrerequisites, cloud).execute(**mig)
+    with db.session() as session:
+        from livemig.persistence.inventory import set_migration_status
+        set_migration_status(session, incoming.id, MigrationStatus.CANCELLED, "test")
+    with db.session() as session:
+        assert placed_on(session, "b") == before
+    make(CheckMigrationPrerequisites, cloud).execute(**mig)
+
+
 def test_precheck_passes_then_refuses_on_capacity_cpu_version_and_disabled(cloud, mig):
     task = make(CheckMigrationPrerequisites, cloud)
     task.execute(**mig)
