@@ -363,7 +363,16 @@ class Lab:
         guest = {"name": name, "uuid": uuid, "ip": ip, "secret_usage": usage, "tid": g, "console": str(console)}
         state["guests"].append(guest)
         self._save(state)
-        wait_for_port(ip, 7, 120)
+        try:
+            wait_for_port(ip, 7, 120)
+        except TimeoutError:
+            hint = ""
+            if self.domain_type == "kvm":
+                # The usual cause on a machine without usable hardware virtualization.
+                hint = "; under KVM here? set LIVEMIG_DOMAIN_TYPE=qemu to run guests under TCG"
+            raise LabError(f"guest {name} ({ip}) did not answer within 120 s (its console: "
+                           f"guests/{name}.console, its QEMU log: hosts/{host['name']}/log/qemu/{name}.log{hint})"
+                           ) from None
         self.say(f"guest {name} ({ip}) answers on {host['name']}")
         return guest
 
