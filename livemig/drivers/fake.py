@@ -1,8 +1,11 @@
 """A stateful in-memory-like hypervisor for fast tests and the no-libvirt demo.
 
 Each fake host is a JSON file named by its URI (`fake:///dir/host-a.json`);
-all hosts of one fake cloud live in one directory, guarded by one file lock,
-so the CLI, runners and conductors in separate processes see one world.
+all hosts of one fake cloud live in one directory, so the CLI, runners and
+conductors in separate processes see one world. Each host has its own file
+lock, as each real hypervisor is its own daemon: an operation locks the hosts
+it works on and their migration partners, all at once and in name order (so
+two operations never wait on each other in a cycle).
 
 A migration progresses with wall-clock time (`migration_seconds` on the
 source host): like a real hypervisor it carries on while its controller is
@@ -57,16 +60,27 @@ def new_host_record(hostname: str, *, vcpus: int = 16, memory_mb: int = 32768, d
     }
 
 
-class _World:
-    """The host files of one directory, loaded on demand under one lock."""
+class _Unlocked(Exception):
+    """An operation reached a host it has not locked: lock it too and start over."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
+class _World:
+    """The host files an operation holds locks on, loaded on demand."""
+
+    def __init__(self, directory: Path, locked: frozenset[Path]):
         self.directory = directory
+        self.locked = locked
         self.hosts: dict[Path, dict[str, Any]] = {}
         self.dirty: set[Path] = set()
 
     def host(self, path: Path) -> dict[str, Any]:
         if path not in self.hosts:
+            if path not in self.locked:
+                raise _Unlocked(path)
             try:
                 self.hosts[path] = json.loads(path.read_text())
             except FileNotFoundError:
@@ -82,11 +96,13 @@ class _World:
         record = self.hosts[path]
         for uuid, dom in list(record["domains"].items()):
             job = dom.get("job")
-            if job and time.time() >= job["started"] + job["duration"]:
-                self._complete(path, uuid)
+            if job:
+                self.host(Path(job["dest_path"]))  # its partner, locked with it
+                if time.time() >= job["started"] + job["duration"]:
+                    self._complete(path, uuid)
             elif dom.get("incoming_from"):
                 src = Path(dom["incoming_from"])
-                if src != path and src not in self.hosts and src.exists():
+                if src != path and src.exists():
                     self.host(src)
 
     def _complete(self, src: Path, uuid: str) -> None:
@@ -106,8 +122,23 @@ class _World:
     def save(self) -> None:
         for path in self.dirty:
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.hosts[path], indent=1, sort_keys=True))
+            tmp.write_text(json.dumps(self.hosts[path], separators=(",", ":"), sort_keys=True))
             os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _host_locks(paths: frozenset[Path]) -> Iterator[None]:
+    """Exclusive locks on these hosts' lock files, taken in name order."""
+    files = []
+    try:
+        for path in sorted(paths):
+            lock = open(path.parent / f".{path.name}.lock", "a")
+            files.append(lock)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        for lock in reversed(files):
+            lock.close()  # closing the file releases its lock
 
 
 class FakeDriver(Driver):
@@ -115,20 +146,32 @@ class FakeDriver(Driver):
 
     # -- world management (used by tests, the demo and `livemig lab` for fakes)
     @contextlib.contextmanager
-    def world(self, uri: str) -> Iterator[tuple[_World, Path]]:
+    def world(self, uri: str, *also: str) -> Iterator[tuple[_World, Path]]:
+        """The host of `uri` (and of each URI in `also`), locked and loaded
+        with their migration partners; changes are saved on the way out."""
         path = fake_path(uri)
         directory = path.parent
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".fake-world.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            world = _World(directory)
-            try:
-                yield world, path
-            finally:
-                # Saved even when the operation raises: a real hypervisor's
-                # half-done work (an orphaned incoming domain) is real too.
-                world.save()
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        wanted = frozenset([path, *(fake_path(u) for u in also)])
+        while True:
+            with _host_locks(wanted):
+                world = _World(directory, wanted)
+                try:
+                    for host in sorted(wanted):
+                        if host.exists():
+                            world.host(host)
+                except _Unlocked as more:
+                    # A partner found under lock: start over holding it too
+                    # (nothing was changed yet).
+                    wanted = wanted | {more.path}
+                    continue
+                try:
+                    yield world, path
+                finally:
+                    # Saved even when the operation raises: a real hypervisor's
+                    # half-done work (an orphaned incoming domain) is real too.
+                    world.save()
+                return
 
     def create_host(self, uri: str, **kwargs: Any) -> None:
         path = fake_path(uri)
@@ -222,7 +265,7 @@ class FakeDriver(Driver):
             return self._domain_info(dom) if dom else None
 
     def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:
-        with self.world(source_uri) as (world, src):
+        with self.world(source_uri, dest_uri) as (world, src):
             dom = world.host(src)["domains"].get(uuid)
             if dom is None:
                 raise DriverError(f"domain {uuid} not found on {world.host(src)['hostname']}", code=42)
@@ -259,7 +302,7 @@ class FakeDriver(Driver):
 
     def copy_secret(self, source_uri: str, dest_uri: str, usage: str, secret_type: str,
                     fallback_value: bytes | None = None) -> None:
-        with self.world(source_uri) as (world, src):
+        with self.world(source_uri, dest_uri) as (world, src):
             dst = fake_path(dest_uri)
             self._enter(world, dst, "copy_secret")
             secret = world.host(src)["secrets"].get(usage)
@@ -317,7 +360,7 @@ class FakeDriver(Driver):
 
     # -- migration
     def _start_migration(self, source_uri: str, dest_uri: str, uuid: str) -> None:
-        with self.world(source_uri) as (world, src):
+        with self.world(source_uri, dest_uri) as (world, src):
             dst = fake_path(dest_uri)
             if src.parent != dst.parent:
                 raise InvalidInput("fake hosts of one cloud must share a directory")
@@ -396,7 +439,7 @@ class FakeDriver(Driver):
         started = time.monotonic()
         self._start_migration(source_uri, dest_uri, uuid)
         self._poll(source_uri, uuid, options, on_progress, should_abort, started)
-        with self.world(dest_uri) as (world, dst):
+        with self.world(dest_uri, source_uri) as (world, dst):
             dom = world.host(dst)["domains"].get(uuid)
             downtime = dom.get("last_downtime_ms") if dom else None
             left = world.host(fake_path(source_uri))["domains"].get(uuid)
