@@ -29,6 +29,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+# A pooled server connection idle longer than this is tested before use.
+IDLE_PING_S = 5.0
+
+
+def _ping_idle_connections(engine: sa.Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, but only for connections idle a while.
+
+    pre_ping spends a round trip on every checkout, and a migration checks
+    out about fifty connections in quick succession. A connection used in the
+    last few seconds is almost surely alive; if the server did restart in
+    that window, the statement fails, SQLAlchemy discards the pool, and
+    TaskFlow's storage retries its write on a fresh connection."""
+    import time
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, _proxy) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # noqa: BLE001 - any failure means a dead connection
+            # The pool replaces the connection and tries again.
+            raise sa.exc.DisconnectionError(str(exc)) from exc
+
+
 def make_engine(url: str) -> sa.Engine:
     try:
         parsed = sa.engine.make_url(url)
@@ -45,11 +75,12 @@ def make_engine(url: str) -> sa.Engine:
         # (NullPool) costs milliseconds each, and a migration has ~100 of them.
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
-        kwargs["pool_pre_ping"] = True
         kwargs["connect_args"] = {"connect_timeout": 5}
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.drivername.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        _ping_idle_connections(engine)
     return engine
 
 

@@ -134,3 +134,32 @@ def test_atom_write_of_an_unknown_atom_is_not_found(db_settings):
     with pytest.raises(tf_exc.NotFound):
         conn.update_atom_details(stray)
     db.dispose()
+
+
+@pytest.mark.parametrize("idle_ping_s,survives", [(0.0, True), (3600.0, False)])
+def test_pooled_connection_killed_by_the_server_is_replaced_after_idling(postgres_url, monkeypatch, idle_ping_s,
+                                                                          survives):
+    """A connection the server dropped (a restart, an idle timeout) is tested
+    and replaced at checkout once it has been idle; one used moments ago is
+    not tested (which is what the other case shows: its statement fails)."""
+    from tests.servers import new_postgres_database
+    import livemig.persistence.database as database
+
+    monkeypatch.setattr(database, "IDLE_PING_S", idle_ping_s)
+    url = new_postgres_database(postgres_url, f"t_{uuid.uuid4().hex[:12]}")
+    engine = database.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        killer = database.make_engine(url)
+        with killer.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        killer.dispose()
+        if survives:
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() != pid
+        else:
+            with pytest.raises(sa.exc.OperationalError), engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+    finally:
+        engine.dispose()
