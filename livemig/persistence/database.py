@@ -101,6 +101,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._taskflow_backend = None
         self._insert_event = None
+        self._event_engine: sa.Engine | None = None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -120,8 +121,12 @@ class Database:
 
         if self._insert_event is None:
             self._insert_event = sa.insert(Event.__table__)
+            # One statement needs no transaction block: on a server that
+            # saves the BEGIN and COMMIT round trips (SQLite has none).
+            self._event_engine = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                                  if self.engine.dialect.name == "postgresql" else self.engine)
         try:
-            with self.engine.begin() as conn:
+            with self._event_engine.begin() as conn:
                 conn.execute(self._insert_event, {"migration_id": migration_id, "kind": kind, "name": name,
                                                   "state": state, "message": message,
                                                   "controller": controller_id()})

@@ -56,6 +56,14 @@ def test_migration_completes_and_fails_cleanly_on_each_database(tmp_path, db_set
     cloud = FakeCloud.build(tmp_path, db_settings)
     view = livemig.migrate(CTX, "vm1", "a", "b", settings=db_settings)
     assert view.status == "completed" and cloud.running_on() == ["b"]
+    # The audit trail (written with each state, in one statement on PostgreSQL).
+    trail = [(e.kind, e.name, e.state) for e in livemig.show_migration(view.id, settings=db_settings).events
+             if e.kind in ("step", "flow")]
+    from tests.unit.test_flow_contract import EXPECTED_STEPS
+    assert trail == ([("flow", "livemig-live-migration-flow", "RUNNING")]
+                     + [("step", n, s) for n in EXPECTED_STEPS for s in ("RUNNING", "SUCCESS")]
+                     + [("flow", "livemig-live-migration-flow", "SUCCESS")])
+    assert all(e.at is not None and e.controller for e in livemig.show_migration(view.id, settings=db_settings).events)
     cloud.driver.inject_fault(cloud.uri("b"), "migrate", "dest-died")
     with pytest.raises(MigrationFailed):
         livemig.migrate(CTX, "vm1", "b", "c", settings=db_settings)
