@@ -72,7 +72,7 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
 
 
 def list_hosts(settings: Settings | None = None) -> list[HostView]:
-    with _services(settings).db.session() as session:
+    with _services(settings).db.reading() as session:
         return [HostView.of(h) for h in session.scalars(sa.select(Host).order_by(Host.name))]
 
 
@@ -143,7 +143,7 @@ def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
 
 def list_instances(host: str | None = None, include_deleted: bool = False,
                    settings: Settings | None = None) -> list[InstanceView]:
-    with _services(settings).db.session() as session:
+    with _services(settings).db.reading() as session:
         query = sa.select(Instance).order_by(Instance.name)
         if host:
             get_host(session, host)
@@ -156,7 +156,7 @@ def list_instances(host: str | None = None, include_deleted: bool = False,
 def host_resources(host: str | None = None, settings: Settings | None = None) -> list[ResourceLine]:
     """Per host: its totals, what is used, then the usage of each project."""
     lines: list[ResourceLine] = []
-    with _services(settings).db.session() as session:
+    with _services(settings).db.reading() as session:
         hosts = [get_host(session, host)] if host else list(session.scalars(sa.select(Host).order_by(Host.name)))
         for h in hosts:
             lines.append(ResourceLine("TOTAL", h.name, "", h.vcpus, h.memory_mb, h.disk_gb))
@@ -180,7 +180,7 @@ def list_migrations(status: str | None = None, instance: str | None = None, limi
                     settings: Settings | None = None) -> list[MigrationView]:
     if status is not None and status not in {s.value for s in MigrationStatus}:
         raise InvalidInput(f"unknown status {status!r}")
-    with _services(settings).db.session() as session:
+    with _services(settings).db.reading() as session:
         query = sa.select(Migration).order_by(Migration.id.desc()).limit(limit)
         if status:
             query = query.where(Migration.status == status)
@@ -190,12 +190,12 @@ def list_migrations(status: str | None = None, instance: str | None = None, limi
 
 
 def _migration_row(services: Services, migration_id: int) -> MigrationView:
-    with services.db.session() as session:
+    with services.db.reading() as session:
         return MigrationView.of(get_migration(session, migration_id))
 
 
 def show_migration(migration_id: int, settings: Settings | None = None) -> MigrationView:
-    with _services(settings).db.session() as session:
+    with _services(settings).db.reading() as session:
         migration = get_migration(session, migration_id)
         events = list(session.scalars(sa.select(Event).where(Event.migration_id == migration_id).order_by(Event.id)))
         return MigrationView.of(migration, events)

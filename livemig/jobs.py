@@ -52,7 +52,7 @@ def post_migration_job(services: Services, migration_id: int, board=None,
     """Post the migration's persisted flow as a job; returns the job's uuid.
     `logbook_ids`: its (logbook, flow) uuids, if the caller has them."""
     if logbook_ids is None:
-        with services.db.session() as session:
+        with services.db.reading() as session:
             migration = get_migration(session, migration_id)
             logbook_ids = (migration.logbook_id, migration.flow_id)
     book_id, flow_id = logbook_ids

@@ -98,7 +98,7 @@ def _new_uuid() -> str:
 
 
 def load_engine(services: Services, migration_id: int):
-    with services.db.session() as session:
+    with services.db.reading() as session:
         migration = get_migration(session, migration_id)
         book_id, flow_id = migration.logbook_id, migration.flow_id
     if not book_id:

@@ -30,7 +30,7 @@ class Services:
             return cached[0]
         from livemig.persistence.inventory import get_host
 
-        with self.db.session() as session:
+        with self.db.reading() as session:
             uri = get_host(session, name).uri
         self._host_uris[name] = (uri, now + HOST_URI_TTL_S)
         return uri

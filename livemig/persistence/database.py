@@ -99,9 +99,13 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # On a server, statements that need no transaction block run without
+        # one: no BEGIN and COMMIT round trips around them (SQLite has none).
+        self._autocommit = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if self.engine.dialect.name == "postgresql" else self.engine)
+        self._readers = sessionmaker(self._autocommit, expire_on_commit=False, autoflush=False)
         self._taskflow_backend = None
         self._insert_event = None
-        self._event_engine: sa.Engine | None = None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -112,21 +116,27 @@ class Database:
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session that only reads: each statement sees what is committed
+        when it runs. Changes made through it are not saved."""
+        try:
+            with self._readers() as session:
+                yield session
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
     def record_event(self, migration_id: int, kind: str, name: str, state: str = "", message: str = "") -> None:
-        """One audit-trail event in its own short transaction. A plain INSERT
-        compiled once: through an ORM session each cost several times the
-        CPU, and a migration records about thirty."""
+        """One audit-trail event: a plain INSERT compiled once, outside a
+        transaction block on a server (through an ORM session each cost
+        several times the CPU)."""
         from livemig.persistence.inventory import controller_id
         from livemig.persistence.models import Event
 
         if self._insert_event is None:
             self._insert_event = sa.insert(Event.__table__)
-            # One statement needs no transaction block: on a server that
-            # saves the BEGIN and COMMIT round trips (SQLite has none).
-            self._event_engine = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
-                                  if self.engine.dialect.name == "postgresql" else self.engine)
         try:
-            with self._event_engine.begin() as conn:
+            with self._autocommit.begin() as conn:
                 conn.execute(self._insert_event, {"migration_id": migration_id, "kind": kind, "name": name,
                                                   "state": state, "message": message,
                                                   "controller": controller_id()})

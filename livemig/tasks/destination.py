@@ -24,7 +24,7 @@ class DestinationSetupTask(MigrationTask):
 
     def created_so_far(self, migration_id: int) -> list[str]:
         """What this step created in an earlier (interrupted) run too."""
-        with self.services.db.session() as session:
+        with self.services.db.reading() as session:
             return created_resources(session, migration_id, self.name)
 
     def runs_on(self, host: str, instance_uuid: str) -> bool:

@@ -71,7 +71,7 @@ class MigrateDomain(MigrationTask):
 
     def _options(self, instance_uuid: str) -> MigrationOptions:
         settings = self.services.settings
-        with self.services.db.session() as session:
+        with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
             memory_gib = max(instance.memory_mb / 1024.0, 0.0) if instance else 1.0
         return MigrationOptions(
@@ -164,7 +164,7 @@ class _ProgressReporter:
             return False
         self._last_abort_check = now
         try:
-            with self.task.services.db.session() as session:
+            with self.task.services.db.reading() as session:
                 return get_migration(session, self.migration_id).abort_requested
         except LivemigError:
             return False

@@ -17,7 +17,7 @@ class CheckMigrationPrerequisites(MigrationTask):
     """
 
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> None:
-        with self.services.db.session() as session:
+        with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
             if instance is not None and instance.state == InstanceState.MIGRATING.value:
                 return  # marked by this flow before a crash: the checks passed then

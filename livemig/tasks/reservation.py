@@ -20,7 +20,7 @@ class ReserveHosts(MigrationTask):
 
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                 queue_timeout_s: float | None = None) -> None:
-        with self.services.db.session() as session:
+        with self.services.db.reading() as session:
             limits = [HostLimit(h.name, h.max_concurrent_migrations)
                       for h in (get_host(session, source_host), get_host(session, dest_host))]
         # The request may carry its own timeout (0 for --no-wait).
@@ -34,7 +34,7 @@ class ReserveHosts(MigrationTask):
             if not noted:
                 self.note(migration_id, f"waiting for hosts: {why}", "queued")
                 noted = True
-            with self.services.db.session() as session:
+            with self.services.db.reading() as session:
                 if get_migration(session, migration_id).abort_requested:
                     raise MigrationFailed(f"migration {migration_id} was cancelled while queued")
             if time.monotonic() >= deadline:

@@ -171,3 +171,20 @@ def test_pooled_connection_killed_by_the_server_is_replaced_after_idling(postgre
                 conn.execute(sa.text("SELECT 1"))
     finally:
         engine.dispose()
+
+
+def test_reading_session_sees_commits_and_saves_nothing(tmp_path, db_settings):
+    from livemig.persistence.models import Host
+    from livemig.services import services_for
+
+    FakeCloud.build(tmp_path, db_settings)
+    db = services_for(db_settings).db
+    with db.reading() as session:
+        host = session.get(Host, "a")
+        host.zone = "changed-by-a-reader"
+        # A query after the change: no flush (and so, on a server, no write).
+        assert session.scalar(sa.select(Host.zone).where(Host.name == "a")) == "default"
+    with db.session() as session:
+        session.get(Host, "a").zone = "committed"
+    with db.reading() as session:
+        assert session.get(Host, "a").zone == "committed"
