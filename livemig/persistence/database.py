@@ -76,6 +76,13 @@ def make_engine(url: str) -> sa.Engine:
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
         kwargs["connect_args"] = {"connect_timeout": 5}
+        # Connections are opened only when needed, but kept: a conductor runs
+        # up to 16 migrations at once (a connection each), and with the
+        # default pool of 5 every connection past the fifth was closed after
+        # use and opened again for the next statement (a server process
+        # forked and torn down each time).
+        kwargs["pool_size"] = 32
+        kwargs["max_overflow"] = 32
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.drivername.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -188,3 +188,30 @@ def test_reading_session_sees_commits_and_saves_nothing(tmp_path, db_settings):
         session.get(Host, "a").zone = "committed"
     with db.reading() as session:
         assert session.get(Host, "a").zone == "committed"
+
+
+def test_server_pool_keeps_a_connection_per_concurrent_migration(postgres_url):
+    """Sixteen threads at once (a conductor's default), then all of their
+    connections stay open for the next statements instead of being closed."""
+    import threading
+
+    from tests.servers import new_postgres_database
+    import livemig.persistence.database as database
+
+    engine = database.make_engine(new_postgres_database(postgres_url, f"t_{uuid.uuid4().hex[:12]}"))
+    try:
+        barrier = threading.Barrier(16)
+
+        def work():
+            with engine.connect() as conn:
+                barrier.wait(10)  # all sixteen hold a connection at once
+                conn.execute(sa.text("SELECT 1"))
+
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert engine.pool.checkedin() == 16
+    finally:
+        engine.dispose()
