@@ -21,7 +21,7 @@ from livemig.flows import keys
 from livemig.flows.live_migration import FACTORY_NAME
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
 from livemig.services import Services
-from livemig.states import MigrationStatus
+from livemig.states import AUDITED_ATOM_STATES, MigrationStatus
 
 LOG = logging.getLogger("livemig.runner")
 
@@ -35,10 +35,7 @@ class MigrationEventListener(Listener):
     the steps."""
 
     def __init__(self, engine, services: Services, migration_id: int):
-        super().__init__(engine, task_listen_for=(tf_states.RUNNING, tf_states.SUCCESS, tf_states.FAILURE,
-                                                   tf_states.REVERTING, tf_states.REVERTED,
-                                                   tf_states.REVERT_FAILURE),
-                         flow_listen_for=())
+        super().__init__(engine, task_listen_for=tuple(AUDITED_ATOM_STATES), flow_listen_for=())
         self._connection = services.db.taskflow_backend().get_connection()
         self._migration_id = migration_id
 

@@ -48,3 +48,8 @@ class DomainState(str, enum.Enum):
     SHUTOFF = "shutoff"
     CRASHED = "crashed"
     OTHER = "other"
+
+
+# TaskFlow's state changes that go into a migration's audit trail.
+AUDITED_ATOM_STATES = frozenset({"RUNNING", "SUCCESS", "FAILURE", "REVERTING", "REVERTED", "REVERT_FAILURE"})
+AUDITED_FLOW_STATES = frozenset({"RUNNING", "SUCCESS", "REVERTED", "FAILURE", "SUSPENDED"})

@@ -71,8 +71,7 @@ class _Unlocked(Exception):
 class _World:
     """The host files an operation holds locks on, loaded on demand."""
 
-    def __init__(self, directory: Path, locked: frozenset[Path]):
-        self.directory = directory
+    def __init__(self, locked: frozenset[Path]):
         self.locked = locked
         self.hosts: dict[Path, dict[str, Any]] = {}
         self.dirty: set[Path] = set()
@@ -155,7 +154,7 @@ class FakeDriver(Driver):
         wanted = frozenset([path, *(fake_path(u) for u in also)])
         while True:
             with _host_locks(wanted):
-                world = _World(directory, wanted)
+                world = _World(wanted)
                 try:
                     for host in sorted(wanted):
                         if host.exists():

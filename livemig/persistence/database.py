@@ -59,6 +59,14 @@ def _ping_idle_connections(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
+def without_transaction_blocks(engine: sa.Engine) -> sa.Engine:
+    """The engine for statements that need no transaction block: on a server
+    it skips the BEGIN and COMMIT round trips around them (SQLite has none)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def make_engine(url: str) -> sa.Engine:
     try:
         parsed = sa.engine.make_url(url)
@@ -106,10 +114,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # On a server, statements that need no transaction block run without
-        # one: no BEGIN and COMMIT round trips around them (SQLite has none).
-        self._autocommit = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
-                            if self.engine.dialect.name == "postgresql" else self.engine)
+        self._autocommit = without_transaction_blocks(self.engine)
         self._readers = sessionmaker(self._autocommit, expire_on_commit=False, autoflush=False)
         self._taskflow_backend = None
         self._insert_event = None
@@ -137,16 +142,14 @@ class Database:
         """One audit-trail event: a plain INSERT compiled once, outside a
         transaction block on a server (through an ORM session each cost
         several times the CPU)."""
-        from livemig.persistence.inventory import controller_id
+        from livemig.persistence.inventory import event_row
         from livemig.persistence.models import Event
 
         if self._insert_event is None:
             self._insert_event = sa.insert(Event.__table__)
         try:
             with self._autocommit.begin() as conn:
-                conn.execute(self._insert_event, {"migration_id": migration_id, "kind": kind, "name": name,
-                                                  "state": state, "message": message,
-                                                  "controller": controller_id()})
+                conn.execute(self._insert_event, event_row(migration_id, kind, name, state, message))
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 

@@ -54,10 +54,15 @@ def unfinished_migrations(session: Session) -> sa.Select:
     return sa.select(Migration).where(Migration.status.not_in(finished))
 
 
+def event_row(migration_id: int, kind: str, name: str, state: str = "", message: str = "") -> dict:
+    """An audit-trail event's columns, stamped now by this controller."""
+    return {"migration_id": migration_id, "kind": kind, "name": name, "state": state, "message": message,
+            "controller": controller_id(), "at": utcnow()}
+
+
 def add_event(session: Session, migration_id: int, kind: str, name: str, state: str = "",
               message: str = "") -> None:
-    session.add(Event(migration_id=migration_id, kind=kind, name=name, state=state,
-                      message=message, controller=controller_id()))
+    session.add(Event(**event_row(migration_id, kind, name, state, message)))
 
 
 def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,

@@ -40,6 +40,9 @@ from taskflow import exceptions as tf_exc  # noqa: E402
 from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
+from livemig.persistence.inventory import event_row  # noqa: E402
+from livemig.states import AUDITED_ATOM_STATES, AUDITED_FLOW_STATES  # noqa: E402
+
 
 def _by_columns(rows: list[dict]) -> list[list[dict]]:
     groups: dict[tuple, list[dict]] = {}
@@ -48,11 +51,6 @@ def _by_columns(rows: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
-# An audit event's columns (the id is generated).
-EVENT_COLUMNS = ("migration_id", "kind", "name", "state", "message", "controller", "at")
-# The state changes that go into a migration's audit trail.
-AUDITED_ATOM_STATES = frozenset({"RUNNING", "SUCCESS", "FAILURE", "REVERTING", "REVERTED", "REVERT_FAILURE"})
-AUDITED_FLOW_STATES = frozenset({"RUNNING", "SUCCESS", "REVERTED", "FAILURE", "SUSPENDED"})
 
 
 class LivemigConnection(impl_sqlalchemy.Connection):
@@ -75,6 +73,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
 
     def __init__(self, backend, upgrade_lock):
         super().__init__(backend, upgrade_lock)
+        from livemig.persistence.database import without_transaction_blocks
         from livemig.persistence.models import Event
 
         atoms, flows = self._tables.atomdetails, self._tables.flowdetails
@@ -92,10 +91,11 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         self._single_statement = self._engine.dialect.name == "postgresql"
         if self._single_statement:
             events = Event.__table__
+            columns = [column.name for column in events.columns if column.name != "id"]  # the id is generated
             event_cte = sa.insert(events).values(
-                {column: sa.bindparam(f"event_{column}") for column in EVENT_COLUMNS}).cte("audit_event")
+                {column: sa.bindparam(f"event_{column}") for column in columns}).cte("audit_event")
             self._update_atom_with_event = self._update_atom.add_cte(event_cte)
-            self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._autocommit = without_transaction_blocks(self._engine)
         self._written: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
         self._tracked: dict[str, dict] = {}  # flow uuid -> migration id, last flow state
@@ -114,13 +114,6 @@ class LivemigConnection(impl_sqlalchemy.Connection):
             for atom in [a for a, f in self._atom_flow.items() if f == flow_uuid]:
                 del self._atom_flow[atom]
 
-    def _event(self, migration_id: int, kind: str, name: str, state: str, message: str = "") -> dict:
-        from livemig.persistence.inventory import controller_id
-        from livemig.persistence.models import utcnow
-
-        return {"migration_id": migration_id, "kind": kind, "name": name, "state": state,
-                "message": message, "controller": controller_id(), "at": utcnow()}
-
     def _atom_event(self, atom_detail, previous_state: str | None) -> dict | None:
         with self._lock:
             flow = self._atom_flow.get(atom_detail.uuid)
@@ -132,7 +125,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         failure = atom_detail.revert_failure if state == "REVERT_FAILURE" else atom_detail.failure
         if state in ("FAILURE", "REVERT_FAILURE") and failure is not None:
             message = getattr(failure, "exception_str", "") or str(failure)
-        return self._event(tracked["migration_id"], "step", atom_detail.name, state, message)
+        return event_row(tracked["migration_id"], "step", atom_detail.name, state, message)
 
     # -- atom writes --------------------------------------------------------------------------------
 
@@ -217,17 +210,16 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         for atom_detail in flow_detail:
             values = self._atom_values(atom_detail)
             if not self._same_but_progress(values):
-                changed.append((atom_detail, values))
+                changed.append((atom_detail, values, self._last_state(atom_detail.uuid)))
         try:
             with self._engine.begin() as conn:
                 if conn.execute(self._update_flow, flow_values).rowcount != 1:
                     raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
                 known = {}
-                if any(self._last_state(ad.uuid) is None for ad, _v in changed):
+                if any(previous is None for _ad, _v, previous in changed):
                     known = dict(conn.execute(self._atom_states, {"flow": flow_detail.uuid}).all())
                 inserts, updates, events = [], [], []
-                for atom_detail, values in changed:
-                    previous = self._last_state(atom_detail.uuid)
+                for atom_detail, values, previous in changed:
                     if previous is None and atom_detail.uuid not in known:
                         inserts.append(dict(atom_detail.to_dict(), parent_uuid=flow_detail.uuid,
                                             atom_type=tf_models.atom_detail_type(atom_detail)))
@@ -244,8 +236,8 @@ class LivemigConnection(impl_sqlalchemy.Connection):
                     conn.execute(self._update_atom, rows)
                 if tracked is not None and flow_detail.state != tracked["state"]:
                     if flow_detail.state in AUDITED_FLOW_STATES:
-                        events.append(self._event(tracked["migration_id"], "flow", flow_detail.name,
-                                                  flow_detail.state))
+                        events.append(event_row(tracked["migration_id"], "flow", flow_detail.name,
+                                                flow_detail.state))
                 if events:
                     conn.execute(self._insert_event, events)
         except sa_exc.SQLAlchemyError:
@@ -253,7 +245,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
                                     f"Failed updating flow details with uuid '{flow_detail.uuid}'")
         if tracked is not None:
             tracked["state"] = flow_detail.state
-        for _atom_detail, values in changed:
+        for _atom_detail, values, _previous in changed:
             self._remember(values)
         return flow_detail
 
