@@ -19,6 +19,7 @@ from taskflow.conductors.backends.impl_nonblocking import NonBlockingConductor
 from taskflow.listeners.base import Listener
 from taskflow.persistence import models as tf_models
 
+from livemig import lazy
 from livemig.coordination.jobboard import LivemigJobBoard
 from livemig.coordination.zookeeper import start_client
 from livemig.errors import CoordinationUnavailable
@@ -191,6 +192,9 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     """Claim and run migration jobs until stopped (or after one with `once`)."""
     name = name or f"conductor-{controller_id()}"
     max_migrations = 1 if once else (max_migrations or services.settings.conductor_max_migrations)
+    # A conductor lives long and runs flows on many threads: it loads now
+    # what a single command defers (see livemig.lazy).
+    lazy.load_all()
     client = start_client(services.settings)
     sessions = SessionTracker(client)
     board = open_board(services, client=client)

@@ -5,34 +5,15 @@ Imported only when a flow is persisted or loaded (see Database.taskflow_backend)
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 import threading
 from collections import OrderedDict
 
-
-def _lazy_module(name: str) -> None:
-    """Register `name` so that it executes on first attribute access."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        return
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    # Bound on its package too: `from package import name` then takes it as
-    # it is, where the import system would look inside (and so load) it.
-    parent, _, child = name.rpartition(".")
-    setattr(sys.modules[parent], child, module)
-
+from livemig import lazy
 
 # TaskFlow's backend imports its schema-migration module, and with it alembic
 # and every SQLAlchemy dialect (~100 ms of each command's start), though only
 # a schema upgrade uses it.
-_lazy_module("taskflow.persistence.backends.sqlalchemy.migration")
+lazy.defer("taskflow.persistence.backends.sqlalchemy.migration")
 
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy import exc as sa_exc  # noqa: E402
