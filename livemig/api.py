@@ -254,7 +254,7 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
         migration_id, ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
-        post_migration_job(services, migration_id, board=board, logbook_ids=ids)
+        post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=(source, dest))
         if not wait:
             return show_migration(migration_id, settings=services.settings)
         return _follow(services, migration_id, progress, runner=None)

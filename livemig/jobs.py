@@ -49,13 +49,15 @@ def open_board(services: Services, client=None, watch_jobs: bool = True) -> Live
 
 
 def post_migration_job(services: Services, migration_id: int, board=None,
-                       logbook_ids: tuple[str, str] | None = None) -> str:
+                       logbook_ids: tuple[str, str] | None = None, hosts: tuple[str, str] | None = None) -> str:
     """Post the migration's persisted flow as a job; returns the job's uuid.
-    `logbook_ids`: its (logbook, flow) uuids, if the caller has them."""
-    if logbook_ids is None:
+    `logbook_ids`: its (logbook, flow) uuids, and `hosts` its (source,
+    destination), if the caller has them."""
+    if logbook_ids is None or hosts is None:
         with services.db.reading() as session:
             migration = get_migration(session, migration_id)
             logbook_ids = (migration.logbook_id, migration.flow_id)
+            hosts = (migration.source_host, migration.dest_host)
     book_id, flow_id = logbook_ids
     # The posting names the logbook (name and uuid); conductors load it.
     book = tf_models.LogBook(logbook_name(migration_id), uuid=book_id)
@@ -63,7 +65,8 @@ def post_migration_job(services: Services, migration_id: int, board=None,
     board = board or open_board(services, watch_jobs=False)
     try:
         job = board.post(logbook_name(migration_id), book=book,
-                         details={"flow_uuid": flow_id, "migration_id": migration_id})
+                         # The hosts let conductors take jobs whose hosts are free first.
+                         details={"flow_uuid": flow_id, "migration_id": migration_id, "hosts": list(hosts)})
     finally:
         if own_board:
             board.close()

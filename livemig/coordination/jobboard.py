@@ -67,8 +67,34 @@ class LivemigJobBoard(ZookeeperJobBoard):
     # -- for conductors ------------------------------------------------------------------------------
 
     def iter_unclaimed(self, ensure_fresh: bool = False) -> Iterator:
-        """Jobs that were unclaimed at the last listing, oldest first. One may
-        have been claimed since: claiming it then fails cleanly."""
-        for job in self._fetch_jobs(ensure_fresh=ensure_fresh):
-            if job.path not in self._claimed:
-                yield job
+        """Jobs that were unclaimed at the last listing, oldest first, except
+        that a job sharing a host with a claimed job (by any conductor, or
+        one yielded before it here) comes after those that share none. One
+        may have been claimed since the listing: claiming it then fails
+        cleanly.
+
+        A claimed job whose host is busy only waits in its reserve-hosts
+        step, holding one of its conductor's slots: with host limits of 1
+        and jobs queued in host order, half the slots waited. Jobs whose
+        details do not name their hosts are taken in order."""
+        jobs = self._fetch_jobs(ensure_fresh=ensure_fresh)
+        busy: set[str] = set()
+        for job in jobs:
+            if job.path in self._claimed:
+                busy.update(job_hosts(job))
+        later = []
+        for job in jobs:
+            if job.path in self._claimed:
+                continue
+            hosts = job_hosts(job)
+            if busy.intersection(hosts):
+                later.append(job)
+                continue
+            busy.update(hosts)
+            yield job
+        yield from later
+
+
+def job_hosts(job) -> list[str]:
+    """The hosts a migration job uses, from its details (see post_migration_job)."""
+    return list((job.details or {}).get("hosts") or ())

@@ -153,6 +153,17 @@ class Database:
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 
+    def set_migration_status(self, migration_id: int, status, reason: str | None = None, **fields: object) -> None:
+        """inventory.change_migration_status on its own: one round trip
+        outside a transaction block on PostgreSQL, one transaction on SQLite."""
+        from livemig.persistence.inventory import change_migration_status
+
+        try:
+            with self._autocommit.begin() as conn:
+                change_migration_status(conn, migration_id, status, reason, **fields)
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
     def is_current(self) -> bool:
         """Both schemas at head already (one cheap query instead of alembic)."""
         try:

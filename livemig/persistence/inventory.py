@@ -65,26 +65,99 @@ def add_event(session: Session, migration_id: int, kind: str, name: str, state: 
     session.add(Event(**event_row(migration_id, kind, name, state, message)))
 
 
-def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,
-                         reason: str | None = None) -> Migration:
-    migration = get_migration(session, migration_id)
-    if (MigrationStatus(migration.status) in FINISHED_MIGRATION_STATUSES
-            and status not in FINISHED_MIGRATION_STATUSES):
-        # An outcome is final: a fenced-off controller waking up late must not
-        # move a finished migration back to "running".
-        add_event(session, migration_id, "note", "migration", migration.status,
-                  f"ignored a late change to {status.value} from {controller_id()}")
-        return migration
-    if migration.status != status.value:
-        migration.status = status.value
-        add_event(session, migration_id, "status", "migration", status.value, reason or "")
+# Columns a status change may set besides the status (see change_migration_status).
+STATUS_CHANGE_FIELDS = frozenset({"progress", "downtime_ms"})
+
+
+def change_migration_status(conn: sa.Connection, migration_id: int, status: MigrationStatus,
+                            reason: str | None = None, **fields: object) -> None:
+    """Moves a migration to `status` (with `reason` as its error reason, and
+    `fields` among STATUS_CHANGE_FIELDS), with a "status" event if it changed.
+
+    An outcome is final: a fenced-off controller waking up late must not move
+    a finished migration back to "running"; such a change is only noted.
+
+    In Core statements, not the ORM: tasks change statuses several times per
+    migration. On PostgreSQL the read, the update and the event are one
+    statement, so outside a transaction block it is one round trip."""
+    unknown = set(fields) - STATUS_CHANGE_FIELDS
+    if unknown:
+        raise ValueError(f"not a status-change field: {sorted(unknown)}")
+    now = utcnow()
+    assigned = {"status": status.value, **{k: v for k, v in fields.items() if v is not None}}
     if reason is not None:
-        migration.error_reason = reason
-    if status is MigrationStatus.RUNNING and migration.started_at is None:
-        migration.started_at = utcnow()
+        assigned["error_reason"] = reason
     if status in FINISHED_MIGRATION_STATUSES:
-        migration.finished_at = utcnow()
-    return migration
+        assigned["finished_at"] = now
+    params = {"mid": migration_id, "at": now, "controller": controller_id(), "message": reason or "",
+              "ignored": f"ignored a late change to {status.value} from {controller_id()}", **assigned}
+    if conn.dialect.name == "postgresql":
+        statement = _status_change_statement(tuple(sorted(assigned)), status is MigrationStatus.RUNNING,
+                                             status in FINISHED_MIGRATION_STATUSES)
+        if conn.execute(statement, params).scalar() is None:
+            raise MigrationNotFound(f"migration {migration_id} does not exist")
+        return
+    table = Migration.__table__
+    old = conn.execute(sa.select(table.c.status).where(table.c.id == migration_id)).scalar()
+    if old is None:
+        raise MigrationNotFound(f"migration {migration_id} does not exist")
+    if MigrationStatus(old) in FINISHED_MIGRATION_STATUSES and status not in FINISHED_MIGRATION_STATUSES:
+        conn.execute(sa.insert(Event.__table__), event_row(migration_id, "note", "migration", old, params["ignored"]))
+        return
+    values: dict[str, object] = dict(assigned)
+    if status is MigrationStatus.RUNNING:
+        values["started_at"] = sa.func.coalesce(table.c.started_at, now)
+    conn.execute(sa.update(table).where(table.c.id == migration_id).values(values))
+    if old != status.value:
+        conn.execute(sa.insert(Event.__table__), event_row(migration_id, "status", "migration", status.value,
+                                                           reason or ""))
+
+
+_status_change_statements: dict[tuple, sa.Executable] = {}
+
+
+def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bool) -> sa.Executable:
+    """PostgreSQL: lock and read the row, update it unless the change is a
+    late one, and insert the status event or the "ignored" note, as one
+    statement; it returns the previous status (none: no such migration)."""
+    key = (assigned, running, final)
+    statement = _status_change_statements.get(key)
+    if statement is not None:
+        return statement
+    migrations, events = Migration.__table__, Event.__table__
+    mid = sa.bindparam("mid", type_=sa.Integer)
+    at = sa.bindparam("at", type_=events.c.at.type)
+    controller = sa.bindparam("controller", type_=sa.String)
+    old = (sa.select(migrations.c.id, migrations.c.status).where(migrations.c.id == mid)
+           .with_for_update().cte("old"))
+    values = {column: sa.bindparam(column, type_=migrations.c[column].type) for column in assigned}
+    if running:
+        values["started_at"] = sa.func.coalesce(migrations.c.started_at, at)
+    update = sa.update(migrations).where(migrations.c.id == old.c.id).values(values)
+    if not final:
+        update = update.where(old.c.status.not_in([s.value for s in FINISHED_MIGRATION_STATUSES]))
+    updated = update.returning(old.c.status.label("old_status")).cte("updated")
+    new_status = sa.bindparam("status", type_=sa.String)
+    status_event = sa.select(mid, sa.literal("status"), sa.literal("migration"), new_status,
+                             sa.bindparam("message", type_=sa.Text), controller, at
+                             ).where(updated.c.old_status != new_status)
+    ignored_note = sa.select(mid, sa.literal("note"), sa.literal("migration"), old.c.status,
+                             sa.bindparam("ignored", type_=sa.Text), controller, at
+                             ).where(~sa.exists(sa.select(updated.c.old_status)))
+    columns = ["migration_id", "kind", "name", "state", "message", "controller", "at"]
+    inserted = sa.insert(events).from_select(columns, sa.union_all(status_event, ignored_note)).cte("inserted")
+    statement = sa.select(sa.select(old.c.status).scalar_subquery()).add_cte(updated, inserted)
+    _status_change_statements[key] = statement
+    return statement
+
+
+def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,
+                         reason: str | None = None, **fields: object) -> None:
+    """change_migration_status within an ORM session's transaction."""
+    change_migration_status(session.connection(), migration_id, status, reason, **fields)
+    loaded = session.identity_map.get(session.identity_key(Migration, migration_id))
+    if loaded is not None:
+        session.expire(loaded)  # the row changed under the ORM
 
 
 def created_resources(session: Session, migration_id: int, name: str) -> list[str]:

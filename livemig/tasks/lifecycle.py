@@ -123,7 +123,4 @@ class MarkMigrationCompleted(MigrationTask):
     """
 
     def execute(self, migration_id: int) -> None:
-        with self.services.db.session() as session:
-            migration = get_migration(session, migration_id)
-            migration.progress = 1.0
-            set_migration_status(session, migration_id, MigrationStatus.COMPLETED)
+        self.services.db.set_migration_status(migration_id, MigrationStatus.COMPLETED, progress=1.0)

@@ -8,7 +8,7 @@ from taskflow.types.failure import Failure
 
 from livemig.drivers.base import DriverError, MigrationOptions, MigrationProgress, downtime_schedule
 from livemig.errors import LivemigError
-from livemig.persistence.inventory import get_migration, set_migration_status
+from livemig.persistence.inventory import get_migration
 from livemig.persistence.models import Instance
 from livemig.states import MigrationStatus
 from livemig.tasks.base import LOG, MigrationTask
@@ -39,8 +39,7 @@ class MigrateDomain(MigrationTask):
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
         options = self._options(instance_uuid)
-        with self.services.db.session() as session:
-            set_migration_status(session, migration_id, MigrationStatus.RUNNING)
+        self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
 
         source = src_driver.find_domain(src_uri, instance_uuid)
@@ -83,12 +82,8 @@ class MigrateDomain(MigrationTask):
                                                 settings.downtime_step_delay_s_per_gib * memory_gib))
 
     def _finish(self, migration_id: int, downtime_ms: int | None, elapsed_ms: int) -> dict[str, Any]:
-        with self.services.db.session() as session:
-            migration = get_migration(session, migration_id)
-            migration.progress = 1.0
-            if downtime_ms is not None:
-                migration.downtime_ms = downtime_ms
-            set_migration_status(session, migration_id, MigrationStatus.POST_MIGRATING)
+        self.services.db.set_migration_status(migration_id, MigrationStatus.POST_MIGRATING, progress=1.0,
+                                              downtime_ms=downtime_ms)
         self.update_progress(1.0)
         self.note(migration_id, f"hypervisor migration call took {elapsed_ms} ms, downtime "
                                 f"{'unknown' if downtime_ms is None else f'{downtime_ms} ms'}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from livemig.coordination.base import HostLimit
 from livemig.errors import MigrationFailed, QueueTimeout
-from livemig.persistence.inventory import get_host, get_migration, set_migration_status
+from livemig.persistence.inventory import get_host, get_migration
 from livemig.states import MigrationStatus
 from livemig.tasks.base import MigrationTask
 
@@ -63,5 +63,4 @@ class MarkMigrationPreparing(MigrationTask):
     """
 
     def execute(self, migration_id: int) -> None:
-        with self.services.db.session() as session:
-            set_migration_status(session, migration_id, MigrationStatus.PREPARING)
+        self.services.db.set_migration_status(migration_id, MigrationStatus.PREPARING)

@@ -297,3 +297,37 @@ def test_one_conductor_runs_migrations_of_disjoint_hosts_at_once(tmp_path, zk_se
         claimed_by = {e.controller for e in s.scalars(sa.select(Event).where(
             Event.kind == "step", Event.migration_id.in_([first.id, second.id])))}
     assert len(claimed_by) == 1  # one conductor process ran both
+
+
+def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
+    """A job sharing a host with a claimed job (or with one offered before it)
+    comes after those that share none, so that a conductor's slots run
+    migrations rather than wait in reserve-hosts; none is left out."""
+    from livemig.jobs import open_board
+
+    board = open_board(services_for(zk_settings))
+    try:
+        def post(name, hosts):
+            return board.post(name, details={"migration_id": 0, "hosts": hosts})
+
+        running = post("running", ["a", "b"])
+        post("shares-b", ["b", "c"])
+        post("free", ["d", "e"])
+        post("shares-d-with-free", ["d", "f"])
+        post("no-hosts", [])
+        board.claim(running, "someone")
+        deadline = time.monotonic() + 10
+        while running.path not in board._claimed:  # the children watch sees the claim's lock node
+            assert time.monotonic() < deadline, "the board never saw the claim"
+            time.sleep(0.05)
+        offered = [job.name for job in board.iter_unclaimed()]
+        assert offered == ["free", "no-hosts", "shares-b", "shares-d-with-free"]
+        board.consume(running, "someone")
+        deadline = time.monotonic() + 10
+        while [job.name for job in board.iter_unclaimed()][:1] != ["shares-b"]:
+            assert time.monotonic() < deadline, "the board never saw the job consumed"
+            time.sleep(0.05)
+        assert [job.name for job in board.iter_unclaimed()] == ["shares-b", "free", "no-hosts",
+                                                                 "shares-d-with-free"]
+    finally:
+        board.close()

@@ -215,3 +215,31 @@ def test_server_pool_keeps_a_connection_per_concurrent_migration(postgres_url):
         assert engine.pool.checkedin() == 16
     finally:
         engine.dispose()
+
+
+def test_status_changes_record_events_and_an_outcome_is_final(tmp_path, db_settings):
+    from livemig.errors import MigrationNotFound
+    from livemig.persistence.database import database_for
+    from livemig.states import MigrationStatus
+
+    FakeCloud.build(tmp_path, db_settings)
+    migration_id = livemig.create_migration(CTX, "vm1", "a", "b", settings=db_settings).id
+    db = database_for(db_settings.database_url)
+    db.set_migration_status(migration_id, MigrationStatus.RUNNING)
+    started = livemig.show_migration(migration_id, settings=db_settings).started_at
+    db.set_migration_status(migration_id, MigrationStatus.RUNNING)  # no change: no event, same start
+    db.set_migration_status(migration_id, MigrationStatus.POST_MIGRATING, progress=1.0, downtime_ms=17)
+    db.set_migration_status(migration_id, MigrationStatus.FAILED, "dest died")
+    # A fenced-off controller waking up late cannot reopen the outcome.
+    db.set_migration_status(migration_id, MigrationStatus.RUNNING)
+    view = livemig.show_migration(migration_id, settings=db_settings)
+    assert (view.status, view.error_reason, view.progress, view.downtime_ms) == ("failed", "dest died", 1.0, 17)
+    assert view.started_at == started is not None and view.finished_at is not None
+    trail = [(e.kind, e.state, e.message) for e in view.events if e.kind in ("status", "note")
+             and e.name == "migration"]
+    assert trail == [("status", "queued", trail[0][2]), ("status", "running", ""), ("status", "post-migrating", ""),
+                     ("status", "failed", "dest died"),
+                     ("note", "failed", trail[-1][2])]
+    assert trail[-1][2].startswith("ignored a late change to running")
+    with pytest.raises(MigrationNotFound):
+        db.set_migration_status(migration_id + 1000, MigrationStatus.RUNNING)
