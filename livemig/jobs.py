@@ -23,7 +23,7 @@ from livemig import lazy
 from livemig.coordination.jobboard import LivemigJobBoard
 from livemig.coordination.zookeeper import start_client
 from livemig.errors import CoordinationUnavailable
-from livemig.persistence.inventory import add_event, controller_id, get_migration
+from livemig.persistence.inventory import controller_id, get_migration
 from livemig.runner import MigrationEventListener, ensure_outcome_recorded, logbook_name
 from livemig.services import Services
 
@@ -70,9 +70,7 @@ def post_migration_job(services: Services, migration_id: int, board=None,
     finally:
         if own_board:
             board.close()
-    with services.db.session() as session:
-        get_migration(session, migration_id).job_id = job.uuid
-        add_event(session, migration_id, "note", "jobboard", "posted", f"job {job.uuid}")
+    services.db.set_job(migration_id, job.uuid)
     return job.uuid
 
 

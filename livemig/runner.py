@@ -77,11 +77,12 @@ def create_logbook(services: Services, migration_id: int, store: dict[str, Any],
     book.add(flow_detail)
     save_factory_details(flow_detail, FACTORY_NAME, [services.settings.to_dict()], {})
     flow_detail.meta["store"] = store  # where TaskFlow's conductors look for it
+    # The store as the flow's injected arguments, through TaskFlow's storage
+    # alone (building the flow and an engine for it cost twice as much), in
+    # memory first, so that the logbook is saved whole in one transaction.
+    Storage(flow_detail).inject(store)
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
-    # The store as the flow's injected arguments, through TaskFlow's storage
-    # alone: building the flow and an engine for it cost twice as much.
-    Storage(flow_detail, backend=backend).inject(store)
 
 
 def logbook_name(migration_id: int) -> str:

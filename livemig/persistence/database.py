@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from livemig.errors import DatabaseUnavailable, InvalidInput
+from livemig.errors import DatabaseUnavailable, InvalidInput, MigrationNotFound
 
 ALEMBIC_DIR = Path(__file__).with_name("alembic")
 # The newest revision in alembic/versions; a test checks they agree.
@@ -161,6 +161,27 @@ class Database:
         try:
             with self._autocommit.begin() as conn:
                 change_migration_status(conn, migration_id, status, reason, **fields)
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
+    def set_job(self, migration_id: int, job_uuid: str) -> None:
+        """Names the migration's jobboard job, with a "posted" note: one
+        statement outside a transaction block on PostgreSQL."""
+        from livemig.persistence.inventory import audit_event_params, event_row, with_audit_event
+        from livemig.persistence.models import Event, Migration
+
+        migrations = Migration.__table__
+        update = sa.update(migrations).where(migrations.c.id == migration_id).values(job_id=job_uuid)
+        event = event_row(migration_id, "note", "jobboard", "posted", f"job {job_uuid}")
+        try:
+            with self._autocommit.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    updated = conn.execute(with_audit_event(update), audit_event_params(event)).rowcount
+                else:
+                    updated = conn.execute(update).rowcount
+                    conn.execute(sa.insert(Event.__table__), event)
+                if updated != 1:
+                    raise MigrationNotFound(f"migration {migration_id} does not exist")
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 

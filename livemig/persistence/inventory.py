@@ -60,6 +60,24 @@ def event_row(migration_id: int, kind: str, name: str, state: str = "", message:
             "controller": controller_id(), "at": utcnow()}
 
 
+def with_audit_event(update: sa.Update) -> sa.Insert:
+    """One statement (a data-modifying WITH, PostgreSQL only) that runs
+    `update` and inserts an audit event if, and only if, it updated a row; its
+    rowcount is the update's. The event's columns are bound as
+    `event_<column>` (see audit_event_params)."""
+    events = Event.__table__
+    columns = [column for column in events.columns if column.name != "id"]  # the id is generated
+    updated = update.returning(sa.literal(1).label("updated")).cte("updated")
+    event = sa.select(*(sa.bindparam(f"event_{column.name}", type_=column.type) for column in columns))
+    insert = sa.insert(events).from_select([column.name for column in columns], event.select_from(updated))
+    # SQLAlchemy keeps the rowcount of UPDATE and DELETE only, unless told.
+    return insert.execution_options(preserve_rowcount=True)
+
+
+def audit_event_params(event: dict) -> dict:
+    return {f"event_{column}": value for column, value in event.items()}
+
+
 def add_event(session: Session, migration_id: int, kind: str, name: str, state: str = "",
               message: str = "") -> None:
     session.add(Event(**event_row(migration_id, kind, name, state, message)))

@@ -21,7 +21,7 @@ from taskflow import exceptions as tf_exc  # noqa: E402
 from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
-from livemig.persistence.inventory import event_row  # noqa: E402
+from livemig.persistence.inventory import audit_event_params, event_row, with_audit_event  # noqa: E402
 from livemig.states import AUDITED_ATOM_STATES, AUDITED_FLOW_STATES  # noqa: E402
 
 
@@ -71,11 +71,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         # takes the two statements in a transaction.
         self._single_statement = self._engine.dialect.name == "postgresql"
         if self._single_statement:
-            events = Event.__table__
-            columns = [column.name for column in events.columns if column.name != "id"]  # the id is generated
-            event_cte = sa.insert(events).values(
-                {column: sa.bindparam(f"event_{column}") for column in columns}).cte("audit_event")
-            self._update_atom_with_event = self._update_atom.add_cte(event_cte)
+            self._updates_with_event: dict[tuple[str, ...], sa.Insert] = {}
             self._autocommit = without_transaction_blocks(self._engine)
         self._written: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
@@ -147,6 +143,18 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         values["match_uuid"] = values.pop("uuid")
         return values
 
+    def _update_atom_with_event(self, values: dict) -> sa.Insert:
+        """The atom's update and its event as one statement, for these
+        columns: inside a WITH, the SET clause must name its columns."""
+        columns = tuple(sorted(column for column in values if column != "match_uuid"))
+        statement = self._updates_with_event.get(columns)
+        if statement is None:
+            atoms = self._tables.atomdetails
+            update = (atoms.update().where(atoms.c.uuid == sa.bindparam("match_uuid"))
+                      .values({column: sa.bindparam(column) for column in columns}))
+            statement = self._updates_with_event[columns] = with_audit_event(update)
+        return statement
+
     def update_atom_details(self, atom_detail):
         values = self._atom_values(atom_detail)
         if self._same_but_progress(values):
@@ -158,8 +166,8 @@ class LivemigConnection(impl_sqlalchemy.Connection):
                     if event is None:
                         updated = conn.execute(self._update_atom, values).rowcount
                     else:
-                        params = dict(values, **{f"event_{k}": v for k, v in event.items()})
-                        updated = conn.execute(self._update_atom_with_event, params).rowcount
+                        params = dict(values, **audit_event_params(event))
+                        updated = conn.execute(self._update_atom_with_event(values), params).rowcount
             else:
                 with self._engine.begin() as conn:
                     updated = conn.execute(self._update_atom, values).rowcount

@@ -243,3 +243,22 @@ def test_status_changes_record_events_and_an_outcome_is_final(tmp_path, db_setti
     assert trail[-1][2].startswith("ignored a late change to running")
     with pytest.raises(MigrationNotFound):
         db.set_migration_status(migration_id + 1000, MigrationStatus.RUNNING)
+
+
+def test_a_posted_job_is_named_with_a_note_and_only_for_a_migration_that_exists(tmp_path, db_settings):
+    from livemig.errors import MigrationNotFound
+    from livemig.persistence.database import database_for
+    from livemig.persistence.models import Event, Migration
+
+    FakeCloud.build(tmp_path, db_settings)
+    migration_id = livemig.create_migration(CTX, "vm1", "a", "b", settings=db_settings).id
+    db = database_for(db_settings.database_url)
+    db.set_job(migration_id, "job-1")
+    with pytest.raises(MigrationNotFound):
+        db.set_job(migration_id + 1000, "job-2")
+    with db.reading() as session:
+        job_id = session.get(Migration, migration_id).job_id
+        notes = [(e.migration_id, e.state, e.message) for e in session.scalars(
+            sa.select(Event).where(Event.name == "jobboard"))]
+    assert job_id == "job-1"
+    assert notes == [(migration_id, "posted", "job job-1")]  # none for the migration that does not exist
