@@ -12,7 +12,7 @@ from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
     Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
-from livemig.persistence.inventory import find_instance, get_host, unfinished_migrations
+from livemig.persistence.inventory import find_instance, get_hosts, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
 from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState
 
@@ -48,8 +48,7 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     """Raise a precise LivemigError unless the migration may start; returns the instance."""
     if source == dest:
         raise InvalidInput(f"source and destination are the same host ({source})")
-    src = get_host(session, source)
-    dst = get_host(session, dest)
+    src, dst = get_hosts(session, source, dest)
     instance = find_instance(session, instance_ref)
     if instance.host != source:
         raise PrecheckFailed(f"instance {instance.name} runs on {instance.host or 'no host'}, not on {source}")

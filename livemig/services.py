@@ -28,12 +28,16 @@ class Services:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        from livemig.persistence.inventory import get_host
+        from livemig.persistence.inventory import get_host, host_uris
 
+        # All of them at once: a conductor soon needs most hosts' URIs.
         with self.db.reading() as session:
-            uri = get_host(session, name).uri
-        self._host_uris[name] = (uri, now + HOST_URI_TTL_S)
-        return uri
+            uris = host_uris(session)
+            if name not in uris:
+                get_host(session, name)  # raises HostNotFound
+        expires = now + HOST_URI_TTL_S
+        self._host_uris.update((host, (uri, expires)) for host, uri in uris.items())
+        return uris[name]
 
     @cached_property
     def db(self) -> Database:

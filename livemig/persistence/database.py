@@ -129,6 +129,27 @@ class Database:
             raise self._unreachable(exc) from None
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A Core connection in a transaction: for a few statements that the
+        ORM would only slow down."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[sa.Connection]:
+        """A Core connection for statements that each stand alone: outside
+        any transaction block on a server (no BEGIN and COMMIT round trips);
+        SQLite, which has no round trips, takes them in a transaction."""
+        try:
+            with self._autocommit.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(exc) from None
+
+    @contextlib.contextmanager
     def reading(self) -> Iterator[Session]:
         """A session that only reads: each statement sees what is committed
         when it runs. Changes made through it are not saved."""
@@ -147,22 +168,16 @@ class Database:
 
         if self._insert_event is None:
             self._insert_event = sa.insert(Event.__table__)
-        try:
-            with self._autocommit.begin() as conn:
-                conn.execute(self._insert_event, event_row(migration_id, kind, name, state, message))
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        with self.autocommit() as conn:
+            conn.execute(self._insert_event, event_row(migration_id, kind, name, state, message))
 
     def set_migration_status(self, migration_id: int, status, reason: str | None = None, **fields: object) -> None:
         """inventory.change_migration_status on its own: one round trip
         outside a transaction block on PostgreSQL, one transaction on SQLite."""
         from livemig.persistence.inventory import change_migration_status
 
-        try:
-            with self._autocommit.begin() as conn:
-                change_migration_status(conn, migration_id, status, reason, **fields)
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        with self.autocommit() as conn:
+            change_migration_status(conn, migration_id, status, reason, **fields)
 
     def set_job(self, migration_id: int, job_uuid: str) -> None:
         """Names the migration's jobboard job, with a "posted" note: one
@@ -173,17 +188,14 @@ class Database:
         migrations = Migration.__table__
         update = sa.update(migrations).where(migrations.c.id == migration_id).values(job_id=job_uuid)
         event = event_row(migration_id, "note", "jobboard", "posted", f"job {job_uuid}")
-        try:
-            with self._autocommit.begin() as conn:
-                if self.engine.dialect.name == "postgresql":
-                    updated = conn.execute(with_audit_event(update), audit_event_params(event)).rowcount
-                else:
-                    updated = conn.execute(update).rowcount
-                    conn.execute(sa.insert(Event.__table__), event)
-                if updated != 1:
-                    raise MigrationNotFound(f"migration {migration_id} does not exist")
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        with self.autocommit() as conn:
+            if self.engine.dialect.name == "postgresql":
+                updated = conn.execute(with_audit_event(update), audit_event_params(event)).rowcount
+            else:
+                updated = conn.execute(update).rowcount
+                conn.execute(sa.insert(Event.__table__), event)
+            if updated != 1:
+                raise MigrationNotFound(f"migration {migration_id} does not exist")
 
     def is_current(self) -> bool:
         """Both schemas at head already (one cheap query instead of alembic)."""

@@ -24,6 +24,20 @@ def get_host(session: Session, name: str) -> Host:
     return host
 
 
+def get_hosts(session: Session, *names: str) -> list[Host]:
+    """Hosts by name, in the order asked, in one query."""
+    found = {host.name: host for host in session.scalars(sa.select(Host).where(Host.name.in_(set(names))))}
+    for name in names:
+        if name not in found:
+            raise HostNotFound(f"host {name!r} is not in the inventory (see `livemig host list`)")
+    return [found[name] for name in names]
+
+
+def host_uris(session: Session) -> dict[str, str]:
+    """Every host's URI, by name."""
+    return {name: uri for name, uri in session.execute(sa.select(Host.name, Host.uri))}
+
+
 def find_instance(session: Session, ref: str) -> Instance:
     """An instance by uuid or, if unambiguous, by name."""
     try:

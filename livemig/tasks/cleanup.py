@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+
 from livemig.errors import LivemigError
 from livemig.persistence.models import Instance
 from livemig.states import InstanceState
@@ -26,10 +28,10 @@ class UpdateInstanceHost(MigrationTask):
     """
 
     def execute(self, migration_id: int, instance_uuid: str, dest_host: str) -> None:
-        with self.services.db.session() as session:
-            instance = session.get(Instance, instance_uuid)
-            instance.host = dest_host
-            instance.state = InstanceState.RUNNING.value
+        instances = Instance.__table__
+        with self.services.db.autocommit() as conn:
+            conn.execute(sa.update(instances).where(instances.c.uuid == instance_uuid)
+                         .values(host=dest_host, state=InstanceState.RUNNING.value))
 
 
 class CleanUpSource(MigrationTask):

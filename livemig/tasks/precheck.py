@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from livemig.persistence.inventory import add_event
-from livemig.persistence.models import Instance
+import sqlalchemy as sa
+
+from livemig.persistence.inventory import event_row
+from livemig.persistence.models import Event, Instance
 from livemig.prechecks import check_migration
 from livemig.states import InstanceState
 from livemig.tasks.base import MigrationTask
@@ -34,13 +36,16 @@ class MarkInstanceMigrating(MigrationTask):
     default_provides = "previous_instance_state"
 
     def execute(self, migration_id: int, instance_uuid: str) -> str:
-        with self.services.db.session() as session:
-            instance = session.get(Instance, instance_uuid)
-            previous = instance.state
+        instances = Instance.__table__
+        with self.services.db.transaction() as conn:
+            previous = conn.execute(sa.select(instances.c.state).where(instances.c.uuid == instance_uuid)
+                                    .with_for_update()).scalar_one()
             if previous == InstanceState.MIGRATING.value:
                 previous = InstanceState.RUNNING.value  # re-run after a crash
-            instance.state = InstanceState.MIGRATING.value
-            add_event(session, migration_id, "note", self.name, "migrating", f"instance was {previous}")
+            conn.execute(sa.update(instances).where(instances.c.uuid == instance_uuid)
+                         .values(state=InstanceState.MIGRATING.value))
+            conn.execute(sa.insert(Event.__table__),
+                         event_row(migration_id, "note", self.name, "migrating", f"instance was {previous}"))
             return previous
 
     def revert(self, result: Any, instance_uuid: str, **kwargs: Any) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from livemig.coordination.base import HostLimit
 from livemig.errors import MigrationFailed, QueueTimeout
-from livemig.persistence.inventory import get_host, get_migration
+from livemig.persistence.inventory import get_hosts, get_migration
 from livemig.states import MigrationStatus
 from livemig.tasks.base import MigrationTask
 
@@ -21,8 +21,7 @@ class ReserveHosts(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                 queue_timeout_s: float | None = None) -> None:
         with self.services.db.reading() as session:
-            limits = [HostLimit(h.name, h.max_concurrent_migrations)
-                      for h in (get_host(session, source_host), get_host(session, dest_host))]
+            limits = [HostLimit(h.name, h.max_concurrent_migrations) for h in get_hosts(session, source_host, dest_host)]
         # The request may carry its own timeout (0 for --no-wait).
         queue_timeout = self.services.settings.queue_timeout_s if queue_timeout_s is None else queue_timeout_s
         deadline = time.monotonic() + queue_timeout
