@@ -119,6 +119,9 @@ def run_config(db: str, pg_url: str | None, zk_hosts: str, conductors: int, host
             p.kill()
     with engine.session() as s:
         rows = list(s.scalars(sa.select(Migration)))
+        # Claimed while a host was busy: such a job waits in reserve-hosts, holding a conductor's slot.
+        waited = s.scalar(sa.select(sa.func.count(sa.distinct(Event.migration_id))).where(
+            Event.kind == "note", Event.name == "reserve-hosts", Event.state == "queued"))
     latencies = [(m.finished_at - m.created_at).total_seconds() for m in rows if m.finished_at]
     first = min(m.created_at for m in rows)
     last = max(m.finished_at for m in rows if m.finished_at)
@@ -126,7 +129,7 @@ def run_config(db: str, pg_url: str | None, zk_hosts: str, conductors: int, host
     result = {"database": db, "conductors": conductors, "migrations": len(rows), "hosts": hosts,
               "completed": sum(m.status == "completed" for m in rows), "submit_s": submit_s, "span_s": span,
               "per_second": len(rows) / span if span else float("nan"), "p50_s": percentile(latencies, 50),
-              "p99_s": percentile(latencies, 99), "peak_rss_mb": rss, "host_limit_violations": overlapping(settings)}
+              "p99_s": percentile(latencies, 99), "waited_for_hosts": waited, "peak_rss_mb": rss, "host_limit_violations": overlapping(settings)}
     console.print(result)
     engine.dispose()
     return result
