@@ -120,44 +120,33 @@ class Database:
         self._insert_event = None
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed on success, rolled back on error."""
+    def _unreachable_reported(self, context: contextlib.AbstractContextManager) -> Iterator:
+        """`context`, with a lost or refused server reported as DatabaseUnavailable."""
         try:
-            with self._sessions.begin() as session:
-                yield session
+            with context as value:
+                yield value
         except sa.exc.OperationalError as exc:
             raise self._unreachable(exc) from None
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
+    def session(self) -> contextlib.AbstractContextManager[Session]:
+        """A transaction: committed on success, rolled back on error."""
+        return self._unreachable_reported(self._sessions.begin())
+
+    def transaction(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """A Core connection in a transaction: for a few statements that the
         ORM would only slow down."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        return self._unreachable_reported(self.engine.begin())
 
-    @contextlib.contextmanager
-    def autocommit(self) -> Iterator[sa.Connection]:
+    def autocommit(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """A Core connection for statements that each stand alone: outside
         any transaction block on a server (no BEGIN and COMMIT round trips);
         SQLite, which has no round trips, takes them in a transaction."""
-        try:
-            with self._autocommit.begin() as conn:
-                yield conn
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        return self._unreachable_reported(self._autocommit.begin())
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[Session]:
+    def reading(self) -> contextlib.AbstractContextManager[Session]:
         """A session that only reads: each statement sees what is committed
         when it runs. Changes made through it are not saved."""
-        try:
-            with self._readers() as session:
-                yield session
-        except sa.exc.OperationalError as exc:
-            raise self._unreachable(exc) from None
+        return self._unreachable_reported(self._readers())
 
     def record_event(self, migration_id: int, kind: str, name: str, state: str = "", message: str = "") -> None:
         """One audit-trail event: a plain INSERT compiled once, outside a
