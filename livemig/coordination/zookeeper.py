@@ -123,19 +123,45 @@ class ZookeeperReservations(ReservationService):
     def release(self, migration_id: int, hosts: list[str]) -> None:
         client = self.client
         try:
-            for host in hosts:
-                path = f"{self._hosts}/{host}/{migration_id}"
-                try:
-                    data, _ = client.get(path)
-                except NoNodeError:
-                    continue
-                self._release_instance(client, data.decode(), migration_id)
-                try:
-                    client.delete(path)
-                except NoNodeError:
-                    pass
+            if not self._release_at_once(client, migration_id, hosts):
+                self._release_each(client, migration_id, hosts)
         except (KazooException, KazooTimeoutError) as exc:
             raise CoordinationUnavailable(f"ZooKeeper error while releasing hosts: {exc!r}") from None
+
+    def _release_at_once(self, client: KazooClient, migration_id: int, hosts: list[str]) -> bool:
+        """The usual case: every reservation of the migration and its
+        instance's node, deleted in one transaction (three requests where
+        one by one took seven). False, having changed nothing, if any of them
+        is gone already (a release interrupted half-way, or run again)."""
+        paths = [f"{self._hosts}/{host}/{migration_id}" for host in hosts]
+        if not paths:
+            return True
+        try:
+            instance_uuid, _ = client.get(paths[0])
+            instance_path = f"{self._instances}/{instance_uuid.decode()}"
+            holder, stat = client.get(instance_path)
+        except NoNodeError:
+            return False
+        if holder.decode() != str(migration_id):
+            return False
+        tx = client.transaction()
+        tx.delete(instance_path, version=stat.version)
+        for path in paths:
+            tx.delete(path)
+        return not any(isinstance(result, Exception) for result in tx.commit())
+
+    def _release_each(self, client: KazooClient, migration_id: int, hosts: list[str]) -> None:
+        for host in hosts:
+            path = f"{self._hosts}/{host}/{migration_id}"
+            try:
+                data, _ = client.get(path)
+            except NoNodeError:
+                continue
+            self._release_instance(client, data.decode(), migration_id)
+            try:
+                client.delete(path)
+            except NoNodeError:
+                pass
 
     def _release_instance(self, client: KazooClient, instance_uuid: str, migration_id: int) -> None:
         path = f"{self._instances}/{instance_uuid}"

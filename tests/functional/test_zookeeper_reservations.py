@@ -77,3 +77,27 @@ def test_reserve_is_idempotent_and_release_frees_the_host(zk_root_settings):
         assert svc.try_reserve(2, "other", [HostLimit("a", 1), HostLimit("c", 1)]) is None
     finally:
         svc.close()
+
+
+def test_release_leaves_nothing_even_after_a_release_interrupted_half_way(zk_root_settings):
+    svc = ZookeeperReservations(zk_root_settings)
+    root = zk_root_settings.zookeeper_root
+    try:
+        hosts = [HostLimit("a", 1), HostLimit("b", 1)]
+        assert svc.try_reserve(1, "vm", hosts) is None
+        svc.release(1, ["a", "b"])  # in one transaction
+        assert svc.holders("a") == [] and svc.holders("b") == []
+        assert svc.client.exists(f"{root}/reservations/instances/vm") is None
+        # A controller that died after deleting one reservation: the next
+        # release (its resume) removes the rest, one by one.
+        assert svc.try_reserve(2, "vm", hosts) is None
+        svc.client.delete(f"{root}/reservations/hosts/a/2")
+        svc.release(2, ["a", "b"])
+        assert svc.holders("a") == [] and svc.holders("b") == []
+        assert svc.client.exists(f"{root}/reservations/instances/vm") is None
+        # Another migration's hold on the instance is not this one's to release.
+        assert svc.try_reserve(3, "vm", hosts) is None
+        svc.release(4, ["a", "b"])
+        assert svc.holders("a") == [3] and svc.client.exists(f"{root}/reservations/instances/vm") is not None
+    finally:
+        svc.close()
