@@ -8,16 +8,34 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from livemig.config import Settings, load_settings
 from livemig.context import RequestContext, context_from_local_user
 from livemig.errors import LivemigError
 
+class LazyConsole:
+    """rich's Console, made on first use: importing rich costs about 20 ms
+    of a command's start, and a command that prints no table or progress
+    bar (a migration run by a script) does not need it."""
+
+    def __init__(self, **kwargs: Any):
+        self._kwargs = kwargs
+        self._console = None
+
+    def real(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
 # Piped output keeps whole lines (no 80-column truncation) for grep and logs.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True, soft_wrap=True)
+out = LazyConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err = LazyConsole(stderr=True, soft_wrap=True)
 
 format_option = click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="Human table, or JSON for scripts.")
@@ -71,6 +89,8 @@ def emit(output_format: str, rows: Sequence[Any], columns: Iterable[tuple[str, s
     if output_format == "json":
         click.echo(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
         return
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False, box=None, header_style="bold")
     columns = list(columns)
     for header, _ in columns:

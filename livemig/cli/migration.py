@@ -29,8 +29,9 @@ def _report(view: MigrationView, output_format: str) -> None:
         return
     downtime = f", downtime {view.downtime_ms} ms" if view.downtime_ms is not None else ""
     took = f" in {view.duration_s:.2f} s" if view.duration_s is not None else ""
-    out.print(f"migration {view.id}: {view.instance_name} {view.source_host} -> {view.dest_host} "
-              f"{view.status}{took}{downtime}")
+    # Plain text: rich would read brackets in an instance name as markup.
+    click.echo(f"migration {view.id}: {view.instance_name} {view.source_host} -> {view.dest_host} "
+               f"{view.status}{took}{downtime}")
 
 
 @click.command()

@@ -1,18 +1,29 @@
 """A live progress line for a migration, on stderr (stdout stays for results)."""
 from __future__ import annotations
 
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+import sys
+
+import click
 
 from livemig.cli.common import err
 from livemig.views import MigrationView
 
 
 class MigrationProgress:
+    """A progress bar on a terminal; elsewhere one line per status change;
+    nothing at all when not `enabled` (`--quiet`, or JSON output)."""
+
     def __init__(self, enabled: bool = True):
-        self.enabled = enabled and err.is_terminal
-        self._progress = Progress(TextColumn("[bold]migration {task.fields[mid]}[/bold] {task.fields[status]:<15}"),
-                                  BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[detail]}"),
-                                  TimeElapsedColumn(), console=err, transient=False)
+        self.quiet = not enabled
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]migration {task.fields[mid]}[/bold] {task.fields[status]:<15}"), BarColumn(),
+                TaskProgressColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=err.real(),
+                transient=False)
         self._task = None
         self._last_status = None
 
@@ -31,10 +42,12 @@ class MigrationProgress:
             detail = f"{view.memory_processed / 2**20:.0f}/{view.memory_total / 2**20:.0f} MiB"
             if view.memory_bps:
                 detail += f" {view.memory_bps / 2**20:.0f} MiB/s"
+        if self.quiet:
+            return
         if not self.enabled:
             # Not a terminal: one line per status change, so logs stay readable.
             if view.status != self._last_status:
-                err.print(f"migration {view.id}: {view.status}")
+                click.echo(f"migration {view.id}: {view.status}", err=True)
                 self._last_status = view.status
             return
         if self._task is None:

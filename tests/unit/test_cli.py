@@ -134,6 +134,18 @@ def test_migrate_then_list_show_resources_in_tables_and_json(cloud):
     assert "completed" in text and "migrate-domain" in text
 
 
+def test_quiet_migrate_prints_its_result_only_and_status_lines_otherwise(cloud):
+    quiet = run(cloud.settings, "migrate", "--live", "-q", "a", "vm1", "b")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == "" and len(quiet.stdout.splitlines()) == 1
+    assert quiet.stdout.startswith("migration 1: vm1 a -> b completed in ")
+    # Not a terminal: one line per status change on stderr, the result on stdout.
+    plain = run(cloud.settings, "migrate", "--live", "b", "vm1", "a")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr.splitlines()[-1] == "migration 2: completed"
+    assert plain.stdout.startswith("migration 2: vm1 b -> a completed in ")
+
+
 def test_migration_failure_exit_code_and_reason(cloud):
     cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died", "b's libvirtd went away")
     proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
