@@ -1,15 +1,18 @@
 """Shared helpers for the benchmarks: statistics, tables, result files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -63,6 +66,16 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for row in rows:
         t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
     console.print(t)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[str]:
+    """A temporary directory for one run's data, removed afterwards."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def livemig_env(settings) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import libvirt
 import sqlalchemy as sa
 
-from benchmarks.common import console, livemig_cli, summary, table, write_result
+from benchmarks.common import console, livemig_cli, scratch_dir, summary, table, write_result
 from livemig.config import Settings
 from livemig.lab.echo import EchoStream, ask
 from livemig.lab.lab import FILTER_XML, Lab, LabConfig
@@ -94,10 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    import tempfile
+    with scratch_dir("livemig-bench-") as data_dir:
+        run(Settings(data_dir=data_dir, domain_type="qemu", max_downtime_ms=MAX_DOWNTIME_MS), args.rounds)
 
-    settings = Settings(data_dir=tempfile.mkdtemp(prefix="livemig-bench-"), domain_type="qemu",
-                        max_downtime_ms=MAX_DOWNTIME_MS)
+
+def run(settings: Settings, rounds: int) -> None:
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     lab = Lab(BENCH_LAB, say=lambda s: console.print(f"lab: {s}", style="dim"))
     lab.up(hosts=2, guests=1, settings=settings)
@@ -108,7 +109,7 @@ def main() -> None:
         where = 1
         with EchoStream(guest["ip"], 7, period_s=0.02) as stream:
             time.sleep(0.5)
-            for r in range(args.rounds):
+            for r in range(rounds):
                 order = ("livemig", "virsh") if r % 2 == 0 else ("virsh", "livemig")
                 for tool in order:
                     src, dst = where, 3 - where

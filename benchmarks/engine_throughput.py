@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import livemig
-from benchmarks.common import ROOT, console, livemig_env, percentile, table, write_result
+from benchmarks.common import ROOT, console, livemig_env, percentile, scratch_dir, table, write_result
 from livemig.drivers.fake import FakeDriver, fake_uri
 from livemig.persistence.database import database_for
 from livemig.persistence.models import Event, Migration
@@ -83,7 +82,12 @@ def overlapping(settings) -> int:
 
 
 def run_config(db: str, pg_url: str | None, zk_hosts: str, conductors: int, hosts: int, migrations: int) -> dict:
-    data_dir = tempfile.mkdtemp(prefix="livemig-tput-")
+    with scratch_dir("livemig-tput-") as data_dir:
+        return _run_config(data_dir, db, pg_url, zk_hosts, conductors, hosts, migrations)
+
+
+def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, conductors: int, hosts: int,
+                migrations: int) -> dict:
     settings = livemig.Settings(data_dir=data_dir, zookeeper_hosts=zk_hosts, zookeeper_session_timeout=4.0,
                                 zookeeper_root=f"/bench-{uuid.uuid4().hex[:8]}", queue_timeout_s=3600,
                                 poll_interval_s=0.02)

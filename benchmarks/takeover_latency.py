@@ -13,14 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 
 import livemig
-from benchmarks.common import ROOT, console, livemig_env, summary, table, write_result
+from benchmarks.common import ROOT, console, livemig_env, scratch_dir, summary, table, write_result
 from livemig.persistence.database import database_for
 from livemig.persistence.models import Event
 from tests.fakecloud import FakeCloud
@@ -30,9 +30,11 @@ CTX = livemig.admin_context("bench")
 
 
 def one_run(zk_hosts: str, session_timeout: float) -> float:
-    from pathlib import Path
+    with scratch_dir("livemig-takeover-") as tmp:
+        return _one_run(Path(tmp), zk_hosts, session_timeout)
 
-    tmp = Path(tempfile.mkdtemp(prefix="livemig-takeover-"))
+
+def _one_run(tmp: Path, zk_hosts: str, session_timeout: float) -> float:
     settings = livemig.Settings(data_dir=str(tmp / "data"), zookeeper_hosts=zk_hosts,
                                 zookeeper_session_timeout=session_timeout,
                                 zookeeper_root=f"/takeover-{uuid.uuid4().hex[:8]}", poll_interval_s=0.02)
