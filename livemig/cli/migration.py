@@ -38,7 +38,7 @@ def _report(view: MigrationView, output_format: str) -> None:
 @click.option("--live", is_flag=True, help="Live migration (the only kind livemig does; required).")
 @click.option("--no-wait", is_flag=True,
               help="Fail at once if the hosts are busy (no queueing); with ZooKeeper, also return once posted.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
 @format_option
 @click.argument("source")
 @click.argument("instance")
@@ -99,7 +99,7 @@ def show(state: State, migration_id: int, output_format: str) -> None:
 
 @migration.command()
 @click.argument("migration_id", type=int)
-@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
 @format_option
 @click.pass_obj
 @handle_errors
