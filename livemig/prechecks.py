@@ -12,9 +12,9 @@ from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
     Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
-from livemig.persistence.inventory import find_instance, get_hosts, unfinished_migrations
+from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
-from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState
+from livemig.states import InstanceState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +33,9 @@ def placed_on(session: Session, host: str, exclude_migration: int | None = None)
 
     resident = sa.select(*totals()).where(Instance.host == host,
                                           Instance.state != InstanceState.DELETED.value)
-    finished = [status.value for status in FINISHED_MIGRATION_STATUSES]
     incoming = (sa.select(*totals()).select_from(Migration)
                 .join(Instance, Instance.uuid == Migration.instance_uuid)
-                .where(Migration.dest_host == host, Migration.status.not_in(finished), Instance.host != host))
+                .where(Migration.dest_host == host, unfinished(Migration.status), Instance.host != host))
     if exclude_migration is not None:
         incoming = incoming.where(Migration.id != exclude_migration)
     rows = session.execute(sa.union_all(resident, incoming)).all()

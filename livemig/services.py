@@ -28,13 +28,13 @@ class Services:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        from livemig.persistence.inventory import get_host, host_uris
+        from livemig.persistence.inventory import host_not_found, host_uris
 
         # All of them at once: a conductor soon needs most hosts' URIs.
         with self.db.reading() as session:
             uris = host_uris(session)
-            if name not in uris:
-                get_host(session, name)  # raises HostNotFound
+        if name not in uris:
+            raise host_not_found(name)
         expires = now + HOST_URI_TTL_S
         self._host_uris.update((host, (uri, expires)) for host, uri in uris.items())
         return uris[name]

@@ -13,6 +13,7 @@ from livemig.config import Settings, load_settings
 from livemig.context import RequestContext, context_from_local_user
 from livemig.errors import LivemigError
 
+
 class LazyConsole:
     """rich's Console, made on first use: importing rich costs about 20 ms
     of a command's start, and a command that prints no table or progress

@@ -171,19 +171,14 @@ class Database:
     def set_job(self, migration_id: int, job_uuid: str) -> None:
         """Names the migration's jobboard job, with a "posted" note: one
         statement outside a transaction block on PostgreSQL."""
-        from livemig.persistence.inventory import audit_event_params, event_row, with_audit_event
-        from livemig.persistence.models import Event, Migration
+        from livemig.persistence.inventory import event_row, update_with_audit_event
+        from livemig.persistence.models import Migration
 
         migrations = Migration.__table__
         update = sa.update(migrations).where(migrations.c.id == migration_id).values(job_id=job_uuid)
         event = event_row(migration_id, "note", "jobboard", "posted", f"job {job_uuid}")
         with self.autocommit() as conn:
-            if self.engine.dialect.name == "postgresql":
-                updated = conn.execute(with_audit_event(update), audit_event_params(event)).rowcount
-            else:
-                updated = conn.execute(update).rowcount
-                conn.execute(sa.insert(Event.__table__), event)
-            if updated != 1:
+            if update_with_audit_event(conn, update, {}, event) != 1:
                 raise MigrationNotFound(f"migration {migration_id} does not exist")
 
     def is_current(self) -> bool:

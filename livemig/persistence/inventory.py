@@ -17,10 +17,14 @@ def controller_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def host_not_found(name: str) -> HostNotFound:
+    return HostNotFound(f"host {name!r} is not in the inventory (see `livemig host list`)")
+
+
 def get_host(session: Session, name: str) -> Host:
     host = session.get(Host, name)
     if host is None:
-        raise HostNotFound(f"host {name!r} is not in the inventory (see `livemig host list`)")
+        raise host_not_found(name)
     return host
 
 
@@ -29,7 +33,7 @@ def get_hosts(session: Session, *names: str) -> list[Host]:
     found = {host.name: host for host in session.scalars(sa.select(Host).where(Host.name.in_(set(names))))}
     for name in names:
         if name not in found:
-            raise HostNotFound(f"host {name!r} is not in the inventory (see `livemig host list`)")
+            raise host_not_found(name)
     return [found[name] for name in names]
 
 
@@ -63,9 +67,13 @@ def get_migration(session: Session, migration_id: int) -> Migration:
     return migration
 
 
+def unfinished(status: sa.ColumnElement) -> sa.ColumnElement:
+    """The condition that a migration status column holds no outcome yet."""
+    return status.not_in(sorted(s.value for s in FINISHED_MIGRATION_STATUSES))
+
+
 def unfinished_migrations(session: Session) -> sa.Select:
-    finished = [s.value for s in FINISHED_MIGRATION_STATUSES]
-    return sa.select(Migration).where(Migration.status.not_in(finished))
+    return sa.select(Migration).where(unfinished(Migration.status))
 
 
 def event_row(migration_id: int, kind: str, name: str, state: str = "", message: str = "") -> dict:
@@ -90,6 +98,23 @@ def with_audit_event(update: sa.Update) -> sa.Insert:
 
 def audit_event_params(event: dict) -> dict:
     return {f"event_{column}": value for column, value in event.items()}
+
+
+def update_with_audit_event(conn: sa.Connection, update: sa.Update, params: dict, event: dict | None,
+                            combined: sa.Insert | None = None) -> int:
+    """Runs `update` with `params` and, if it updated a row, inserts the audit
+    `event` (None: no event); returns the update's rowcount. On PostgreSQL
+    that is one statement (`combined`: with_audit_event(update), if the
+    caller keeps one); elsewhere two, in the caller's transaction."""
+    if event is None:
+        return conn.execute(update, params).rowcount
+    if conn.dialect.name == "postgresql":
+        statement = combined if combined is not None else with_audit_event(update)
+        return conn.execute(statement, {**params, **audit_event_params(event)}).rowcount
+    updated = conn.execute(update, params).rowcount
+    if updated == 1:
+        conn.execute(sa.insert(Event.__table__), event)
+    return updated
 
 
 def add_event(session: Session, migration_id: int, kind: str, name: str, state: str = "",
@@ -121,8 +146,9 @@ def change_migration_status(conn: sa.Connection, migration_id: int, status: Migr
         assigned["error_reason"] = reason
     if status in FINISHED_MIGRATION_STATUSES:
         assigned["finished_at"] = now
-    params = {"mid": migration_id, "at": now, "controller": controller_id(), "message": reason or "",
-              "ignored": f"ignored a late change to {status.value} from {controller_id()}", **assigned}
+    controller = controller_id()
+    params = {"mid": migration_id, "at": now, "controller": controller, "message": reason or "",
+              "ignored": f"ignored a late change to {status.value} from {controller}", **assigned}
     if conn.dialect.name == "postgresql":
         statement = _status_change_statement(tuple(sorted(assigned)), status is MigrationStatus.RUNNING,
                                              status in FINISHED_MIGRATION_STATUSES)
@@ -167,7 +193,7 @@ def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bo
         values["started_at"] = sa.func.coalesce(migrations.c.started_at, at)
     update = sa.update(migrations).where(migrations.c.id == old.c.id).values(values)
     if not final:
-        update = update.where(old.c.status.not_in([s.value for s in FINISHED_MIGRATION_STATUSES]))
+        update = update.where(unfinished(old.c.status))
     updated = update.returning(old.c.status.label("old_status")).cte("updated")
     new_status = sa.bindparam("status", type_=sa.String)
     status_event = sa.select(mid, sa.literal("status"), sa.literal("migration"), new_status,

@@ -21,7 +21,7 @@ from taskflow import exceptions as tf_exc  # noqa: E402
 from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
-from livemig.persistence.inventory import audit_event_params, event_row, with_audit_event  # noqa: E402
+from livemig.persistence.inventory import event_row, update_with_audit_event, with_audit_event  # noqa: E402
 from livemig.states import AUDITED_ATOM_STATES, AUDITED_FLOW_STATES  # noqa: E402
 
 
@@ -70,9 +70,8 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         # the writes that are most of a migration's database work. SQLite
         # takes the two statements in a transaction.
         self._single_statement = self._engine.dialect.name == "postgresql"
-        if self._single_statement:
-            self._updates_with_event: dict[tuple[str, ...], sa.Insert] = {}
-            self._autocommit = without_transaction_blocks(self._engine)
+        self._updates_with_event: dict[tuple[str, ...], sa.Insert] = {}
+        self._autocommit = without_transaction_blocks(self._engine)
         self._written: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
         self._tracked: dict[str, dict] = {}  # flow uuid -> migration id, last flow state
@@ -160,19 +159,10 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         if self._same_but_progress(values):
             return atom_detail
         event = self._atom_event(atom_detail, self._last_state(atom_detail.uuid))
+        combined = self._update_atom_with_event(values) if event is not None and self._single_statement else None
         try:
-            if self._single_statement:
-                with self._autocommit.connect() as conn:
-                    if event is None:
-                        updated = conn.execute(self._update_atom, values).rowcount
-                    else:
-                        params = dict(values, **audit_event_params(event))
-                        updated = conn.execute(self._update_atom_with_event(values), params).rowcount
-            else:
-                with self._engine.begin() as conn:
-                    updated = conn.execute(self._update_atom, values).rowcount
-                    if updated == 1 and event is not None:
-                        conn.execute(self._insert_event, event)
+            with self._autocommit.begin() as conn:
+                updated = update_with_audit_event(conn, self._update_atom, values, event, combined)
             if updated != 1:
                 raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         except sa_exc.SQLAlchemyError:

@@ -21,7 +21,8 @@ class ReserveHosts(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                 queue_timeout_s: float | None = None) -> None:
         with self.services.db.reading() as session:
-            limits = [HostLimit(h.name, h.max_concurrent_migrations) for h in get_hosts(session, source_host, dest_host)]
+            hosts = get_hosts(session, source_host, dest_host)
+            limits = [HostLimit(h.name, h.max_concurrent_migrations) for h in hosts]
         # The request may carry its own timeout (0 for --no-wait).
         queue_timeout = self.services.settings.queue_timeout_s if queue_timeout_s is None else queue_timeout_s
         deadline = time.monotonic() + queue_timeout
