@@ -217,6 +217,35 @@ def test_server_pool_keeps_a_connection_per_concurrent_migration(postgres_url):
         engine.dispose()
 
 
+def test_server_pool_runs_lone_statements_in_autocommit_and_transactions_in_read_committed(postgres_url):
+    """One pool for both: a lone statement commits at once, a transaction
+    rolls back whole, and neither mode outlives its checkout."""
+    from tests.servers import new_postgres_database
+    import livemig.persistence.database as database
+
+    engine = database.make_engine(new_postgres_database(postgres_url, f"t_{uuid.uuid4().hex[:12]}"))
+    lone = database.without_transaction_blocks(engine)
+    try:
+        assert lone is not engine and lone.pool is engine.pool
+        with lone.connect() as conn:
+            conn.execute(sa.text("CREATE TABLE t (x int)"))
+        for _ in range(2):
+            with pytest.raises(RuntimeError), engine.begin() as conn:
+                assert not conn.connection.driver_connection.autocommit
+                assert conn.execute(sa.text("SHOW transaction_isolation")).scalar() == "read committed"
+                conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+                raise RuntimeError("abandon the transaction")
+            with lone.connect() as conn:
+                assert conn.connection.driver_connection.autocommit
+                conn.execute(sa.text("INSERT INTO t VALUES (2)"))
+                conn.rollback()  # nothing to roll back: the insert is already committed
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT array_agg(x) FROM t")).scalar() == [2, 2]
+        assert engine.pool.checkedin() == 1  # the same connection served both modes
+    finally:
+        engine.dispose()
+
+
 def test_status_changes_record_events_and_an_outcome_is_final(tmp_path, db_settings):
     from livemig.errors import MigrationNotFound
     from livemig.persistence.database import database_for
