@@ -1,7 +1,7 @@
 """Benchmark 3: engine throughput on the jobboard with fake hypervisors.
 
     python -m benchmarks.engine_throughput [--migrations 1000] [--hosts 100]
-        [--conductors 1,2,4] [--databases sqlite,postgresql]
+        [--conductors 1,2,4] [--databases sqlite,postgresql] [--per-conductor 4]
 
 Per configuration: a fresh database (SQLite file, or a new database on a
 PostgreSQL server started here), a fresh ZooKeeper path, HOSTS fake hosts
@@ -81,23 +81,26 @@ def overlapping(settings) -> int:
     return bad
 
 
-def run_config(db: str, pg_url: str | None, zk_hosts: str, conductors: int, hosts: int, migrations: int) -> dict:
+def run_config(db: str, pg_url: str | None, zk_hosts: str, conductors: int, hosts: int, migrations: int,
+               per_conductor: int) -> dict:
     with scratch_dir("livemig-tput-") as data_dir:
-        return _run_config(data_dir, db, pg_url, zk_hosts, conductors, hosts, migrations)
+        return _run_config(data_dir, db, pg_url, zk_hosts, conductors, hosts, migrations, per_conductor)
 
 
 def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, conductors: int, hosts: int,
-                migrations: int) -> dict:
+                migrations: int, per_conductor: int) -> dict:
     settings = livemig.Settings(data_dir=data_dir, zookeeper_hosts=zk_hosts, zookeeper_session_timeout=4.0,
                                 zookeeper_root=f"/bench-{uuid.uuid4().hex[:8]}", queue_timeout_s=3600,
                                 poll_interval_s=0.02)
     if db == "postgresql":
         settings = settings.replace(database_url=new_postgres_database(pg_url, f"b_{uuid.uuid4().hex[:10]}"))
-    console.print(f"[bold]{db}, {conductors} conductor(s)[/bold]: building {hosts} hosts, {migrations} instances")
+    console.print(f"[bold]{db}, {conductors} conductor(s), {per_conductor} migrations each at once[/bold]: "
+                  f"building {hosts} hosts, {migrations} instances")
     plan = build_cloud(settings, hosts, migrations)
     env = livemig_env(settings)
     env["LIVEMIG_POLL_INTERVAL_S"] = "0.02"
-    procs = [subprocess.Popen([sys.executable, "-m", "livemig.cli.main", "conductor", "--name", f"c{i}"],
+    procs = [subprocess.Popen([sys.executable, "-m", "livemig.cli.main", "conductor", "--name", f"c{i}",
+                               "--max-migrations", str(per_conductor)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for i in range(conductors)]
     time.sleep(2.0)  # conductors connected and waiting
@@ -130,7 +133,7 @@ def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, condu
     first = min(m.created_at for m in rows)
     last = max(m.finished_at for m in rows if m.finished_at)
     span = (last - first).total_seconds()
-    result = {"database": db, "conductors": conductors, "migrations": len(rows), "hosts": hosts,
+    result = {"database": db, "conductors": conductors, "per_conductor": per_conductor, "migrations": len(rows), "hosts": hosts,
               "completed": sum(m.status == "completed" for m in rows), "submit_s": submit_s, "span_s": span,
               "per_second": len(rows) / span if span else float("nan"), "p50_s": percentile(latencies, 50),
               "p99_s": percentile(latencies, 99), "waited_for_hosts": waited, "peak_rss_mb": rss,
@@ -146,6 +149,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--conductors", default="1,2,4")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--per-conductor", type=int, default=4, help="migrations each conductor runs at once")
     args = parser.parse_args()
     counts = [int(c) for c in args.conductors.split(",")]
     dbs = args.databases.split(",")
@@ -156,11 +160,12 @@ def main() -> None:
         try:
             for db in dbs:
                 for n in counts:
-                    results.append(run_config(db, pg_url, zk.hosts, n, args.hosts, args.migrations))
+                    results.append(run_config(db, pg_url, zk.hosts, n, args.hosts, args.migrations,
+                                              args.per_conductor))
         finally:
             if pg_ctx:
                 pg_ctx.__exit__(None, None, None)
-    table("engine throughput (fake hypervisor, ZooKeeper jobboard)",
+    table(f"engine throughput (fake hypervisor, ZooKeeper jobboard, {args.per_conductor} migrations per conductor at once)",
           ["database", "conductors", "completed", "migrations/s", "p50 s", "p99 s", "peak RSS MB (max)",
            "limit violations"],
           [(r["database"], r["conductors"], f"{r['completed']}/{r['migrations']}", r["per_second"], r["p50_s"],

@@ -19,7 +19,7 @@ from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.errors import Conflict, InvalidInput, MigrationFailed
 from livemig.persistence.inventory import (
-    add_event, get_host, get_migration, set_migration_status, unfinished_migrations,
+    add_event, get_host, get_migration, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
@@ -225,13 +225,9 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
                   f"requested by {context.user}: {inst.name} {source} -> {dest}")
         migration_id, instance_uuid = migration.id, inst.uuid
-    try:
         create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest,
-                                                               queue_timeout_s), book_id, flow_id)
-    except Exception as exc:
-        with services.db.session() as session:
-            set_migration_status(session, migration_id, MigrationStatus.ERROR, f"could not persist its flow: {exc}")
-        raise
+                                                               queue_timeout_s), book_id, flow_id,
+                       session.connection())
     return migration_id, (book_id, flow_id)
 
 

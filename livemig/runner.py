@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+import sqlalchemy as sa
 from taskflow import engines, states as tf_states
 from taskflow.engines.helpers import save_factory_details
 from taskflow.listeners.base import Listener
@@ -71,10 +72,11 @@ def new_logbook_ids() -> tuple[str, str]:
 
 
 def create_logbook(services: Services, migration_id: int, store: dict[str, Any], book_id: str,
-                   flow_id: str) -> None:
+                   flow_id: str, connection: sa.Connection) -> None:
     """Persist the flow (factory name, arguments and store) before anything runs,
-    so that any controller can run or resume it from the database alone."""
-    backend = services.db.taskflow_backend()
+    so that any controller can run or resume it from the database alone.
+    Inserted through `connection`, in the transaction that records the
+    migration: a migration is never recorded without its flow."""
     book = tf_models.LogBook(logbook_name(migration_id), uuid=book_id)
     flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=flow_id)
     book.add(flow_detail)
@@ -82,10 +84,9 @@ def create_logbook(services: Services, migration_id: int, store: dict[str, Any],
     flow_detail.meta["store"] = store  # where TaskFlow's conductors look for it
     # The store as the flow's injected arguments, through TaskFlow's storage
     # alone (building the flow and an engine for it cost twice as much), in
-    # memory first, so that the logbook is saved whole in one transaction.
+    # memory first, so that the logbook is inserted whole.
     Storage(flow_detail).inject(store)
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.save_logbook(book)
+    services.db.taskflow_backend().get_connection().insert_logbook(connection, book)
 
 
 def logbook_name(migration_id: int) -> str:

@@ -171,6 +171,20 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         self._remember(values)
         return atom_detail
 
+    # -- new logbooks -------------------------------------------------------------------------------
+
+    def insert_logbook(self, conn: sa.Connection, book) -> None:
+        """Insert a new logbook and its flows through `conn`, in its
+        transaction. TaskFlow's save_logbook opens its own transaction and
+        first reads the book back to merge into it, which a new one never
+        needs."""
+        try:
+            conn.execute(sa.insert(self._tables.logbooks).values(**book.to_dict()))
+            for flow_detail in book:
+                self._insert_flow_details(conn, flow_detail, book.uuid)
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed saving logbook '{book.uuid}'")
+
     # -- flow writes --------------------------------------------------------------------------------
 
     def update_flow_details(self, flow_detail):

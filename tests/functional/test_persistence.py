@@ -77,6 +77,36 @@ def test_migration_completes_and_fails_cleanly_on_each_database(tmp_path, db_set
     assert engine.storage.get_flow_state() == "REVERTED"
 
 
+def test_a_migration_is_recorded_with_its_flow_or_not_at_all(tmp_path, db_settings, monkeypatch):
+    """The migration row, its "queued" event and its logbook are one
+    transaction: a logbook that cannot be saved leaves no migration behind."""
+    from taskflow import exceptions as tf_exc
+
+    from livemig.persistence.models import Event, Migration
+    from livemig.persistence.taskflow_backend import LivemigConnection
+    from livemig.services import services_for
+
+    cloud = FakeCloud.build(tmp_path, db_settings)
+
+    def broken(self, conn, flow_detail, parent_uuid):
+        conn.execute(sa.text("SELECT no_such_column FROM flowdetails"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LivemigConnection, "_insert_flow_details", broken)
+        with pytest.raises(tf_exc.StorageFailure):
+            livemig.create_migration(CTX, "vm1", "a", "b", settings=db_settings)
+    db = services_for(db_settings).db
+    with db.reading() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Migration)) == 0
+        assert session.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
+        assert session.execute(sa.text("SELECT count(*) FROM logbooks")).scalar() == 0
+    # Nothing was left to block the next request for the same instance.
+    view = livemig.migrate(CTX, "vm1", "a", "b", settings=db_settings)
+    assert view.status == "completed" and cloud.running_on() == ["b"]
+    with db.reading() as session:
+        assert session.execute(sa.text("SELECT count(*) FROM logbooks")).scalar() == 1
+
+
 def test_unreachable_database_is_one_clear_error(settings):
     from livemig.errors import DatabaseUnavailable
     bad = settings.replace(database_url="postgresql://nobody@127.0.0.1:1/none")
