@@ -103,7 +103,7 @@ def sync_hosts(context: RequestContext, name: str | None = None,
         facts = driver.host_facts(uri)
         domains = driver.list_domains(uri)
         with services.db.session() as session:
-            busy = {m.instance_uuid for m in session.scalars(unfinished_migrations(session))}
+            busy = {m.instance_uuid for m in session.scalars(unfinished_migrations())}
             host = get_host(session, host_name)
             host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version

@@ -72,7 +72,7 @@ def unfinished(status: sa.ColumnElement) -> sa.ColumnElement:
     return status.not_in(sorted(s.value for s in FINISHED_MIGRATION_STATUSES))
 
 
-def unfinished_migrations(session: Session) -> sa.Select:
+def unfinished_migrations() -> sa.Select:
     return sa.select(Migration).where(unfinished(Migration.status))
 
 
