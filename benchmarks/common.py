@@ -19,7 +19,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-console = Console()
+# Wide enough for the tables when the output goes to a file (rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def machine() -> dict[str, Any]:
