@@ -101,7 +101,10 @@ def make_engine(url: str) -> sa.Engine:
         kwargs["pool_size"] = 32
         kwargs["max_overflow"] = 32
         # The pool's connections stay in autocommit mode (see
-        # without_transaction_blocks); the returned engine opens transactions.
+        # without_transaction_blocks); the returned engine opens transactions,
+        # READ COMMITTED whatever the server's default: livemig's status
+        # changes lock their row and re-check it, and do not retry the
+        # serialization failures a stricter level can raise.
         kwargs["isolation_level"] = "AUTOCOMMIT"
     engine = sa.create_engine(parsed, **kwargs)
     if parsed.drivername.startswith("sqlite"):
