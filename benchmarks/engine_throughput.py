@@ -133,7 +133,8 @@ def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, condu
     first = min(m.created_at for m in rows)
     last = max(m.finished_at for m in rows if m.finished_at)
     span = (last - first).total_seconds()
-    result = {"database": db, "conductors": conductors, "per_conductor": per_conductor, "migrations": len(rows), "hosts": hosts,
+    result = {"database": db, "conductors": conductors, "per_conductor": per_conductor, "migrations": len(rows),
+              "hosts": hosts,
               "completed": sum(m.status == "completed" for m in rows), "submit_s": submit_s, "span_s": span,
               "per_second": len(rows) / span if span else float("nan"), "p50_s": percentile(latencies, 50),
               "p99_s": percentile(latencies, 99), "waited_for_hosts": waited, "peak_rss_mb": rss,

@@ -3,9 +3,9 @@
 A `livemig` command pays for every module its dependencies import, used or
 not: TaskFlow's failure type imports jsonschema (with attrs and referencing)
 for a validation that only a stored failure's reload runs, its URI helper
-imports oslo's network utilities (with psutil and netaddr), and SQLAlchemy
-imports asyncio for its async extension. Together about 60 ms of each
-command's start, for nothing on the usual path.
+imports oslo's network utilities (with psutil and netaddr), and oslo's
+serialization imports msgpack support that livemig never uses. Together
+about 60 ms of each command's start, for nothing on the usual path.
 
 importlib's LazyLoader is not thread-safe before Python 3.12 (a second
 thread can see the module half-executed), and conductors run flows on many

@@ -134,7 +134,6 @@ class Database:
         self._autocommit = without_transaction_blocks(self.engine)
         self._readers = sessionmaker(self._autocommit, expire_on_commit=False, autoflush=False)
         self._taskflow_backend = None
-        self._insert_event = None
 
     @contextlib.contextmanager
     def _unreachable_reported(self, context: contextlib.AbstractContextManager) -> Iterator:
@@ -169,13 +168,10 @@ class Database:
         """One audit-trail event: a plain INSERT compiled once, outside a
         transaction block on a server (through an ORM session each cost
         several times the CPU)."""
-        from livemig.persistence.inventory import event_row
-        from livemig.persistence.models import Event
+        from livemig.persistence.inventory import event_row, insert_events
 
-        if self._insert_event is None:
-            self._insert_event = sa.insert(Event.__table__)
         with self.autocommit() as conn:
-            conn.execute(self._insert_event, event_row(migration_id, kind, name, state, message))
+            insert_events(conn, event_row(migration_id, kind, name, state, message))
 
     def set_migration_status(self, migration_id: int, status, reason: str | None = None, **fields: object) -> None:
         """inventory.change_migration_status on its own: one round trip

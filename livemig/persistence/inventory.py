@@ -1,6 +1,7 @@
 """Queries and updates of the inventory that tasks, the API and the CLI share."""
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid as uuidlib
@@ -96,6 +97,15 @@ def with_audit_event(update: sa.Update) -> sa.Insert:
     return insert.execution_options(preserve_rowcount=True)
 
 
+# A plain INSERT of audit events (event_row dicts), built once for every writer.
+INSERT_EVENT = sa.insert(Event.__table__)
+
+
+def insert_events(conn: sa.Connection, events: dict | list[dict]) -> None:
+    """One event, or several in one statement, through `conn`."""
+    conn.execute(INSERT_EVENT, events)
+
+
 def audit_event_params(event: dict) -> dict:
     return {f"event_{column}": value for column, value in event.items()}
 
@@ -113,7 +123,7 @@ def update_with_audit_event(conn: sa.Connection, update: sa.Update, params: dict
         return conn.execute(statement, {**params, **audit_event_params(event)}).rowcount
     updated = conn.execute(update, params).rowcount
     if updated == 1:
-        conn.execute(sa.insert(Event.__table__), event)
+        insert_events(conn, event)
     return updated
 
 
@@ -160,28 +170,21 @@ def change_migration_status(conn: sa.Connection, migration_id: int, status: Migr
     if old is None:
         raise MigrationNotFound(f"migration {migration_id} does not exist")
     if MigrationStatus(old) in FINISHED_MIGRATION_STATUSES and status not in FINISHED_MIGRATION_STATUSES:
-        conn.execute(sa.insert(Event.__table__), event_row(migration_id, "note", "migration", old, params["ignored"]))
+        insert_events(conn, event_row(migration_id, "note", "migration", old, params["ignored"]))
         return
     values: dict[str, object] = dict(assigned)
     if status is MigrationStatus.RUNNING:
         values["started_at"] = sa.func.coalesce(table.c.started_at, now)
     conn.execute(sa.update(table).where(table.c.id == migration_id).values(values))
     if old != status.value:
-        conn.execute(sa.insert(Event.__table__), event_row(migration_id, "status", "migration", status.value,
-                                                           reason or ""))
+        insert_events(conn, event_row(migration_id, "status", "migration", status.value, reason or ""))
 
 
-_status_change_statements: dict[tuple, sa.Executable] = {}
-
-
+@functools.cache
 def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bool) -> sa.Executable:
     """PostgreSQL: lock and read the row, update it unless the change is a
     late one, and insert the status event or the "ignored" note, as one
     statement; it returns the previous status (none: no such migration)."""
-    key = (assigned, running, final)
-    statement = _status_change_statements.get(key)
-    if statement is not None:
-        return statement
     migrations, events = Migration.__table__, Event.__table__
     mid = sa.bindparam("mid", type_=sa.Integer)
     at = sa.bindparam("at", type_=events.c.at.type)
@@ -204,9 +207,7 @@ def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bo
                              ).where(~sa.exists(sa.select(updated.c.old_status)))
     columns = ["migration_id", "kind", "name", "state", "message", "controller", "at"]
     inserted = sa.insert(events).from_select(columns, sa.union_all(status_event, ignored_note)).cte("inserted")
-    statement = sa.select(sa.select(old.c.status).scalar_subquery()).add_cte(updated, inserted)
-    _status_change_statements[key] = statement
-    return statement
+    return sa.select(sa.select(old.c.status).scalar_subquery()).add_cte(updated, inserted)
 
 
 def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,

@@ -21,7 +21,9 @@ from taskflow import exceptions as tf_exc  # noqa: E402
 from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
-from livemig.persistence.inventory import event_row, update_with_audit_event, with_audit_event  # noqa: E402
+from livemig.persistence.inventory import (  # noqa: E402
+    event_row, insert_events, update_with_audit_event, with_audit_event,
+)
 from livemig.states import AUDITED_ATOM_STATES, AUDITED_FLOW_STATES  # noqa: E402
 
 
@@ -30,8 +32,6 @@ def _by_columns(rows: list[dict]) -> list[list[dict]]:
     for row in rows:
         groups.setdefault(tuple(sorted(row)), []).append(row)
     return list(groups.values())
-
-
 
 
 class LivemigConnection(impl_sqlalchemy.Connection):
@@ -55,7 +55,6 @@ class LivemigConnection(impl_sqlalchemy.Connection):
     def __init__(self, backend, upgrade_lock):
         super().__init__(backend, upgrade_lock)
         from livemig.persistence.database import without_transaction_blocks
-        from livemig.persistence.models import Event
 
         atoms, flows = self._tables.atomdetails, self._tables.flowdetails
         # The SET clause comes from the parameters' keys (the detail's fields).
@@ -63,7 +62,6 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         self._update_flow = flows.update().where(flows.c.uuid == sa.bindparam("match_uuid"))
         self._insert_atom = atoms.insert()
         self._atom_states = sa.select(atoms.c.uuid, atoms.c.state).where(atoms.c.parent_uuid == sa.bindparam("flow"))
-        self._insert_event = sa.insert(Event.__table__)
         # On PostgreSQL an atom's state and its audit event go out as one
         # statement (a data-modifying WITH), outside any transaction block:
         # one round trip where BEGIN, UPDATE, INSERT and COMMIT took four, for
@@ -232,7 +230,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
                         events.append(event_row(tracked["migration_id"], "flow", flow_detail.name,
                                                 flow_detail.state))
                 if events:
-                    conn.execute(self._insert_event, events)
+                    insert_events(conn, events)
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure,
                                     f"Failed updating flow details with uuid '{flow_detail.uuid}'")

@@ -5,8 +5,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from livemig.persistence.inventory import event_row
-from livemig.persistence.models import Event, Instance
+from livemig.persistence.inventory import event_row, insert_events
+from livemig.persistence.models import Instance
 from livemig.prechecks import check_migration
 from livemig.states import InstanceState
 from livemig.tasks.base import MigrationTask
@@ -44,8 +44,7 @@ class MarkInstanceMigrating(MigrationTask):
                 previous = InstanceState.RUNNING.value  # re-run after a crash
             conn.execute(sa.update(instances).where(instances.c.uuid == instance_uuid)
                          .values(state=InstanceState.MIGRATING.value))
-            conn.execute(sa.insert(Event.__table__),
-                         event_row(migration_id, "note", self.name, "migrating", f"instance was {previous}"))
+            insert_events(conn, event_row(migration_id, "note", self.name, "migrating", f"instance was {previous}"))
             return previous
 
     def revert(self, result: Any, instance_uuid: str, **kwargs: Any) -> None:
