@@ -91,7 +91,7 @@ def livemig_env(settings) -> dict[str, str]:
 def livemig_cli(settings, *args: str, check: bool = True) -> tuple[subprocess.CompletedProcess, float]:
     """Run the installed `livemig` command as an operator would; returns its wall time."""
     exe = ROOT / ".venv" / "bin" / "livemig"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "livemig.cli.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "livemig.cli"]
     started = time.monotonic()
     proc = subprocess.run(cmd + list(args), env=livemig_env(settings), capture_output=True, text=True)
     wall = time.monotonic() - started

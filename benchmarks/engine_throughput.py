@@ -99,7 +99,7 @@ def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, condu
     plan = build_cloud(settings, hosts, migrations)
     env = livemig_env(settings)
     env["LIVEMIG_POLL_INTERVAL_S"] = "0.02"
-    procs = [subprocess.Popen([sys.executable, "-m", "livemig.cli.main", "conductor", "--name", f"c{i}",
+    procs = [subprocess.Popen([sys.executable, "-m", "livemig.cli", "conductor", "--name", f"c{i}",
                                "--max-migrations", str(per_conductor)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for i in range(conductors)]

@@ -23,7 +23,7 @@ console = Console()
 def livemig(*args: str, show: bool = True) -> subprocess.CompletedProcess:
     if show:
         console.print(f"[bold]$ livemig {' '.join(args)}[/bold]")
-    proc = subprocess.run([sys.executable, "-m", "livemig.cli.main", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli", *args], capture_output=True, text=True)
     if show and proc.stdout.strip():
         sys.stdout.write(proc.stdout)
         sys.stdout.flush()

@@ -228,7 +228,7 @@ def test_zookeeper_unreachable_at_submit_changes_nothing(cloud):
     env = dict(os.environ, PYTHONPATH=ROOT, LIVEMIG_DATA_DIR=cloud.settings.data_dir,
                LIVEMIG_ZOOKEEPER_HOSTS="127.0.0.1:1", LIVEMIG_ZOOKEEPER_SESSION_TIMEOUT="2")
     env.pop("LIVEMIG_DATABASE_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "livemig.cli.main", "migrate", "--live", "a", "vm1", "b"],
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli", "migrate", "--live", "a", "vm1", "b"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 6
     lines = proc.stderr.strip().splitlines()
@@ -263,7 +263,7 @@ def test_conductor_once_runs_one_job_and_exits(tmp_path, zk_settings, conductors
     livemig.sync_hosts(CTX, "c", settings=zk_settings)
     first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     second = livemig.migrate(CTX, "vm2", "c", "b", wait=False, settings=zk_settings)
-    proc = subprocess.run([sys.executable, "-m", "livemig.cli.main", "conductor", "--once", "--name", "once"],
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli", "conductor", "--once", "--name", "once"],
                           cwd=ROOT, env=conductors.env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "claimed livemig-migration-" in proc.stderr and "finished livemig-migration-" in proc.stderr

@@ -19,7 +19,7 @@ def cli(settings, *args, env=None, background=False):
                     COLUMNS="200")
     full_env.pop("LIVEMIG_DATABASE_URL", None)
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "livemig.cli.main", *args]
+    cmd = [sys.executable, "-m", "livemig.cli", *args]
     if background:
         return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

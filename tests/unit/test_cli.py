@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def run(settings, *args, user=None, stdin=None):
     env = dict(os.environ, LIVEMIG_DATA_DIR=settings.data_dir, PYTHONPATH=ROOT, COLUMNS="200")
     env.pop("LIVEMIG_DATABASE_URL", None)
-    cmd = [sys.executable, "-m", "livemig.cli.main", *args]
+    cmd = [sys.executable, "-m", "livemig.cli", *args]
     if user:
         env["HOME"] = "/tmp"
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]

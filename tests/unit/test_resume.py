@@ -30,7 +30,7 @@ def _die_in(settings, migration_id, step, when):
 
 
 def _resume_cli(settings, migration_id):
-    return subprocess.run([sys.executable, "-m", "livemig.cli.main", "migration", "resume", str(migration_id), "-q"],
+    return subprocess.run([sys.executable, "-m", "livemig.cli", "migration", "resume", str(migration_id), "-q"],
                           cwd=ROOT, env=_env(settings), capture_output=True, text=True, timeout=60)
 
 

@@ -1,0 +1,4 @@
+"""`python -m livemig.cli`: the `livemig` command."""
+from livemig.cli.entry import main
+
+main()
