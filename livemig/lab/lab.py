@@ -170,16 +170,23 @@ class Lab:
             if guests:
                 self._sync(settings)
         except BaseException:
-            kept = self.cache / "last-failure"
-            shutil.rmtree(kept, ignore_errors=True)
-            with contextlib.suppress(OSError, shutil.Error):
-                shutil.copytree(self.root, kept, ignore=shutil.ignore_patterns("*.img", "*.sock", "cache"),
-                                ignore_dangling_symlinks=True, dirs_exist_ok=True)
+            kept = self.keep_logs("last-failure")
             self.say(f"lab up failed; its logs are kept in {kept}; removing what it created")
             self.down(settings=settings)
             raise
         self.say(f"lab up in {time.monotonic() - started:.1f} s: {hosts} hosts, {guests} guest(s)")
         return state
+
+    def keep_logs(self, label: str) -> Path:
+        """Copies the lab's logs (the daemons', QEMU's, the guests' consoles)
+        to where `down` leaves them, replacing an earlier copy of that label;
+        returns where."""
+        kept = self.cache / label
+        shutil.rmtree(kept, ignore_errors=True)
+        with contextlib.suppress(OSError, shutil.Error):
+            shutil.copytree(self.root, kept, ignore=shutil.ignore_patterns("*.img", "*.sock", "cache"),
+                            ignore_dangling_symlinks=True, dirs_exist_ok=True)
+        return kept
 
     def _bridge_up(self, state: dict[str, Any], hosts: int) -> None:
         br = self.cfg.bridge
