@@ -141,6 +141,7 @@ def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, condu
               "host_limit_violations": overlapping(settings)}
     console.print(result)
     engine.dispose()
+    livemig.close()  # the posting session, before this run's ZooKeeper path is left behind
     return result
 
 

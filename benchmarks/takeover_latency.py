@@ -65,6 +65,7 @@ def _one_run(tmp: Path, zk_hosts: str, session_timeout: float) -> float:
     finally:
         rescuer.send_signal(signal.SIGTERM)
         rescuer.wait(timeout=30)
+        livemig.close()  # the posting session, before ZooKeeper stops
 
 
 def main() -> None:

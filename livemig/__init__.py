@@ -20,8 +20,9 @@ from livemig import lazy
 lazy.defer("taskflow.utils.schema_utils", "oslo_utils.netutils", "oslo_serialization.msgpackutils", "netaddr")
 
 _EXPORTS = {
-    "livemig.api": ("abort", "add_host", "create_migration", "host_resources", "list_hosts", "list_instances",
-                    "list_migrations", "migrate", "resume", "set_host_enabled", "show_migration", "sync_hosts"),
+    "livemig.api": ("abort", "add_host", "close", "create_migration", "host_resources", "list_hosts",
+                    "list_instances", "list_migrations", "migrate", "resume", "set_host_enabled", "show_migration",
+                    "sync_hosts"),
     "livemig.config": ("Settings", "load_settings"),
     "livemig.context": ("RequestContext", "admin_context"),
     "livemig.errors": ("LivemigError", "MigrationFailed"),
@@ -32,7 +33,7 @@ __all__ = list(_MODULE_OF)
 
 if TYPE_CHECKING:
     from livemig.api import (
-        abort, add_host, create_migration, host_resources, list_hosts, list_instances, list_migrations, migrate,
+        abort, add_host, close, create_migration, host_resources, list_hosts, list_instances, list_migrations, migrate,
         resume, set_host_enabled, show_migration, sync_hosts,
     )
     from livemig.config import Settings, load_settings

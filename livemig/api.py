@@ -18,13 +18,14 @@ from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.errors import Conflict, InvalidInput, MigrationFailed
+from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
     add_event, get_host, get_migration, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
-from livemig.services import Services, services_for
+from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
 from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
 
@@ -338,3 +339,14 @@ def _follow(services: Services, migration_id: int, progress: ProgressHook | None
         raise MigrationFailed(f"migration {view.id} {view.status}: {view.error_reason or 'no reason recorded'}",
                               migration_id=view.id, status=view.status)
     return view
+
+
+# -- the process -------------------------------------------------------------------------------------
+
+def close() -> None:
+    """Close what livemig keeps open in this process between calls: the
+    jobboard `migrate(..., wait=False)` posts on with its ZooKeeper session,
+    hypervisor connections and database pools. Call it before the process
+    ends or its ZooKeeper goes away; a later call opens them again."""
+    close_services()
+    close_databases()

@@ -52,9 +52,35 @@ class Services:
         """A connected jobboard to post on, kept for the process: connecting
         and closing one per request costs about a second (TaskFlow joins its
         threads). It does not follow the jobs posted (conductors do)."""
+        from livemig.coordination.zookeeper import start_client
         from livemig.jobs import open_board
 
-        return open_board(self, watch_jobs=False)
+        # Ours, not the board's: TaskFlow's board leaves a client it was given
+        # open, and close() below stops it.
+        client = start_client(self.settings)
+        try:
+            board = open_board(self, client=client, watch_jobs=False)
+        except BaseException:
+            client.close()
+            raise
+        self._board_client = client
+        return board
+
+    def close(self) -> None:
+        """Close what these services opened (the jobboard and its ZooKeeper
+        session, the reservations' session, hypervisor connections); the
+        next use opens them again."""
+        board = self.__dict__.pop("jobboard", None)
+        if board is not None:
+            board.close()
+            self._board_client.stop()
+            self._board_client.close()
+        reservations = self.__dict__.pop("reservations", None)
+        if reservations is not None:
+            reservations.close()
+        drivers = self.__dict__.pop("drivers", None)
+        if drivers is not None:
+            drivers.close()
 
     @cached_property
     def reservations(self) -> ReservationService:
@@ -80,3 +106,10 @@ def services_for(settings: Settings) -> Services:
     if found is None:
         found = _services[key] = Services(settings)
     return found
+
+
+def close_all() -> None:
+    """Close every Services this process built (see Services.close)."""
+    pid = os.getpid()
+    for key in [key for key in _services if key[0] == pid]:
+        _services.pop(key).close()

@@ -210,6 +210,9 @@ class Driver(abc.ABC):
     def abort_migration(self, source_uri: str, uuid: str) -> bool:
         """Cancel the running migration job; False if none was running."""
 
+    def close(self) -> None:
+        """Close the connections the driver keeps; later calls reopen them."""
+
 
 def driver_dict(value: Any) -> Any:
     """A driver value as JSON-able data for TaskFlow's store."""

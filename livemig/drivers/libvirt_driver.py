@@ -93,6 +93,15 @@ class LibvirtDriver(Driver):
             conn = self._conns[uri] = self._open(uri)
             return conn
 
+    def close(self) -> None:
+        with self._conns_lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass  # already broken: nothing left to release
+
     def _call(self, uri: str, what: str, fn, *args: Any) -> Any:
         try:
             return fn(self.conn(uri), *args)

@@ -43,3 +43,8 @@ class DriverRegistry:
 
             self._libvirt = LibvirtDriver()
         return self._libvirt
+
+    def close(self) -> None:
+        for driver in (self._fake, self._libvirt):
+            if driver is not None:
+                driver.close()

@@ -252,3 +252,11 @@ def database_for(url: str) -> Database:
     if db is None:
         db = _databases[key] = Database(url)
     return db
+
+
+def close_all() -> None:
+    """Close the connection pools of every Database this process opened; the
+    next database_for opens a new one."""
+    pid = os.getpid()
+    for key in [key for key in _databases if key[0] == pid]:
+        _databases.pop(key).dispose()

@@ -331,3 +331,24 @@ def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
                                                                  "shares-d-with-free"]
     finally:
         board.close()
+
+
+def test_close_ends_the_posting_session_and_the_next_post_opens_another(tmp_path, zk_settings, conductors):
+    from kazoo.protocol.states import KazooState
+
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    services = services_for(zk_settings)
+    client = services._board_client
+    assert client.connected
+    livemig.close()
+    assert not client.connected and client.state == KazooState.LOST
+    assert services_for(zk_settings) is not services
+    # Nothing posted was lost by closing, and the next post opens a new session.
+    conductors.start("worker")
+    assert [v.status for v in wait_finished(zk_settings, [first.id])] == ["completed"]
+    back = livemig.migrate(CTX, "vm1", "b", "a", wait=False, settings=zk_settings)
+    assert services_for(zk_settings)._board_client.connected
+    assert [v.status for v in wait_finished(zk_settings, [back.id])] == ["completed"]
+    assert cloud.running_on() == ["a"]
+    livemig.close()
