@@ -6,6 +6,7 @@ import sys
 
 from benchmarks.common import ROOT
 
-for module in ("benchmarks.downtime_vs_virsh", "benchmarks.engine_throughput", "benchmarks.takeover_latency"):
+for module in ("benchmarks.downtime_vs_virsh", "benchmarks.libvirt_phases", "benchmarks.engine_throughput",
+               "benchmarks.takeover_latency"):
     print(f"== {module}", flush=True)
     subprocess.run([sys.executable, "-m", module], cwd=ROOT, check=False)

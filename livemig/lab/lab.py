@@ -53,6 +53,8 @@ class LabConfig:
     iscsi_port: int = 13260
     host_prefix: str = "lab"
     guest_memory_mb: int = 128
+    # libvirtd's log_filters (e.g. "1:qemu 3:*"): empty logs warnings and errors only.
+    libvirt_log_filters: str = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "LabConfig":
@@ -232,7 +234,7 @@ class Lab:
         (host_dir / "etc" / "libvirtd.conf").write_text(
             f'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "127.0.0.1"\ntcp_port = "{port}"\n'
             f'auth_tcp = "none"\nauth_unix_rw = "none"\nhost_uuid = "{uuidlib.uuid4()}"\n'
-            f'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\nkeepalive_interval = 5\n')
+            f'{self._log_settings()}keepalive_interval = 5\n')
         mig_ip = self.migration_ip(i)
         low = 49200 + (i - 1) * 50 + (self.cfg.port_base % 1000)
         (host_dir / "etc" / "qemu.conf").write_text(
@@ -261,6 +263,12 @@ class Lab:
         finally:
             conn.close()
         self.say(f"host {name}: libvirtd on {entry['uri']} (migration address {mig_ip})")
+
+    def _log_settings(self) -> str:
+        if not self.cfg.libvirt_log_filters:
+            return 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+        return (f'log_filters = "{self.cfg.libvirt_log_filters}"\n'
+                'log_outputs = "1:file:/var/log/libvirt/libvirtd.log"\n')
 
     @staticmethod
     def _spawn_host(host_dir: Path, name: str) -> int:

@@ -24,7 +24,8 @@ def test_import_livemig_loads_its_api_on_first_use():
                  "before = 'sqlalchemy' in sys.modules or 'taskflow.engines' in sys.modules\n"
                  "ctx = livemig.admin_context('ops')\n"
                  "from livemig import migrate, MigrationFailed\n"
-                 "print(before, ctx.user, migrate.__module__, MigrationFailed.__module__, 'taskflow.engines' in sys.modules)")
+                 "after = 'taskflow.engines' in sys.modules\n"
+                 "print(before, ctx.user, migrate.__module__, MigrationFailed.__module__, after)")
     assert out == "False ops livemig.api livemig.errors True"
 
 
