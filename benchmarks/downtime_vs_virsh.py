@@ -12,10 +12,12 @@ secret on the destination): that setup is done before its timed call."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import libvirt
 import sqlalchemy as sa
@@ -90,12 +92,20 @@ def step_times(settings: Settings, migration_id: int) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def lab_settings(prefix: str) -> Iterator[Settings]:
+    """livemig's settings for a benchmark's lab (TCG guests, the benchmark's
+    maximum downtime), its data in a scratch directory removed afterwards."""
+    with scratch_dir(prefix) as data_dir:
+        yield Settings(data_dir=data_dir, domain_type="qemu", max_downtime_ms=MAX_DOWNTIME_MS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    with scratch_dir("livemig-bench-") as data_dir:
-        run(Settings(data_dir=data_dir, domain_type="qemu", max_downtime_ms=MAX_DOWNTIME_MS), args.rounds)
+    with lab_settings("livemig-bench-") as settings:
+        run(settings, args.rounds)
 
 
 def run(settings: Settings, rounds: int) -> None:

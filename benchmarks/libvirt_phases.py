@@ -19,8 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import console, scratch_dir, summary, table, write_result
-from benchmarks.downtime_vs_virsh import MAX_DOWNTIME_MS, completed_stats, prepare_for_virsh, virsh_migrate
+from benchmarks.common import console, summary, table, write_result
+from benchmarks.downtime_vs_virsh import completed_stats, lab_settings, prepare_for_virsh, virsh_migrate
 from livemig.config import Settings
 from livemig.lab.lab import Lab, LabConfig
 
@@ -91,8 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
-    with scratch_dir("livemig-phases-") as data_dir:
-        run(Settings(data_dir=data_dir, domain_type="qemu", max_downtime_ms=MAX_DOWNTIME_MS), args.runs)
+    with lab_settings("livemig-phases-") as settings:
+        run(settings, args.runs)
 
 
 def run(settings: Settings, runs: int) -> None:
