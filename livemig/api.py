@@ -346,7 +346,8 @@ def _follow(services: Services, migration_id: int, progress: ProgressHook | None
 def close() -> None:
     """Close what livemig keeps open in this process between calls: the
     jobboard `migrate(..., wait=False)` posts on with its ZooKeeper session,
-    hypervisor connections and database pools. Call it before the process
-    ends or its ZooKeeper goes away; a later call opens them again."""
+    hypervisor connections and database pools. Call it when no other call
+    is in progress (in any thread), before the process ends or its ZooKeeper
+    goes away; a later call opens them again."""
     close_services()
     close_databases()

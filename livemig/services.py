@@ -61,6 +61,7 @@ class Services:
         try:
             board = open_board(self, client=client, watch_jobs=False)
         except BaseException:
+            client.stop()
             client.close()
             raise
         self._board_client = client
