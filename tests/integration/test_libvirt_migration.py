@@ -8,10 +8,13 @@ import os
 import signal
 import time
 
+import libvirt
 import pytest
 
+import livemig
 from livemig.lab.echo import EchoStream, ask
 from livemig.lab.lab import FILTER_NAME
+from livemig.services import services_for
 from tests.integration.labtools import (
     active_on, cli, conn, console_problems, defined_on, has_filter, has_secret, inventory_host, migration_row,
     qemu_processes_for, wait_for_running_migration,
@@ -193,3 +196,18 @@ def test_controller_killed_mid_migration_then_resume(lab, lab_settings):
     # It followed libvirt's job (or found it done) instead of starting another.
     assert "following it" in notes or "not migrating again" in notes
     assert defined_on(lab, g["uuid"]) == [dst]
+
+
+def test_close_releases_libvirt_connections_and_the_next_call_reopens_them(lab, lab_settings):
+    ctx = livemig.admin_context("tests")
+    livemig.sync_hosts(ctx, settings=lab_settings)  # talks to both daemons from this process
+    driver = services_for(lab_settings).drivers.for_uri(lab.host_uri(1))
+    opened = list(driver._conns.values())
+    assert len(opened) == 2 and all(c.isAlive() for c in opened)
+    livemig.close()
+    for c in opened:
+        with pytest.raises(libvirt.libvirtError, match="invalid connection pointer"):
+            c.isAlive()
+    # Reopened: both daemons answer again, and the one guest is seen.
+    assert sum(livemig.sync_hosts(ctx, settings=lab_settings).values()) == 1
+    livemig.close()
