@@ -140,8 +140,8 @@ def _run_config(data_dir: str, db: str, pg_url: str | None, zk_hosts: str, condu
               "p99_s": percentile(latencies, 99), "waited_for_hosts": waited, "peak_rss_mb": rss,
               "host_limit_violations": overlapping(settings)}
     console.print(result)
-    engine.dispose()
-    livemig.close()  # the posting session, before this run's ZooKeeper path is left behind
+    # The database pools and the posting session, before this run's ZooKeeper path is left behind.
+    livemig.close()
     return result
 
 

@@ -33,16 +33,20 @@ BOARD_NAME = "livemig-migrations"
 
 def open_board(services: Services, client=None, watch_jobs: bool = True) -> LivemigJobBoard:
     """A connected jobboard (raises CoordinationUnavailable). A process that
-    only posts passes `watch_jobs=False` (see LivemigJobBoard)."""
+    only posts passes `watch_jobs=False` (see LivemigJobBoard). Without a
+    `client`, the board starts its own, and closing the board ends it."""
     settings = services.settings
+    owns_client = client is None
     client = client or start_client(settings)
     conf = {"board": "zookeeper", "hosts": settings.zookeeper_hosts,
             "path": f"{settings.zookeeper_root.rstrip('/')}/jobs", "timeout": settings.zookeeper_session_timeout}
     board = LivemigJobBoard(BOARD_NAME, conf, persistence=services.db.taskflow_backend(), client=client,
-                            watch_jobs=watch_jobs)
+                            watch_jobs=watch_jobs, owns_client=owns_client)
     try:
         board.connect()
     except Exception as exc:  # noqa: BLE001 - TaskFlow wraps kazoo's errors variously
+        if owns_client:
+            board.close()
         raise CoordinationUnavailable(f"ZooKeeper jobboard at {settings.zookeeper_hosts} is unavailable: {exc}") \
             from None
     return board

@@ -52,20 +52,9 @@ class Services:
         """A connected jobboard to post on, kept for the process: connecting
         and closing one per request costs about a second (TaskFlow joins its
         threads). It does not follow the jobs posted (conductors do)."""
-        from livemig.coordination.zookeeper import start_client
         from livemig.jobs import open_board
 
-        # Ours, not the board's: TaskFlow's board leaves a client it was given
-        # open, and close() below stops it.
-        client = start_client(self.settings)
-        try:
-            board = open_board(self, client=client, watch_jobs=False)
-        except BaseException:
-            client.stop()
-            client.close()
-            raise
-        self._board_client = client
-        return board
+        return open_board(self, watch_jobs=False)
 
     def close(self) -> None:
         """Close what these services opened (the jobboard and its ZooKeeper
@@ -73,9 +62,7 @@ class Services:
         next use opens them again."""
         board = self.__dict__.pop("jobboard", None)
         if board is not None:
-            board.close()
-            self._board_client.stop()
-            self._board_client.close()
+            board.close()  # with its ZooKeeper session (see jobs.open_board)
         reservations = self.__dict__.pop("reservations", None)
         if reservations is not None:
             reservations.close()

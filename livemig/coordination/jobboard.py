@@ -19,12 +19,27 @@ class LivemigJobBoard(ZookeeperJobBoard):
     database): the children watch stops after its first listing and posted
     jobs are not kept, so the process neither fetches every job posted by
     others nor grows with its own. `job_on_board` still works: it lists the
-    board afresh."""
+    board afresh.
 
-    def __init__(self, name, conf, client=None, persistence=None, watch_jobs: bool = True):
+    `owns_client`: the board stops and closes its client when it closes
+    (TaskFlow's board only does so for a client it made itself)."""
+
+    def __init__(self, name, conf, client=None, persistence=None, watch_jobs: bool = True,
+                 owns_client: bool = False):
         super().__init__(name, conf, client=client, persistence=persistence)
         self._watch_jobs = watch_jobs
+        self._owns_client = owns_client
         self._claimed: frozenset[str] = frozenset()  # job paths with a lock node, as last listed
+
+    @property
+    def client(self):
+        return self._client
+
+    def close(self):
+        super().close()
+        if self._owns_client:
+            self._client.stop()
+            self._client.close()
 
     # -- the board's view of its directory ------------------------------------------------------------
 

@@ -331,6 +331,7 @@ def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
                                                                  "shares-d-with-free"]
     finally:
         board.close()
+    assert not board.client.connected  # the ZooKeeper session it started ended with it
 
 
 def test_close_ends_the_posting_session_and_the_next_post_opens_another(tmp_path, zk_settings, conductors):
@@ -339,7 +340,7 @@ def test_close_ends_the_posting_session_and_the_next_post_opens_another(tmp_path
     cloud = FakeCloud.build(tmp_path, zk_settings)
     first = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     services = services_for(zk_settings)
-    client = services._board_client
+    client = services.jobboard.client
     assert client.connected
     livemig.close()
     assert not client.connected and client.state == KazooState.LOST
@@ -348,7 +349,7 @@ def test_close_ends_the_posting_session_and_the_next_post_opens_another(tmp_path
     conductors.start("worker")
     assert [v.status for v in wait_finished(zk_settings, [first.id])] == ["completed"]
     back = livemig.migrate(CTX, "vm1", "b", "a", wait=False, settings=zk_settings)
-    assert services_for(zk_settings)._board_client.connected
+    assert services_for(zk_settings).jobboard.client.connected
     assert [v.status for v in wait_finished(zk_settings, [back.id])] == ["completed"]
     assert cloud.running_on() == ["a"]
     livemig.close()
