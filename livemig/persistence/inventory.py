@@ -231,3 +231,18 @@ def created_resources(session: Session, migration_id: int, name: str) -> list[st
         elif row.state == "removed" and row.message in created:
             created.remove(row.message)
     return created
+
+
+def record_leftover(session: Session, kind: str, name: str, reason: str, host: str | None = None,
+                    migration_id: int | None = None) -> None:
+    """Keep for `livemig reconcile` something that could not be undone or
+    checked; one open record per (migration, host, kind, name)."""
+    from livemig.persistence.models import Leftover
+
+    existing = session.scalar(sa.select(Leftover).where(
+        Leftover.migration_id == migration_id, Leftover.host == host, Leftover.kind == kind,
+        Leftover.name == name, Leftover.resolved_at.is_(None)))
+    if existing is not None:
+        existing.reason = reason
+        return
+    session.add(Leftover(migration_id=migration_id, host=host, kind=kind, name=name, reason=reason))

@@ -30,6 +30,10 @@ class Host(Base):
     ram_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
     disk_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
     max_concurrent_migrations: Mapped[int] = mapped_column(default=1)
+    # Paths (directories or block devices) this host shares with the others:
+    # a file or block disk under one of them, on both hosts, may migrate
+    # without copying its storage (see prechecks).
+    shared_paths: Mapped[list[Any]] = mapped_column(default=list)
     # Totals as last discovered by `host sync`.
     vcpus: Mapped[int] = mapped_column(default=0)
     memory_mb: Mapped[int] = mapped_column(default=0)
@@ -80,6 +84,12 @@ class Migration(Base):
     flow_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     job_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
     abort_requested: Mapped[bool] = mapped_column(default=False)
+    # The fencing token: raised by every claim of the migration (a conductor,
+    # `migration resume`); a write made under an older epoch changes nothing.
+    claim_epoch: Mapped[int] = mapped_column(default=0)
+    # Per-migration options (JSON-able), chosen when it was requested; every
+    # other setting is the running controller's own.
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -108,3 +118,45 @@ class Reservation(Base):
     migration_id: Mapped[int] = mapped_column(primary_key=True)
     instance_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Leftover(Base):
+    """Something a migration could not undo or could not check (a host that did
+    not answer, a revert step that kept failing), kept for `livemig reconcile`."""
+
+    __tablename__ = "livemig_leftovers"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    migration_id: Mapped[int | None] = mapped_column(index=True, default=None)
+    host: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    # "domain", "secret", "filter", "reservation", "instance", ...
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    name: Mapped[str] = mapped_column(sa.String(255))
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    resolution: Mapped[str | None] = mapped_column(sa.Text, default=None)
+
+
+class HostResource(Base):
+    """A hypervisor object (secret, filter) that livemig itself defined on a
+    host: cleanup removes only these, never what was there before."""
+
+    __tablename__ = "livemig_host_resources"
+
+    host: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    migration_id: Mapped[int | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Credential(Base):
+    """A registered secret value (for a destination's private libvirt secret),
+    encrypted with the key that every controller shares; never in a job."""
+
+    __tablename__ = "livemig_credentials"
+
+    usage: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

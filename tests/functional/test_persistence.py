@@ -11,7 +11,7 @@ from taskflow.persistence import models as tf_models
 
 import livemig
 from livemig.errors import MigrationFailed
-from livemig.persistence.database import Database
+from livemig.persistence.database import SCHEMA_HEAD, Database
 from tests.fakecloud import FakeCloud
 
 CTX = livemig.admin_context("tests")
@@ -33,9 +33,10 @@ def test_schema_upgrade_is_idempotent_and_keeps_its_own_version_table(db_setting
     db.upgrade()
     tables = set(sa.inspect(db.engine).get_table_names())
     assert {"livemig_hosts", "livemig_instances", "livemig_migrations", "livemig_events",
-            "livemig_reservations", "logbooks", "flowdetails", "atomdetails"} <= tables
+            "livemig_reservations", "livemig_leftovers", "livemig_host_resources",
+            "livemig_credentials", "logbooks", "flowdetails", "atomdetails"} <= tables
     with db.engine.connect() as conn:
-        assert conn.execute(sa.text("select version_num from livemig_alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("select version_num from livemig_alembic_version")).scalar() == SCHEMA_HEAD
     db.dispose()
 
 
