@@ -78,3 +78,16 @@ def test_a_migration_with_options_runs_and_records_them(cloud):
     assert view.status == "completed"
     assert cloud.running_on() == ["b"]
     assert cloud.migration(view.id).options == {"max_downtime_ms": 120, "bandwidth_mib_s": 50}
+
+
+def test_a_logbook_saved_with_the_whole_settings_keeps_only_the_options(cloud):
+    """Flows recorded before this change still resume, with the runner's settings."""
+    from livemig.flows.live_migration import get_live_migration_flow
+
+    legacy = cloud.settings.replace(database_url="postgresql://someone:pw@elsewhere/db", max_downtime_ms=50,
+                                    unrecoverable_policy="mark-error").to_dict()
+    with building_flows_with(services_for(cloud.settings)):
+        flow = get_live_migration_flow(legacy)
+    assert {(t.services.settings.database_url, t.services.settings.unrecoverable_policy,
+             t.services.settings.max_downtime_ms) for t in flow} == \
+        {(cloud.settings.database_url, "terminate", 50)}

@@ -27,7 +27,6 @@ BAD_ENVIRONMENT = [
     ("LIVEMIG_POLL_INTERVAL_S", "nan", "setting poll_interval_s must be a number"),
     ("LIVEMIG_ZOOKEEPER_SESSION_TIMEOUT", "inf", "setting zookeeper_session_timeout must be a number"),
     ("LIVEMIG_CONDUCTOR_MAX_MIGRATIONS", "0", "setting conductor_max_migrations must be an integer from 1"),
-    ("LIVEMIG_SHARED_STORAGE", "maybe", "setting shared_storage must be true or false"),
     ("LIVEMIG_ZOOKEEPER_HOSTS", "zk1:99999", "setting zookeeper_hosts must be host:port"),
     ("LIVEMIG_ZOOKEEPER_ROOT", "livemig", "setting zookeeper_root must be a znode path"),
     ("LIVEMIG_DOMAIN_TYPE", "xen", "setting domain_type must be one of kvm, qemu"),
@@ -49,7 +48,7 @@ def test_config_file_values_have_types_and_ranges(tmp_path):
     config = tmp_path / "config.toml"
     env = {"LIVEMIG_CONFIG": str(config), "LIVEMIG_DATA_DIR": str(tmp_path)}
     for text, message in [('bandwidth_mib_s = "5"', "setting bandwidth_mib_s must be an integer"),
-                          ("shared_storage = 1", "setting shared_storage must be true or false"),
+                          ("domain_type = 1", "setting domain_type must be one of kvm, qemu"),
                           ("max_downtime_ms = 2.5", "setting max_downtime_ms must be an integer"),
                           ("downtime_steps = true", "setting downtime_steps must be an integer"),
                           ("queue_timeout_s = -3", "setting queue_timeout_s must be a number from 0"),
@@ -59,9 +58,9 @@ def test_config_file_values_have_types_and_ranges(tmp_path):
             load_settings(env)
         assert message in str(caught.value), text
     # What is right in TOML's own types is accepted (an integer where a number goes).
-    config.write_text("[livemig]\npoll_interval_s = 1\nshared_storage = true\nbandwidth_mib_s = 100\n")
+    config.write_text("[livemig]\npoll_interval_s = 1\nbandwidth_mib_s = 100\n")
     settings = load_settings(env)
-    assert (settings.poll_interval_s, settings.shared_storage, settings.bandwidth_mib_s) == (1, True, 100)
+    assert (settings.poll_interval_s, settings.bandwidth_mib_s) == (1, 100)
 
 
 def test_overrides_and_constructed_settings_are_checked(tmp_path):
