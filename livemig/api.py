@@ -9,11 +9,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
 
-from livemig.config import Settings, load_settings
+from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
@@ -203,44 +203,56 @@ def show_migration(migration_id: int, settings: Settings | None = None) -> Migra
 
 
 def create_migration(context: RequestContext, instance: str, source: str, dest: str,
-                     settings: Settings | None = None, queue_timeout_s: float | None = None) -> MigrationView:
+                     settings: Settings | None = None, queue_timeout_s: float | None = None,
+                     options: Mapping[str, Any] | None = None) -> MigrationView:
     """Check the request and record it (status `queued`) with its persisted
     flow; nothing runs yet. Bad input raises and records nothing."""
     services = _services(settings)
-    migration_id, _ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+    migration_id, _ids = _record_migration(context, services, instance, source, dest,
+                                           _with_queue_timeout(options, queue_timeout_s))
     return show_migration(migration_id, settings=services.settings)
 
 
+def _with_queue_timeout(options: Mapping[str, Any] | None, queue_timeout_s: float | None) -> dict[str, Any]:
+    merged = dict(options or {})
+    if queue_timeout_s is not None:
+        merged["queue_timeout_s"] = queue_timeout_s
+    return merged
+
+
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str, dest: str,
-                      queue_timeout_s: float | None) -> tuple[int, tuple[str, str]]:
-    """The migration row and its logbook; returns the id and (logbook, flow) uuids."""
+                      options: Mapping[str, Any]) -> tuple[int, tuple[str, str]]:
+    """The migration row and its logbook; returns the id and (logbook, flow)
+    uuids. `options`: the migration's own (config.MIGRATION_OPTIONS)."""
     context.require_admin("live migration")
+    options = check_migration_options(options)
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = check_migration(session, services.drivers, instance, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
-                              logbook_id=book_id, flow_id=flow_id)
+                              logbook_id=book_id, flow_id=flow_id, options=options)
         session.add(migration)
         session.flush()
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
                   f"requested by {context.user}: {inst.name} {source} -> {dest}")
         migration_id, instance_uuid = migration.id, inst.uuid
-        create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest,
-                                                               queue_timeout_s), book_id, flow_id,
-                       session.connection())
+        create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest),
+                       book_id, flow_id, session.connection(), options)
     return migration_id, (book_id, flow_id)
 
 
 def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
             queue_timeout_s: float | None = None, settings: Settings | None = None,
-            progress: ProgressHook | None = None) -> MigrationView:
+            progress: ProgressHook | None = None, options: Mapping[str, Any] | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
     posted as a job for the conductors and, if `wait`, followed to its end
     (otherwise the queued migration is returned). `queue_timeout_s` bounds the
-    wait for busy hosts (default: the setting; 0 fails at once).
+    wait for busy hosts (default: the setting; 0 fails at once). `options`:
+    this migration's own choices among config.MIGRATION_OPTIONS (max_downtime_ms,
+    bandwidth_mib_s, queue_timeout_s); the rest are the runner's settings.
     Returns the completed migration; raises MigrationFailed if it failed."""
     services = _services(settings)
     if services.settings.zookeeper_hosts:
@@ -250,12 +262,14 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
-        migration_id, ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+        migration_id, ids = _record_migration(context, services, instance, source, dest,
+                                               _with_queue_timeout(options, queue_timeout_s))
         post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=(source, dest))
         if not wait:
             return show_migration(migration_id, settings=services.settings)
         return _follow(services, migration_id, progress, runner=None)
-    migration_id, _ids = _record_migration(context, services, instance, source, dest, queue_timeout_s)
+    migration_id, _ids = _record_migration(context, services, instance, source, dest,
+                                           _with_queue_timeout(options, queue_timeout_s))
     return _follow(services, migration_id, progress, runner=lambda: run_migration(services, migration_id))
 
 

@@ -1,16 +1,22 @@
 """One settings object, built once (from defaults, a TOML file, then the
 environment) and passed down explicitly. Nothing here is read at import time.
 
-It is JSON-able on purpose: the flow factory receives it as a plain dict, so a
-conductor in another process rebuilds exactly the same services.
+Every setting has a type and a range (SPECS), checked wherever a value comes
+from: a bad one is refused when the settings are loaded, before anything is
+recorded, instead of failing later inside a hypervisor call.
+
+Settings never travel with a migration: a conductor runs every flow with its
+own. What a requester may choose for one migration is the small set in
+MIGRATION_OPTIONS, checked by the same rules.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from livemig.errors import InvalidInput
 from livemig.states import UnrecoverablePolicy
@@ -23,8 +29,9 @@ def default_data_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    # Inventory and TaskFlow logbooks share this database.
-    database_url: str = ""
+    # Inventory and TaskFlow logbooks share this database. Out of repr: it
+    # may hold a password.
+    database_url: str = dataclasses.field(default="", repr=False)
     # "host:port,host:port"; empty means one controller with local reservations.
     zookeeper_hosts: str = ""
     zookeeper_session_timeout: float = 4.0
@@ -56,57 +63,174 @@ class Settings:
     poll_interval_s: float = 0.2
     # Where local reservations live when ZooKeeper is not configured.
     data_dir: str = ""
+    # The key registered credentials are encrypted with in the database;
+    # every controller needs the same file (default: DATA_DIR/credential.key).
+    credential_key_file: str = ""
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check_setting(field.name, getattr(self, field.name))
         data_dir = self.data_dir or str(default_data_dir())
         object.__setattr__(self, "data_dir", data_dir)
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir}/livemig.db")
-        try:
-            UnrecoverablePolicy(self.unrecoverable_policy)
-        except ValueError:
-            raise InvalidInput(
-                f"unrecoverable_policy must be one of "
-                f"{', '.join(p.value for p in UnrecoverablePolicy)}, not {self.unrecoverable_policy!r}"
-            ) from None
-        if self.conductor_max_migrations < 1:
-            raise InvalidInput("conductor_max_migrations must be at least 1")
-        if self.max_downtime_ms < 1 or self.downtime_steps < 1 or self.downtime_step_delay_s_per_gib < 0:
-            raise InvalidInput("max_downtime_ms and downtime_steps must be at least 1, "
-                               "downtime_step_delay_s_per_gib at least 0")
-        if self.domain_type not in ("kvm", "qemu"):
-            raise InvalidInput(f"domain_type must be 'kvm' or 'qemu', not {self.domain_type!r}")
+        if not self.credential_key_file:
+            object.__setattr__(self, "credential_key_file", str(Path(data_dir) / "credential.key"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InvalidInput(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return cls(**dict(values))
+
+    def with_options(self, options: Mapping[str, Any]) -> "Settings":
+        """These settings with one migration's options over them."""
+        return dataclasses.replace(self, **check_migration_options(options)) if options else self
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(field: dataclasses.Field, raw: str) -> Any:
-    kind = field.type if isinstance(field.type, str) else field.type.__name__
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A setting's type and range: numbers within [low, high], strings
+    among `choices` or matching `check` (which returns what is wrong)."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[str], str | None] | None = None
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        noun = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[self.kind]
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {_number(self.low)} to {_number(self.high)}"
+        return noun
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _absolute_path_or_empty(value: str) -> str | None:
+    # A relative path would name a different file for each process's working
+    # directory (a conductor under systemd runs in /).
+    return None if not value or os.path.isabs(value) else "an absolute path"
+
+
+def _zookeeper_hosts(value: str) -> str | None:
+    for member in filter(None, (m.strip() for m in value.split(","))):
+        host, _, port = member.rpartition(":") if ":" in member else (member, "", "2181")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            return "host:port,host:port (ports 1-65535)"
+    return None
+
+
+def _znode_path(value: str) -> str | None:
+    return None if value.startswith("/") and value != "/" and not value.endswith("/") else \
+        "a znode path such as /livemig"
+
+
+def _database_url(value: str) -> str | None:
+    # The scheme only: the rest is the database driver's to judge, and an
+    # unreachable server is not a malformed setting.
+    return None if not value or value.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql") else \
+        "a sqlite:/// or postgresql:// URL"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "a non-empty name"
+
+
+DAY_S = 86400.0
+SPECS: dict[str, Spec] = {
+    "database_url": Spec(str, check=_database_url),
+    "zookeeper_hosts": Spec(str, check=_zookeeper_hosts),
+    "zookeeper_session_timeout": Spec(float, 0.5, 600.0),
+    "zookeeper_root": Spec(str, check=_znode_path),
+    "domain_type": Spec(str, choices=("kvm", "qemu")),
+    "unrecoverable_policy": Spec(str, choices=tuple(p.value for p in UnrecoverablePolicy)),
+    "admin_group": Spec(str, check=_non_empty),
+    "max_downtime_ms": Spec(int, 1, 600_000),
+    "downtime_steps": Spec(int, 1, 1000),
+    "downtime_step_delay_s_per_gib": Spec(float, 0.0, DAY_S),
+    # libvirt takes MiB/s as an unsigned long; past this no link is that fast.
+    "bandwidth_mib_s": Spec(int, 0, 1_000_000),
+    "completion_timeout_s_per_gib": Spec(float, 0.0, DAY_S),
+    "completion_timeout_min_s": Spec(float, 0.1, 7 * DAY_S),
+    "shared_storage": Spec(bool),
+    "queue_timeout_s": Spec(float, 0.0, 7 * DAY_S),
+    "conductor_max_migrations": Spec(int, 1, 1024),
+    "poll_interval_s": Spec(float, 0.01, 60.0),
+    "data_dir": Spec(str, check=_absolute_path_or_empty),
+    "credential_key_file": Spec(str, check=_absolute_path_or_empty),
+}
+
+# What a requester may choose for one migration; everything else is the
+# conductor's own setting.
+MIGRATION_OPTIONS = ("max_downtime_ms", "bandwidth_mib_s", "queue_timeout_s")
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raises InvalidInput, naming the setting and what it must be."""
+    spec = SPECS[name]
+    wrong = f"setting {name} must be {spec.describe()}, not {value!r}"
+    # bool is an int to Python, never to an operator.
+    if isinstance(value, bool) != (spec.kind is bool):
+        raise InvalidInput(wrong)
+    if spec.kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, spec.kind):
+        raise InvalidInput(wrong)
+    if spec.kind in (int, float):
+        if not math.isfinite(value) or (spec.low is not None and value < spec.low) \
+                or (spec.high is not None and value > spec.high):
+            raise InvalidInput(wrong)
+    if spec.choices and value not in spec.choices:
+        raise InvalidInput(wrong)
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise InvalidInput(f"setting {name} must be {problem}, not {value!r}")
+
+
+def check_migration_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """One migration's options, checked; raises InvalidInput."""
+    unknown = set(options) - set(MIGRATION_OPTIONS)
+    if unknown:
+        raise InvalidInput(f"unknown migration option(s): {', '.join(sorted(unknown))} "
+                           f"(known: {', '.join(MIGRATION_OPTIONS)})")
+    checked = {}
+    for name, value in options.items():
+        check_setting(name, value)
+        checked[name] = float(value) if SPECS[name].kind is float else value
+    return checked
+
+
+def _coerce(name: str, raw: str) -> Any:
+    """An environment variable's text as the setting's type."""
+    kind = SPECS[name].kind
     try:
-        if kind == "bool":
+        if kind is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
                 return True
             if raw.lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
-        if kind == "int":
+        if kind is int:
             return int(raw)
-        if kind == "float":
+        if kind is float:
             return float(raw)
     except ValueError:
-        raise InvalidInput(f"setting {field.name} has a malformed value {raw!r}") from None
+        raise InvalidInput(f"setting {name} must be {SPECS[name].describe()}, not {raw!r} "
+                           f"(from LIVEMIG_{name.upper()})") from None
     return raw
 
 
@@ -124,22 +248,42 @@ def config_file_path(environ: Mapping[str, str]) -> Path | None:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Defaults, then the TOML config file, then LIVEMIG_* variables, then overrides."""
+    """Defaults, then the TOML config file, then LIVEMIG_* variables, then
+    overrides; raises InvalidInput (one line, naming the setting and where its
+    value came from) for an unknown setting or a value of the wrong type or range."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     path = config_file_path(environ)
     if path is not None:
         try:
-            values.update(tomllib.loads(path.read_text()).get("livemig", {}))
+            section = tomllib.loads(path.read_text()).get("livemig", {})
         except FileNotFoundError:
             raise InvalidInput(f"config file {path} does not exist") from None
         except PermissionError:
             raise InvalidInput(f"config file {path} is not readable") from None
         except tomllib.TOMLDecodeError as exc:
             raise InvalidInput(f"config file {path} is not valid TOML: {exc}") from None
-    for field in dataclasses.fields(Settings):
-        raw = environ.get(f"LIVEMIG_{field.name.upper()}")
+        if not isinstance(section, dict):
+            raise InvalidInput(f"config file {path}: [livemig] must be a table")
+        unknown = set(section) - {f.name for f in dataclasses.fields(Settings)}
+        if unknown:
+            raise InvalidInput(f"config file {path}: unknown setting(s): {', '.join(sorted(unknown))}")
+        values.update(section)
+        origin.update((name, f"config file {path}") for name in section)
+    for name in (f.name for f in dataclasses.fields(Settings)):
+        raw = environ.get(f"LIVEMIG_{name.upper()}")
         if raw is not None:
-            values[field.name] = _coerce(field, raw)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+            values[name] = _coerce(name, raw)
+            origin[name] = f"LIVEMIG_{name.upper()}"
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = value
+            origin[name] = "the command line or caller"
+    for name, value in values.items():
+        if name in SPECS:
+            try:
+                check_setting(name, value)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc} (from {origin[name]})") from None
     return Settings.from_dict(values)

@@ -25,7 +25,7 @@ from livemig.coordination.zookeeper import start_client
 from livemig.errors import CoordinationUnavailable
 from livemig.persistence.inventory import controller_id, get_migration
 from livemig.runner import MigrationEventListener, ensure_outcome_recorded, logbook_name
-from livemig.services import Services
+from livemig.services import Services, configure
 
 LOG = logging.getLogger("livemig.conductor")
 BOARD_NAME = "livemig-migrations"
@@ -200,6 +200,7 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     # A conductor lives long and runs flows on many threads: it loads now
     # what a single command defers (see livemig.lazy).
     lazy.load_all()
+    configure(services.settings)  # the flows it rebuilds from jobs run with its settings
     client = start_client(services.settings)
     sessions = SessionTracker(client)
     board = open_board(services, client=client)

@@ -8,7 +8,7 @@ import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import sqlalchemy as sa
 from taskflow import engines, states as tf_states
@@ -22,7 +22,7 @@ from livemig.errors import Conflict, LivemigError
 from livemig.flows import keys
 from livemig.flows.live_migration import FACTORY_NAME
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
-from livemig.services import Services
+from livemig.services import Services, building_flows_with
 from livemig.states import AUDITED_ATOM_STATES, MigrationStatus
 
 LOG = logging.getLogger("livemig.runner")
@@ -73,15 +73,19 @@ def new_logbook_ids() -> tuple[str, str]:
 
 
 def create_logbook(services: Services, migration_id: int, store: dict[str, Any], book_id: str,
-                   flow_id: str, connection: sa.Connection) -> None:
-    """Persist the flow (factory name, arguments and store) before anything runs,
-    so that any controller can run or resume it from the database alone.
-    Inserted through `connection`, in the transaction that records the
-    migration: a migration is never recorded without its flow."""
+                   flow_id: str, connection: sa.Connection, options: Mapping[str, Any] | None = None) -> None:
+    """Persist the flow (factory name, the migration's options and its store)
+    before anything runs, so that any controller can run or resume it from
+    the database alone. Inserted through `connection`, in the transaction
+    that records the migration: a migration is never recorded without its flow.
+
+    Only the migration's identity (the store) and its options are saved:
+    whoever runs the flow brings its own settings, so no logbook or job holds
+    this process's database URL, ZooKeeper hosts or policies."""
     book = tf_models.LogBook(logbook_name(migration_id), uuid=book_id)
     flow_detail = tf_models.FlowDetail(keys.FLOW_NAME, uuid=flow_id)
     book.add(flow_detail)
-    save_factory_details(flow_detail, FACTORY_NAME, [services.settings.to_dict()], {})
+    save_factory_details(flow_detail, FACTORY_NAME, [dict(options or {})], {})
     flow_detail.meta["store"] = store  # where TaskFlow's conductors look for it
     # The store as the flow's injected arguments, through TaskFlow's storage
     # alone (building the flow and an engine for it cost twice as much), in
@@ -113,7 +117,9 @@ def load_engine(services: Services, migration_id: int):
     # The serial engine's class itself, not engines.load_from_detail(...,
     # engine="serial"): that looks the name up among the entry points of
     # every installed package (stevedore), ~25 ms of each command's start.
-    return SerialActionEngine(engines.flow_from_detail(flow_detail), flow_detail, backend, {})
+    with building_flows_with(services):  # this caller's settings, not the process's
+        flow = engines.flow_from_detail(flow_detail)
+    return SerialActionEngine(flow, flow_detail, backend, {})
 
 
 @contextlib.contextmanager

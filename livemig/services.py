@@ -1,10 +1,18 @@
 """The services a process needs (database, drivers, reservations), built from
-settings once per process and handed to tasks through their constructors."""
+settings once per process and handed to tasks through their constructors.
+
+A flow rebuilt from its logbook (by a conductor, or `migration resume`) runs
+with the services of the process that runs it, never with settings saved in
+the logbook: the process's own (see `configure`), or those of the caller
+building the engine here (see `building_flows_with`)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import time
 from functools import cached_property
+from typing import Any, Iterator, Mapping
 
 from livemig.config import Settings
 from livemig.coordination.base import ReservationService
@@ -81,12 +89,27 @@ class Services:
         return LocalReservations(self.db, self.settings.data_dir)
 
 
+class MigrationServices:
+    """A process's services as one migration sees them: the same database,
+    drivers and reservations, with that migration's options (see
+    config.MIGRATION_OPTIONS) over the process's settings."""
+
+    def __init__(self, base: Services, options: Mapping[str, Any]):
+        self._base = base
+        self.settings = base.settings.with_options(options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
 _services: dict[tuple[int, str], Services] = {}
+_configured: dict[int, Settings] = {}
+_building: contextvars.ContextVar[Services | None] = contextvars.ContextVar("livemig_flow_services", default=None)
 
 
 def services_for(settings: Settings) -> Services:
-    """Shared per process and settings, so a flow rebuilt by a conductor reuses
-    connections instead of opening new ones per migration."""
+    """Shared per process and settings (the settings this process was given,
+    never a job's), so that calls and flows reuse connections."""
     import json
 
     key = (os.getpid(), json.dumps(settings.to_dict(), sort_keys=True))
@@ -94,6 +117,42 @@ def services_for(settings: Settings) -> Services:
     if found is None:
         found = _services[key] = Services(settings)
     return found
+
+
+def configure(settings: Settings) -> Services:
+    """Make `settings` this process's: the flows a conductor rebuilds from
+    jobs run with them."""
+    _configured[os.getpid()] = settings
+    return services_for(settings)
+
+
+def process_services() -> Services:
+    """This process's services: as configured, else from its own config file
+    and environment."""
+    settings = _configured.get(os.getpid())
+    if settings is None:
+        from livemig.config import load_settings
+
+        return configure(load_settings())
+    return services_for(settings)
+
+
+@contextlib.contextmanager
+def building_flows_with(services: Services) -> Iterator[None]:
+    """Flows rebuilt in this thread (and context) meanwhile use `services`:
+    a process that runs migrations for more than one set of settings (an
+    embedding program, the tests) says which."""
+    token = _building.set(services)
+    try:
+        yield
+    finally:
+        _building.reset(token)
+
+
+def flow_services(options: Mapping[str, Any]) -> Services | MigrationServices:
+    """The services a flow being built runs with, with its migration's options."""
+    base = _building.get() or process_services()
+    return MigrationServices(base, options) if options else base
 
 
 def close_all() -> None:

@@ -15,7 +15,7 @@ from livemig.config import Settings
 from livemig.drivers.fake import FakeDriver
 from livemig.flows.live_migration import get_live_migration_flow
 from livemig.runner import run_migration
-from livemig.services import services_for
+from livemig.services import building_flows_with, services_for
 
 
 def die() -> None:
@@ -31,7 +31,8 @@ def die() -> None:
 
 def install_kill_point(settings: Settings, step: str, when: str) -> None:
     """Patch this process so that it SIGKILLs itself at STEP/WHEN."""
-    classes = {a.name: type(a) for a in get_live_migration_flow(settings.to_dict())}
+    with building_flows_with(services_for(settings)):
+        classes = {a.name: type(a) for a in get_live_migration_flow()}
     cls = classes[step]
     if when == "revert":
         original_revert = cls.revert

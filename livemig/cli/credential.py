@@ -19,8 +19,13 @@ def credential() -> None:
 @click.pass_obj
 @handle_errors
 def add(state: State, usage: str) -> None:
-    """Read the value for secret USAGE from stdin (never from the command line)."""
+    """Read the value for secret USAGE from stdin (never from the command line).
+
+    It is stored in the database, encrypted with the credential_key_file that
+    every controller shares (created on first use)."""
+    from livemig.api import _services
+
     state.context().require_admin("registering a credential")
     value = sys.stdin.buffer.read().rstrip(b"\n")
-    register_credential(state.settings, usage, value)
+    register_credential(_services(state.settings), usage, value)
     out.print(f"credential for {usage} registered")

@@ -466,6 +466,8 @@ class LibvirtDriver(Driver):
                 dom.migrateToURI3(dest_uri, params, flags)
             except libvirt.libvirtError as exc:
                 outcome["error"] = exc
+            except Exception as exc:  # noqa: BLE001 - reported as the migration's reason, not lost in the thread
+                outcome["unexpected"] = exc
             finally:
                 finished.set()
 
@@ -480,6 +482,9 @@ class LibvirtDriver(Driver):
         elapsed_ms = int((time.monotonic() - started) * 1000)
         error = outcome.get("error")
         reason = outcome.get("reason")
+        unexpected = outcome.get("unexpected")
+        if unexpected is not None:
+            raise DriverError(f"the hypervisor migration call raised {type(unexpected).__name__}: {unexpected}")
         if error is not None:
             if reason == "timeout":
                 raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")

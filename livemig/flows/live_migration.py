@@ -1,13 +1,13 @@
 """The live-migration flow."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from taskflow.patterns import linear_flow
 
-from livemig.config import Settings
+from livemig.config import MIGRATION_OPTIONS, check_migration_options
 from livemig.flows import keys
-from livemig.services import services_for
+from livemig.services import flow_services
 from livemig.tasks.cleanup import CleanUpSource, UpdateInstanceHost
 from livemig.tasks.lifecycle import MIGRATE_STEP, MarkMigrationCompleted, RollBackOrTerminateInstance
 from livemig.tasks.migrate import MigrateDomain
@@ -20,7 +20,7 @@ from livemig.tasks.volumes import SetUpVolumesOnDestination
 REQUIRED_STORE_KEYS = frozenset({keys.MIGRATION_ID, keys.INSTANCE_UUID, keys.SOURCE_HOST, keys.DEST_HOST})
 
 
-def get_live_migration_flow(settings: dict[str, Any]) -> linear_flow.Flow:
+def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_flow.Flow:
     """Builds the flow that live-migrates one instance.
 
     1. rollback-or-terminate: nothing; its revert, the last to run, decides
@@ -37,10 +37,12 @@ def get_live_migration_flow(settings: dict[str, Any]) -> linear_flow.Flow:
     11. release-hosts.
     12. mark-migration-completed.
 
-    `settings` is Settings.to_dict(): plain data, so that a conductor in any
-    process can rebuild this flow from the jobboard's saved arguments.
+    `options` are the migration's own (config.MIGRATION_OPTIONS), saved in
+    its logbook; everything else comes from the settings of the process that
+    builds the flow (services.flow_services), so that no job carries a
+    poster's database URL, hosts or policies.
     """
-    services = services_for(Settings.from_dict(settings))
+    services = flow_services(check_migration_options(_options_only(options or {})))
     return linear_flow.Flow(keys.FLOW_NAME).add(
         RollBackOrTerminateInstance(services, name="rollback-or-terminate"),
         ReserveHosts(services, name="reserve-hosts"),
@@ -55,6 +57,15 @@ def get_live_migration_flow(settings: dict[str, Any]) -> linear_flow.Flow:
         ReleaseHosts(services, name="release-hosts"),
         MarkMigrationCompleted(services, name="mark-migration-completed"),
     )
+
+
+def _options_only(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Logbooks saved before options existed hold the poster's whole settings
+    # (recognisable by their database URL): of those, only what a requester
+    # may choose still applies.
+    if "database_url" in saved:
+        return {name: saved[name] for name in MIGRATION_OPTIONS if name in saved}
+    return saved
 
 
 FACTORY_NAME = f"{__name__}.get_live_migration_flow"

@@ -41,7 +41,7 @@ class SetUpVolumesOnDestination(DestinationSetupTask):
             # Record first: if we die right after creating, the revert still knows.
             self.record_resource(migration_id, usage, "created")
             src_driver.copy_secret(src_uri, dst_uri, usage, disk.secret_type or "iscsi",
-                                   fallback_value=registered_credential(self.services.settings, usage))
+                                   fallback_value=registered_credential(self.services, usage))
             created.append(usage)
             self.note(migration_id, f"defined secret {usage} on {dest_host}")
         return {"secrets": created, "disks": len(domain.disks)}

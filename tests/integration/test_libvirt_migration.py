@@ -211,3 +211,22 @@ def test_close_releases_libvirt_connections_and_the_next_call_reopens_them(lab, 
     # Reopened: both daemons answer again, and the one guest is seen.
     assert sum(livemig.sync_hosts(ctx, settings=lab_settings).values()) == 1
     livemig.close()
+
+
+def test_an_exception_inside_the_hypervisor_call_is_the_reason(lab, lab_settings, capfd):
+    """Item 10: the settings refuse a negative bandwidth now, but whatever else
+    the libvirt binding raises inside the migration thread (here its
+    OverflowError for a negative unsigned parameter) must be the error the
+    task sees, not a traceback on stderr and a false 'reported success'."""
+    from livemig.drivers.base import MigrationOptions
+    from livemig.drivers.base import DriverError
+
+    g = guest(lab)
+    src = where(lab, lab_settings)
+    dst = other(lab, src)
+    driver = services_for(lab_settings).drivers.for_uri(lab.host_uri(1))
+    with pytest.raises(DriverError, match="raised OverflowError"):
+        driver.migrate(lab.host_uri(index_of(lab, src)), lab.host_uri(index_of(lab, dst)), g["uuid"],
+                       MigrationOptions(bandwidth_mib_s=-5, poll_interval_s=0.1, timeout_s=30))
+    assert "Traceback" not in capfd.readouterr().err
+    assert active_on(lab, g["uuid"]) == [src]

@@ -155,11 +155,18 @@ def test_migration_failure_exit_code_and_reason(cloud):
 
 
 def test_credential_add_reads_stdin_and_is_private(cloud):
+    from livemig.credentials import registered_credential
+    from livemig.persistence.models import Credential
+    from livemig.services import services_for
+
     proc = run(cloud.settings, "credential", "add", "vol-9", stdin="pa55word\n")
     assert proc.returncode == 0
-    path = os.path.join(cloud.settings.data_dir, "credentials", "vol-9")
-    assert open(path, "rb").read() == b"pa55word"
-    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    # In the database, encrypted with the key file made (private) on first use.
+    with database_for(cloud.settings.database_url).session() as s:
+        assert b"pa55word" not in s.get(Credential, "vol-9").ciphertext
+    assert oct(os.stat(cloud.settings.credential_key_file).st_mode & 0o777) == "0o600"
+    assert registered_credential(services_for(cloud.settings), "vol-9") == b"pa55word"
+    assert not os.path.exists(os.path.join(cloud.settings.data_dir, "credentials"))
     assert "pa55word" not in proc.stdout + proc.stderr
 
 

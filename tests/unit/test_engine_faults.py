@@ -7,10 +7,12 @@ import pytest
 import livemig
 from livemig.errors import MigrationFailed
 from livemig.flows.live_migration import get_live_migration_flow
+from livemig.services import building_flows_with, services_for
 from tests.unit.test_flow_contract import EXPECTED_STEPS
 
 CTX = livemig.admin_context("tests")
-STEP_CLASSES = {atom.name: type(atom) for atom in get_live_migration_flow(livemig.Settings(data_dir="/tmp").to_dict())}
+with building_flows_with(services_for(livemig.Settings(data_dir="/tmp"))):
+    STEP_CLASSES = {atom.name: type(atom) for atom in get_live_migration_flow()}
 # Steps that move the VM, or run after it moved.
 MOVED_AFTER = EXPECTED_STEPS.index("migrate-domain")
 

@@ -17,8 +17,11 @@ EXPECTED_STEPS = [
 ]
 
 
-def _flow(tmp_path):
-    return get_live_migration_flow(Settings(data_dir=str(tmp_path)).to_dict())
+def _flow(tmp_path, options=None):
+    from livemig.services import building_flows_with, services_for
+
+    with building_flows_with(services_for(Settings(data_dir=str(tmp_path)))):
+        return get_live_migration_flow(options)
 
 
 def test_flow_requires_exactly_the_store_keys(tmp_path):
@@ -41,11 +44,11 @@ def test_atom_names_are_unique_stable_and_in_order(tmp_path):
 
 
 def test_factory_importable_by_name_with_json_arguments(tmp_path):
-    settings = Settings(data_dir=str(tmp_path)).to_dict()
+    options = {"max_downtime_ms": 100, "queue_timeout_s": 0.0}
     name, factory = _fetch_validate_factory(FACTORY_NAME)
     assert factory is get_live_migration_flow
-    assert json.loads(json.dumps(settings)) == settings
-    assert [a.name for a in factory(settings)] == EXPECTED_STEPS
+    assert json.loads(json.dumps(options)) == options
+    assert [a.name for a in _flow(tmp_path, options)] == EXPECTED_STEPS
 
 
 def test_rollback_task_is_first_so_its_revert_runs_last(tmp_path):
