@@ -233,15 +233,21 @@ def _record_migration(context: RequestContext, services: Services, instance: str
 
 
 def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
-            queue_timeout_s: float | None = None, settings: Settings | None = None,
+            queue: bool = True, queue_timeout_s: float | None = None, settings: Settings | None = None,
             progress: ProgressHook | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
     posted as a job for the conductors and, if `wait`, followed to its end
-    (otherwise the queued migration is returned). `queue_timeout_s` bounds the
-    wait for busy hosts (default: the setting; 0 fails at once).
+    (otherwise the queued migration is returned). A migration waits in
+    `queued` for busy hosts up to `queue_timeout_s` (default: the setting);
+    with `queue=False` it fails at once if they are busy.
     Returns the completed migration; raises MigrationFailed if it failed."""
+    # Before anything is opened: a refused caller leaves no trace (not even
+    # a new, empty SQLite database).
+    context.require_admin("live migration")
+    if not queue:
+        queue_timeout_s = 0.0
     services = _services(settings)
     if services.settings.zookeeper_hosts:
         from livemig.jobs import post_migration_job

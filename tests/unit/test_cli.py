@@ -163,13 +163,49 @@ def test_credential_add_reads_stdin_and_is_private(cloud):
     assert "pa55word" not in proc.stdout + proc.stderr
 
 
-def test_no_wait_fails_at_once_when_a_host_is_busy(cloud):
+def test_no_queue_fails_at_once_when_a_host_is_busy(cloud):
     from livemig.coordination.base import HostLimit
     from livemig.services import services_for
     # Another migration holds host b.
     services_for(cloud.settings).reservations.try_reserve(999, "someone-else", [HostLimit("b", 1)])
-    proc = run(cloud.settings, "migrate", "--live", "--no-wait", "a", "vm1", "b")
+    proc = run(cloud.settings, "migrate", "--live", "--no-queue", "a", "vm1", "b")
     assert proc.returncode == 1
     assert "host b is in 1 migration(s), its limit is 1" in proc.stderr
     assert cloud.running_on() == ["a"] and cloud.instance().state == "running"
     assert cloud.last_migration().status == "failed"
+
+
+def test_no_wait_without_zookeeper_is_refused_and_records_nothing(cloud):
+    # Without conductors nothing would run a migration once the command returns.
+    before = snapshot(cloud.settings)
+    proc = run(cloud.settings, "migrate", "--live", "--no-wait", "a", "vm1", "b")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--no-wait needs ZooKeeper" in lines[0], proc.stderr
+    assert snapshot(cloud.settings) == before and cloud.running_on() == ["a"]
+
+
+def test_failed_migration_prints_its_reason_once(cloud):
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died", "b's libvirtd went away")
+    proc = run(cloud.settings, "migrate", "--live", "a", "vm1", "b")
+    assert proc.returncode == 1
+    assert proc.stderr.count("b's libvirtd went away") == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("livemig: error: migration 1 failed: ")
+    assert cloud.running_on() == ["a"]
+
+
+def test_markup_in_names_and_reasons_is_printed_literally(cloud):
+    vm = cloud.driver.create_domain(cloud.uri("c"), "web[/x][bold]", memory_mb=256)
+    assert run(cloud.settings, "host", "sync", "c").returncode == 0
+    cloud.driver.inject_fault(cloud.uri("c"), "migrate", "error", "disk [/x] is [red]gone")
+    proc = run(cloud.settings, "migrate", "--live", "c", vm, "b")
+    assert proc.returncode == 1 and "disk [/x] is [red]gone" in proc.stderr
+    migration_id = cloud.last_migration().id
+    shown = run(cloud.settings, "migration", "show", str(migration_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "web[/x][bold]" in shown.stdout and "disk [/x] is [red]gone" in shown.stdout
+    listed = run(cloud.settings, "migration", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "web[/x][bold]" in listed.stdout and "disk [/x] is [red]gone" in listed.stdout
+    assert run(cloud.settings, "instance", "list").stdout.count("web[/x][bold]") == 1
+    assert cloud.running_on(vm) == ["c"]
