@@ -25,6 +25,7 @@ from livemig.persistence.inventory import (
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
+from livemig.private_files import prepare_sqlite_database
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
@@ -41,6 +42,7 @@ def _services(settings: Settings | None) -> Services:
     services = services_for(settings or load_settings())
     url = services.settings.database_url
     if url not in _upgraded:
+        prepare_sqlite_database(url, services.settings.admin_group)
         services.db.upgrade()
         _upgraded.add(url)
     return services
