@@ -18,7 +18,7 @@ from livemig.config import Settings, load_settings
 from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
-from livemig.errors import Conflict, InvalidInput, MigrationFailed
+from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationFailed
 from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
     add_event, get_host, get_migration, record_leftover, unfinished_migrations,
@@ -173,8 +173,6 @@ def _domains_on_two_hosts(services: Services, session, where: dict[str, list[str
 
 def _host_has_domain(services: Services, session, host_name: str, uuid: str) -> bool:
     """Unknown counts as present: a host that cannot be asked may still run it."""
-    from livemig.errors import LivemigError
-
     host = session.get(Host, host_name)
     if host is None:
         return False
