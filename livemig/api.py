@@ -7,6 +7,7 @@ Errors are `livemig.errors.LivemigError` subclasses, each with an exit code.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -17,17 +18,20 @@ from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
-from livemig.errors import Conflict, InvalidInput, MigrationFailed
+from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationFailed
 from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
-    add_event, get_host, get_migration, unfinished_migrations,
+    add_event, get_host, get_migration, record_leftover, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
+from livemig.private_files import prepare_sqlite_database
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
 from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
+
+LOG = logging.getLogger("livemig.api")
 
 ProgressHook = Callable[[MigrationView], None]
 
@@ -38,6 +42,7 @@ def _services(settings: Settings | None) -> Services:
     services = services_for(settings or load_settings())
     url = services.settings.database_url
     if url not in _upgraded:
+        prepare_sqlite_database(url, services.settings.admin_group)
         services.db.upgrade()
         _upgraded.add(url)
     return services
@@ -92,35 +97,89 @@ def sync_hosts(context: RequestContext, name: str | None = None,
     """Discover the domains on one or every host and upsert them as instances.
 
     Returns the number of instances seen per host. Instances in an unfinished
-    migration are left alone: the flow owns them."""
+    migration are left alone: the flow owns them. A uuid found on two hosts
+    is a conflict, never settled by the order hosts are listed in: the
+    instance keeps its current host (if that host still has it), each other
+    copy is recorded as a leftover for `reconcile` and logged."""
     context.require_admin("syncing hosts")
     services = _services(settings)
     with services.db.session() as session:
         hosts = [get_host(session, name)] if name else list(session.scalars(sa.select(Host).order_by(Host.name)))
         targets = [(h.name, h.uri) for h in hosts]
-    seen: dict[str, int] = {}
+    listed: dict[str, list[DomainInfo]] = {}
     for host_name, uri in targets:
         driver = services.drivers.for_uri(uri)
         facts = driver.host_facts(uri)
-        domains = driver.list_domains(uri)
+        listed[host_name] = driver.list_domains(uri)
         with services.db.session() as session:
-            busy = {m.instance_uuid for m in session.scalars(unfinished_migrations())}
             host = get_host(session, host_name)
             host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
             host.last_seen = utcnow()
+    where: dict[str, list[str]] = collections.defaultdict(list)
+    for host_name, domains in listed.items():
+        for dom in domains:
+            where[dom.uuid].append(host_name)
+    seen: dict[str, int] = {}
+    with services.db.session() as session:
+        busy = {m.instance_uuid for m in session.scalars(unfinished_migrations())}
+        conflicts = _domains_on_two_hosts(services, session, where, busy)
+        for host_name, domains in listed.items():
             found = set()
             for dom in domains:
                 if dom.uuid in busy:
                     continue
                 found.add(dom.uuid)
-                _upsert_instance(session, host_name, dom)
+                if dom.uuid not in conflicts or conflicts[dom.uuid] == host_name:
+                    _upsert_instance(session, host_name, dom)
             for inst in session.scalars(sa.select(Instance).where(Instance.host == host_name)):
-                if inst.uuid not in found and inst.uuid not in busy and inst.state != InstanceState.DELETED.value:
+                if inst.uuid not in found and inst.uuid not in busy and inst.uuid not in conflicts \
+                        and inst.state != InstanceState.DELETED.value:
                     inst.state = InstanceState.DELETED.value
                     inst.host = None
             seen[host_name] = len(found)
     return seen
+
+
+def _domains_on_two_hosts(services: Services, session, where: dict[str, list[str]],
+                          busy: set[str]) -> dict[str, str | None]:
+    """uuid -> the host the inventory keeps it on (None: marked `error`) for
+    each domain that more than one host runs, including the instance's
+    recorded host when only the others were synced."""
+    conflicts: dict[str, str | None] = {}
+    for uuid, hosts in where.items():
+        if uuid in busy:
+            continue
+        inst = session.get(Instance, uuid)
+        current = inst.host if inst is not None else None
+        holders = list(hosts)
+        if current and current not in holders and _host_has_domain(services, session, current, uuid):
+            holders.append(current)
+        if len(holders) < 2:
+            continue
+        keep = current if current in holders else None
+        for host in holders:
+            if host != keep:
+                reason = (f"domain {uuid} also runs on {', '.join(h for h in holders if h != host)}; "
+                          f"the inventory keeps it on {keep or 'no host (marked error)'}")
+                record_leftover(session, "duplicate-domain", uuid, reason, host=host)
+        if inst is not None and keep is None:
+            inst.state = InstanceState.ERROR.value
+        LOG.warning("instance %s runs on %s; the inventory keeps it on %s (recorded for reconcile)",
+                    uuid, " and ".join(holders), keep or "no host, marked error")
+        conflicts[uuid] = keep
+    return conflicts
+
+
+def _host_has_domain(services: Services, session, host_name: str, uuid: str) -> bool:
+    """Unknown counts as present: a host that cannot be asked may still run it."""
+    host = session.get(Host, host_name)
+    if host is None:
+        return False
+    try:
+        return any(d.uuid == uuid for d in services.drivers.for_uri(host.uri).list_domains(host.uri))
+    except LivemigError:
+        return True
 
 
 _STATE_MAP = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
@@ -243,22 +302,27 @@ def _record_migration(context: RequestContext, services: Services, instance: str
 
 
 def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
-            queue_timeout_s: float | None = None, settings: Settings | None = None,
+            queue: bool = True, queue_timeout_s: float | None = None, settings: Settings | None = None,
             progress: ProgressHook | None = None, options: Mapping[str, Any] | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
     posted as a job for the conductors and, if `wait`, followed to its end
-    (otherwise the queued migration is returned). `queue_timeout_s` bounds the
-    wait for busy hosts (default: the setting; 0 fails at once). `options`:
-    this migration's own choices among config.MIGRATION_OPTIONS (max_downtime_ms,
+    (otherwise the queued migration is returned). A migration waits in
+    `queued` for busy hosts up to `queue_timeout_s` (default: the setting);
+    with `queue=False` it fails at once if they are busy. `options`: this
+    migration's own choices among config.MIGRATION_OPTIONS (max_downtime_ms,
     bandwidth_mib_s, queue_timeout_s); the rest are the runner's settings.
     Returns the completed migration; raises MigrationFailed if it failed."""
+    # Before anything is opened: a refused caller leaves no trace (not even
+    # a new, empty SQLite database).
+    context.require_admin("live migration")
+    if not queue:
+        queue_timeout_s = 0.0
     services = _services(settings)
     if services.settings.zookeeper_hosts:
         from livemig.jobs import post_migration_job
 
-        context.require_admin("live migration")
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.

@@ -36,6 +36,10 @@ class Settings:
     zookeeper_hosts: str = ""
     zookeeper_session_timeout: float = 4.0
     zookeeper_root: str = "/livemig"
+    # ZooKeeper digest credentials, "user:password" or the absolute path of a
+    # file holding that line; livemig's znodes are then created readable and
+    # writable by that identity only (see coordination/zookeeper.py).
+    zookeeper_auth: str = ""
     # libvirt domain type used by the lab: "kvm" in production, "qemu" (TCG) here.
     domain_type: str = "kvm"
     unrecoverable_policy: str = UnrecoverablePolicy.TERMINATE.value

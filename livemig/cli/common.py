@@ -1,11 +1,12 @@
 """What every CLI command shares: settings, the caller's context, output and errors."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import click
 
@@ -60,6 +61,28 @@ class State:
         return context_from_local_user(self.settings.admin_group)
 
 
+class _DropOutcomeLogs(logging.Filter):
+    """A migration's outcome is logged (with `migration_outcome`) for a
+    conductor's log; a command that prints the outcome itself would otherwise
+    show the reason twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not hasattr(record, "migration_outcome")
+
+
+@contextlib.contextmanager
+def outcome_reported_here() -> Iterator[None]:
+    handlers = list(logging.getLogger().handlers)
+    drop = _DropOutcomeLogs()
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+
+
 def handle_errors(fn: Callable) -> Callable:
     """One clear line on stderr and the error's documented exit code."""
 
@@ -98,7 +121,7 @@ def emit(output_format: str, rows: Sequence[Any], columns: Iterable[tuple[str, s
         table.add_column(header)
     for row in rows:
         data = row.to_dict()
-        table.add_row(*("" if data.get(attr) is None else str(data.get(attr)) for _, attr in columns))
+        table.add_row(*(_plain(data.get(attr)) for _, attr in columns))
     out.print(table)
 
 
@@ -106,7 +129,16 @@ def emit_one(output_format: str, view: Any, fields: Iterable[tuple[str, str]]) -
     if output_format == "json":
         click.echo(json.dumps(view.to_dict(), indent=2, default=str))
         return
+    from rich.text import Text
+
     data = view.to_dict()
     for label, attr in fields:
-        value = data.get(attr)
-        out.print(f"[bold]{label:<20}[/bold] {'' if value is None else value}")
+        out.print(Text.assemble((f"{label:<20}", "bold"), " ", _plain(data.get(attr))))
+
+
+def _plain(value: Any):
+    """A value as literal text: names and reasons come from operators and
+    hypervisors, and rich would read `[/x]` in them as (broken) markup."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))

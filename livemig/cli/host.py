@@ -53,7 +53,7 @@ def list_(state: State, output_format: str) -> None:
 def enable(state: State, name: str) -> None:
     """Allow migrations to and from NAME."""
     api.set_host_enabled(state.context(), name, True, settings=state.settings)
-    out.print(f"host {name} enabled")
+    out.print(f"host {name} enabled", markup=False)
 
 
 @host.command()
@@ -64,7 +64,7 @@ def enable(state: State, name: str) -> None:
 def disable(state: State, name: str, reason: str | None) -> None:
     """Refuse new migrations to and from NAME."""
     api.set_host_enabled(state.context(), name, False, reason, settings=state.settings)
-    out.print(f"host {name} disabled")
+    out.print(f"host {name} disabled", markup=False)
 
 
 @host.command()
@@ -74,4 +74,4 @@ def disable(state: State, name: str, reason: str | None) -> None:
 def sync(state: State, name: str | None) -> None:
     """Discover the domains on NAME (or every host) and update the instances."""
     for host_name, count in api.sync_hosts(state.context(), name, settings=state.settings).items():
-        out.print(f"{host_name}: {count} instance(s)")
+        out.print(f"{host_name}: {count} instance(s)", markup=False)

@@ -6,7 +6,7 @@ import json
 import click
 
 from livemig import api
-from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out
+from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out, outcome_reported_here
 from livemig.cli.progress import MigrationProgress
 from livemig.errors import InvalidInput, MigrationFailed
 from livemig.views import MigrationView
@@ -37,7 +37,9 @@ def _report(view: MigrationView, output_format: str) -> None:
 @click.command()
 @click.option("--live", is_flag=True, help="Live migration (the only kind livemig does; required).")
 @click.option("--no-wait", is_flag=True,
-              help="Fail at once if the hosts are busy (no queueing); with ZooKeeper, also return once posted.")
+              help="With ZooKeeper: return once the migration is recorded and posted (it still queues for busy "
+                   "hosts); follow it with `livemig migration show`.")
+@click.option("--no-queue", is_flag=True, help="Fail at once if a host is busy instead of waiting in `queued`.")
 @click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
 @format_option
 @click.argument("source")
@@ -45,17 +47,19 @@ def _report(view: MigrationView, output_format: str) -> None:
 @click.argument("dest")
 @click.pass_obj
 @handle_errors
-def migrate(state: State, live: bool, no_wait: bool, quiet: bool, output_format: str, source: str, instance: str,
-            dest: str) -> None:
+def migrate(state: State, live: bool, no_wait: bool, no_queue: bool, quiet: bool, output_format: str, source: str,
+            instance: str, dest: str) -> None:
     """Live-migrate INSTANCE (name or uuid) from host SOURCE to host DEST."""
     if not live:
         raise InvalidInput("only live migration is supported: pass --live")
-    zk = bool(state.settings.zookeeper_hosts)
-    with MigrationProgress(enabled=not quiet and output_format == "table") as progress:
+    if no_wait and not state.settings.zookeeper_hosts:
+        # Without conductors the flow runs in this process: nothing would run it after we return.
+        raise InvalidInput("--no-wait needs ZooKeeper and a conductor; without them the migration runs in this "
+                           "command")
+    with outcome_reported_here(), MigrationProgress(enabled=not quiet and output_format == "table") as progress:
         try:
-            view = api.migrate(state.context(), instance, source, dest, wait=not (no_wait and zk),
-                               queue_timeout_s=0.0 if no_wait else None, settings=state.settings,
-                               progress=progress)
+            view = api.migrate(state.context(), instance, source, dest, wait=not no_wait, queue=not no_queue,
+                               settings=state.settings, progress=progress)
         except MigrationFailed as exc:
             if exc.migration_id is not None and output_format == "json":
                 _report(api.show_migration(exc.migration_id, settings=state.settings), output_format)
@@ -105,7 +109,7 @@ def show(state: State, migration_id: int, output_format: str) -> None:
 @handle_errors
 def resume(state: State, migration_id: int, quiet: bool, output_format: str) -> None:
     """Resume an interrupted migration from its persisted state."""
-    with MigrationProgress(enabled=not quiet and output_format == "table") as progress:
+    with outcome_reported_here(), MigrationProgress(enabled=not quiet and output_format == "table") as progress:
         view = api.resume(state.context(), migration_id, settings=state.settings, progress=progress)
     _report(view, output_format)
 

@@ -13,23 +13,56 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import (
     BadVersionError, KazooException, NoNodeError, NodeExistsError, RolledBackError, RuntimeInconsistency,
 )
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import make_digest_acl
 
 from livemig.config import Settings
 from livemig.coordination.base import HostLimit, ReservationService
-from livemig.errors import CoordinationUnavailable
+from livemig.errors import CoordinationUnavailable, InvalidInput
 
 LOG = logging.getLogger("livemig.coordination")
 
 
+def digest_credentials(settings: Settings) -> tuple[str, str] | None:
+    """(user, password) from the zookeeper_auth setting: "user:password",
+    or the path of a file holding it (kept off command lines and out of the
+    environment of every process). Errors never repeat the value."""
+    value = settings.zookeeper_auth.strip()
+    if not value:
+        return None
+    if value.startswith("/"):
+        try:
+            value = Path(value).read_text().strip()
+        except OSError as exc:
+            raise InvalidInput(f"zookeeper_auth file {settings.zookeeper_auth} cannot be read "
+                               f"({exc.strerror})") from None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise InvalidInput("zookeeper_auth must be user:password (or the path of a file holding it)")
+    return user, password
+
+
 def start_client(settings: Settings) -> KazooClient:
+    """A started client for the reservations and the jobboard. With
+    credentials, every znode livemig creates (reservations, the board's jobs,
+    locks and trash) carries an ACL granting that digest identity alone:
+    anyone else who reaches the ensemble can neither read them, delete a
+    reservation, nor post or claim a job. Nodes created before credentials
+    were configured keep their open ACL (see the README)."""
+    extra: dict = {}
+    credentials = digest_credentials(settings)
+    if credentials is not None:
+        user, password = credentials
+        extra = {"auth_data": [("digest", f"{user}:{password}")],
+                 "default_acl": [make_digest_acl(user, password, all=True)]}
     client = KazooClient(hosts=settings.zookeeper_hosts, timeout=settings.zookeeper_session_timeout,
-                         connection_retry={"max_tries": 3, "delay": 0.2, "max_delay": 1.0})
+                         connection_retry={"max_tries": 3, "delay": 0.2, "max_delay": 1.0}, **extra)
     try:
         client.start(timeout=max(3.0, settings.zookeeper_session_timeout))
     except (KazooTimeoutError, KazooException) as exc:

@@ -57,10 +57,50 @@ def _kernel_package() -> str:
     return match.group(1)
 
 
-def _download(cache: Path, packages: list[str]) -> None:
+def secure_cache(cache: Path) -> None:
+    """The cache's .debs are unpacked, and its kernel and initramfs booted,
+    as root: nobody else may write there. In a cache (or download directory)
+    that others could write, anything they could have planted (what root or
+    apt's sandbox user does not own) is removed, then the modes tightened."""
+    import pwd
+    import stat
+
+    cache.mkdir(parents=True, exist_ok=True)
+    trusted = {0}
+    try:
+        trusted.add(pwd.getpwnam("_apt").pw_uid)
+    except KeyError:
+        pass
+    for directory in (cache, cache / "debs"):
+        if not directory.exists() or not os.stat(directory).st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            continue
+        for entry in directory.iterdir():
+            if entry.lstat().st_uid not in trusted:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        os.chmod(directory, 0o755)
+
+
+def download_dir(cache: Path) -> Path:
+    """Where apt downloads the guest's .debs: owned by apt's sandbox user
+    `_apt` (who writes them) or root, mode 0700."""
+    import pwd
+
+    secure_cache(cache)
     downloads = cache / "debs"
-    downloads.mkdir(parents=True, exist_ok=True)
-    os.chmod(downloads, 0o777)  # apt's sandbox user writes here
+    downloads.mkdir(exist_ok=True)
+    try:
+        os.chown(downloads, pwd.getpwnam("_apt").pw_uid, 0)
+    except KeyError:
+        os.chown(downloads, 0, 0)  # no sandbox user: apt downloads as root
+    os.chmod(downloads, 0o700)
+    return downloads
+
+
+def _download(cache: Path, packages: list[str]) -> None:
+    downloads = download_dir(cache)
     proc = subprocess.run(["apt-get", "download", *packages], cwd=downloads, capture_output=True, text=True)
     if proc.returncode != 0:
         subprocess.run(["apt-get", "update"], capture_output=True)
@@ -74,6 +114,7 @@ def guest_material(cache: Path) -> tuple[Path, Path]:
     # Named by what goes into it, so a changed init script rebuilds the image.
     recipe = hashlib.sha256((INIT + BOOTID + VOLUME + " ".join(MODULES)).encode()).hexdigest()[:12]
     kernel_out, initrd_out = cache / "vmlinuz", cache / f"initrd-{recipe}.gz"
+    secure_cache(cache)
     if kernel_out.exists() and initrd_out.exists():
         return kernel_out, initrd_out
     cache.mkdir(parents=True, exist_ok=True)

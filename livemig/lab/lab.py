@@ -88,12 +88,18 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def _processes_mentioning(text: str, command: str | None = None) -> list[int]:
+    """Processes whose command line contains TEXT (and whose executable is
+    COMMAND, if given)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
+            if command is not None:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() != command:
+                        continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
@@ -101,6 +107,12 @@ def _processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(entry))
     return found
+
+
+# Written in the lab's root when the lab creates it: `down` removes, and kills
+# processes by, only a root that carries it (LIVEMIG_LAB_ROOT may be mistyped
+# as a system directory).
+ROOT_MARKER = ".livemig-lab"
 
 
 class Lab:
@@ -122,8 +134,28 @@ class Lab:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def _save(self, state: dict[str, Any]) -> None:
+    @property
+    def owns_root(self) -> bool:
+        if (self.root / ROOT_MARKER).is_file():
+            return True
+        # A lab made before the marker existed: its record names this root.
+        recorded = self.state()
+        return bool(recorded) and recorded.get("config", {}).get("root") == str(self.root)
+
+    def _refuse_foreign_root(self) -> None:
+        if self.root.exists() and not self.owns_root and (not self.root.is_dir() or any(self.root.iterdir())):
+            raise LabError(f"{self.root} exists and was not created by the lab (no {ROOT_MARKER} in it); "
+                           f"not touching it: choose another LIVEMIG_LAB_ROOT")
+
+    def _claim_root(self) -> None:
+        self._refuse_foreign_root()
         self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        (self.root / ROOT_MARKER).write_text("created by `livemig lab up`; `livemig lab down` removes it all\n")
+
+    def _save(self, state: dict[str, Any]) -> None:
+        if not self.owns_root:
+            self._claim_root()
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_path)
@@ -148,6 +180,7 @@ class Lab:
             raise InvalidInput("a lab has 2 to 9 hosts")
         if guests < 0 or guests > 20:
             raise InvalidInput("a lab has 0 to 20 guests")
+        self._refuse_foreign_root()
         if self.state() is not None or self._leftovers():
             self.say("removing what an earlier lab left behind")
             self.down(settings=settings)
@@ -205,9 +238,17 @@ class Lab:
         return dict(os.environ, TGT_IPC_SOCKET=str(self.root / "tgtd.sock"))
 
     def _tgtadm(self, *args: str) -> None:
+        # tgtadm 1.0.85 takes a CHAP password only on its command line (no
+        # file or stdin): it is visible in /proc for tgtadm's few milliseconds,
+        # to root alone on a lab machine; it is never put in a message.
         proc = subprocess.run(["tgtadm", "--lld", "iscsi", *args], capture_output=True, text=True, env=self._tgt_env())
         if proc.returncode != 0:
-            raise LabError(f"tgtadm {' '.join(args)} failed: {proc.stderr.strip()}")
+            shown = ["***" if i and args[i - 1] == "--password" else a for i, a in enumerate(args)]
+            error = proc.stderr.strip()
+            for i, arg in enumerate(args):
+                if i and args[i - 1] == "--password":
+                    error = error.replace(arg, "***")
+            raise LabError(f"tgtadm {' '.join(shown)} failed: {error}")
 
     def _tgtd_up(self, state: dict[str, Any]) -> None:
         log = open(self.root / "tgtd.log", "ab")
@@ -432,33 +473,40 @@ class Lab:
     # -- down
     def _leftovers(self) -> bool:
         bridge = _run("ip", "link", "show", self.cfg.bridge, check=False).returncode == 0
-        return bridge or bool(_processes_mentioning(str(self.root))) or self.root.exists()
+        return bridge or self.owns_root
 
     def down(self, settings=None) -> None:
         """Remove everything the lab created, from its record and by search
-        (a lab whose processes were killed leaves stale state behind)."""
-        state = self.state() or {"hosts": [], "guests": []}
+        (a lab whose processes were killed leaves stale state behind).
+        Only under a root the lab created (its marker): processes are found by
+        their command lines naming it, and the whole of it is removed."""
+        self._refuse_foreign_root()
+        owned = self.owns_root
+        within = f"{self.root}/"
+        state = (self.state() if owned else None) or {"hosts": [], "guests": []}
         for host in state.get("hosts", []):
             with contextlib.suppress(Exception):
                 self._destroy_all_domains(host["uri"])
         for host in state.get("hosts", []):
             self._stop_group(host.get("pid"))
-        for pid in _processes_mentioning(str(self.root)):
+        for pid in _processes_mentioning(within) if owned else []:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self.root.exists():
+        if owned:
             with contextlib.suppress(OSError):
                 subprocess.run(["tgtadm", "--op", "delete", "--mode", "system"], env=self._tgt_env(),
                                capture_output=True, timeout=10)
         self._stop_group(state.get("tgtd_pid"), grace=2.0)
-        for pid in _processes_mentioning(f"portal=127.0.0.1:{self.cfg.iscsi_port}"):
+        for pid in _processes_mentioning(f"portal=127.0.0.1:{self.cfg.iscsi_port}", command="tgtd"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if _run("ip", "link", "show", self.cfg.bridge, check=False).returncode == 0:
             _run("ip", "link", "del", self.cfg.bridge, check=False)
-        self._wait_gone(str(self.root))
+        if owned:
+            self._wait_gone(within)
         self._remove_stale_filter_rules()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if owned:
+            shutil.rmtree(self.root, ignore_errors=True)
         for host in state.get("hosts", []):
             self._forget_host(host["name"], settings)
         self.say("lab down")

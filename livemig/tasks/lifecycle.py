@@ -88,12 +88,14 @@ class RollBackOrTerminateInstance(MigrationTask):
                 instance.host = host
                 instance.state = InstanceState.RUNNING.value
             set_migration_status(session, migration_id, status, f"{reason} (the VM keeps running on {host})")
-        LOG.warning("migration %s %s: the VM keeps running on %s: %s", migration_id, status.value, host, reason)
+        LOG.warning("migration %s %s: the VM keeps running on %s: %s", migration_id, status.value, host, reason,
+                    extra={"migration_outcome": migration_id})
 
     def _end_unrecoverable(self, migration_id: int, instance_uuid: str, hosts: list[str], unknown: list[str],
                            reason: str) -> None:
         policy = UnrecoverablePolicy(self.services.settings.unrecoverable_policy)
-        LOG.error("migration %s: unrecoverable: %s (policy %s)", migration_id, reason, policy.value)
+        LOG.error("migration %s: unrecoverable: %s (policy %s)", migration_id, reason, policy.value,
+                  extra={"migration_outcome": migration_id})
         if policy is UnrecoverablePolicy.TERMINATE and not unknown:
             for host in hosts:
                 try:

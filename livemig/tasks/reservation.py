@@ -23,7 +23,7 @@ class ReserveHosts(MigrationTask):
         with self.services.db.reading() as session:
             hosts = get_hosts(session, source_host, dest_host)
             limits = [HostLimit(h.name, h.max_concurrent_migrations) for h in hosts]
-        # The request may carry its own timeout (0 for --no-wait).
+        # The request may carry its own timeout (0 for --no-queue).
         queue_timeout = self.services.settings.queue_timeout_s if queue_timeout_s is None else queue_timeout_s
         deadline = time.monotonic() + queue_timeout
         noted = False
