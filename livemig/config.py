@@ -39,7 +39,7 @@ class Settings:
     # ZooKeeper digest credentials, "user:password" or the absolute path of a
     # file holding that line; livemig's znodes are then created readable and
     # writable by that identity only (see coordination/zookeeper.py).
-    zookeeper_auth: str = ""
+    zookeeper_auth: str = dataclasses.field(default="", repr=False)
     # libvirt domain type used by the lab: "kvm" in production, "qemu" (TCG) here.
     domain_type: str = "kvm"
     unrecoverable_policy: str = UnrecoverablePolicy.TERMINATE.value
@@ -149,6 +149,15 @@ def _database_url(value: str) -> str | None:
         "a sqlite:/// or postgresql:// URL"
 
 
+def _zookeeper_auth(value: str) -> str | None:
+    # The value itself is never echoed: it may be a password.
+    value = value.strip()
+    if not value or os.path.isabs(value):
+        return None
+    user, sep, password = value.partition(":")
+    return None if sep and user and password else "user:password or the absolute path of a file holding it"
+
+
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "a non-empty name"
 
@@ -159,6 +168,7 @@ SPECS: dict[str, Spec] = {
     "zookeeper_hosts": Spec(str, check=_zookeeper_hosts),
     "zookeeper_session_timeout": Spec(float, 0.5, 600.0),
     "zookeeper_root": Spec(str, check=_znode_path),
+    "zookeeper_auth": Spec(str, check=_zookeeper_auth),
     "domain_type": Spec(str, choices=("kvm", "qemu")),
     "unrecoverable_policy": Spec(str, choices=tuple(p.value for p in UnrecoverablePolicy)),
     "admin_group": Spec(str, check=_non_empty),
@@ -182,10 +192,15 @@ SPECS: dict[str, Spec] = {
 MIGRATION_OPTIONS = ("max_downtime_ms", "bandwidth_mib_s", "queue_timeout_s")
 
 
+# Settings whose value may hold a password: never echoed in an error.
+SECRET_SETTINGS = frozenset({"database_url", "zookeeper_auth"})
+
+
 def check_setting(name: str, value: Any) -> None:
     """Raises InvalidInput, naming the setting and what it must be."""
     spec = SPECS[name]
-    wrong = f"setting {name} must be {spec.describe()}, not {value!r}"
+    shown = "the value given" if name in SECRET_SETTINGS else repr(value)
+    wrong = f"setting {name} must be {spec.describe()}, not {shown}"
     # bool is an int to Python, never to an operator.
     if isinstance(value, bool) != (spec.kind is bool):
         raise InvalidInput(wrong)
@@ -202,7 +217,7 @@ def check_setting(name: str, value: Any) -> None:
     if spec.check is not None:
         problem = spec.check(value)
         if problem:
-            raise InvalidInput(f"setting {name} must be {problem}, not {value!r}")
+            raise InvalidInput(f"setting {name} must be {problem}, not {shown}")
 
 
 def check_migration_options(options: Mapping[str, Any]) -> dict[str, Any]:
