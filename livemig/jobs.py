@@ -3,8 +3,10 @@
 `post_migration_job` hands a persisted flow to the board; any `livemig
 conductor` claims it and runs it from the SQL logbook. A conductor that dies
 loses its claim when its ZooKeeper session expires and another resumes the
-flow; one that was frozen and lost its claim is fenced off before its next
-step (ClaimFence)."""
+flow. Every claim raises the migration's claim epoch (livemig.fencing): one
+that was frozen and lost its claim writes nothing when it wakes, and stops
+before its next step (ClaimFence). A migration whose outcome is recorded is
+never run again: its job is discarded."""
 from __future__ import annotations
 
 import contextlib
