@@ -18,7 +18,7 @@ from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
-from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationFailed
+from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, QueueTimeout
 from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
     add_event, get_host, get_migration, record_leftover, unfinished_migrations,
@@ -331,7 +331,7 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
         post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=(source, dest))
         if not wait:
             return show_migration(migration_id, settings=services.settings)
-        return _follow(services, migration_id, progress, runner=None)
+        return _follow(services, migration_id, progress, runner=None, unclaimed_epoch=0)
     migration_id, _ids = _record_migration(context, services, instance, source, dest,
                                            _with_queue_timeout(options, queue_timeout_s))
     return _follow(services, migration_id, progress, runner=lambda: run_migration(services, migration_id))
@@ -348,13 +348,14 @@ def resume(context: RequestContext, migration_id: int, settings: Settings | None
         with services.db.session() as session:
             migration = get_migration(session, migration_id)
             if MigrationStatus(migration.status).finished:
-                raise Conflict(f"migration {migration_id} already ended ({migration.status})")
-            job_id = migration.job_id
+                raise MigrationEnded(f"migration {migration_id} already ended ({migration.status}); an outcome "
+                                     f"is final, so nothing of it runs again", migration_id, migration.status)
+            job_id, epoch = migration.job_id, migration.claim_epoch
         # A job still on the board is resumed by a conductor once its claim
         # lapses; otherwise hand the persisted flow to the board again.
         if not job_on_board(services, job_id):
             post_migration_job(services, migration_id, board=services.jobboard)
-        return _follow(services, migration_id, progress, runner=None)
+        return _follow(services, migration_id, progress, runner=None, unclaimed_epoch=epoch)
     return _follow(services, migration_id, progress, runner=lambda: resume_migration(services, migration_id))
 
 
@@ -378,10 +379,21 @@ def abort(context: RequestContext, migration_id: int, settings: Settings | None 
     return show_migration(migration_id, settings=services.settings)
 
 
+def _claim_epoch(services: Services, migration_id: int) -> int:
+    with services.db.reading() as session:
+        return session.scalar(sa.select(Migration.claim_epoch).where(Migration.id == migration_id)) or 0
+
+
 def _follow(services: Services, migration_id: int, progress: ProgressHook | None,
-            runner: Callable[[], None] | None) -> MigrationView:
-    """Run (if a runner is given) while reporting progress; then the outcome."""
+            runner: Callable[[], None] | None, unclaimed_epoch: int | None = None) -> MigrationView:
+    """Run (if a runner is given) while reporting progress; then the outcome.
+    A posted job (`unclaimed_epoch`: the migration's claim epoch when it was
+    posted) that no conductor claims within the setting's deadline raises
+    QueueTimeout; it stays queued on the board."""
     errors: list[BaseException] = []
+    claim_deadline = None
+    if runner is None and unclaimed_epoch is not None:
+        claim_deadline = time.monotonic() + services.settings.unclaimed_job_timeout_s
 
     def target() -> None:
         try:
@@ -407,6 +419,15 @@ def _follow(services: Services, migration_id: int, progress: ProgressHook | None
         elif MigrationStatus(view.status).finished:
             break
         else:
+            if claim_deadline is not None:
+                if _claim_epoch(services, migration_id) != unclaimed_epoch:
+                    claim_deadline = None  # claimed: followed to its end, however long it takes
+                elif time.monotonic() >= claim_deadline:
+                    timeout = services.settings.unclaimed_job_timeout_s
+                    raise QueueTimeout(
+                        f"no conductor has claimed migration {migration_id} in {timeout:g} s; is one running? "
+                        f"(it stays queued on the board and runs when a conductor takes it; "
+                        f"`livemig migration abort {migration_id}` cancels it)")
             time.sleep(0.5)
     if errors:
         raise errors[0]

@@ -61,6 +61,9 @@ class Settings:
     shared_storage: bool = False
     # How long a migration waits in "queued" for its hosts' reservations.
     queue_timeout_s: float = 300.0
+    # How long `livemig migrate` (with ZooKeeper) waits for a conductor to
+    # claim its job before it gives up following it (the job stays queued).
+    unclaimed_job_timeout_s: float = 60.0
     # Migrations one conductor runs at once (each waits on its hypervisors;
     # host limits, not this, bound the load on a host).
     conductor_max_migrations: int = 16

@@ -90,3 +90,12 @@ class CoordinationUnavailable(ServiceUnavailable):
 
 class QueueTimeout(LivemigError):
     exit_code = 7
+
+
+class MigrationEnded(Conflict):
+    """The migration's outcome is recorded, and an outcome is final: none of its steps may run again."""
+
+    def __init__(self, message: str, migration_id: int | None = None, status: str | None = None):
+        super().__init__(message)
+        self.migration_id = migration_id
+        self.status = status

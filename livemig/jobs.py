@@ -3,8 +3,10 @@
 `post_migration_job` hands a persisted flow to the board; any `livemig
 conductor` claims it and runs it from the SQL logbook. A conductor that dies
 loses its claim when its ZooKeeper session expires and another resumes the
-flow; one that was frozen and lost its claim is fenced off before its next
-step (ClaimFence)."""
+flow. Every claim raises the migration's claim epoch (livemig.fencing): one
+that was frozen and lost its claim writes nothing when it wakes, and stops
+before its next step (ClaimFence). A migration whose outcome is recorded is
+never run again: its job is discarded."""
 from __future__ import annotations
 
 import contextlib
@@ -19,12 +21,18 @@ from taskflow.conductors.backends.impl_nonblocking import NonBlockingConductor
 from taskflow.listeners.base import Listener
 from taskflow.persistence import models as tf_models
 
-from livemig import lazy
+import sqlalchemy as sa
+from kazoo import exceptions as kazoo_exc
+from taskflow import exceptions as tf_exc
+
+from livemig import fencing, lazy
 from livemig.coordination.jobboard import LivemigJobBoard
 from livemig.coordination.zookeeper import start_client
-from livemig.errors import CoordinationUnavailable
+from livemig.errors import CoordinationUnavailable, MigrationEnded, MigrationNotFound, ServiceUnavailable
 from livemig.persistence.inventory import controller_id, get_migration
-from livemig.runner import MigrationEventListener, ensure_outcome_recorded, logbook_name
+from livemig.runner import (
+    MigrationEventListener, claim_migration, end_unrunnable, ensure_outcome_recorded, load_engine, logbook_name,
+)
 from livemig.services import Services, configure
 
 LOG = logging.getLogger("livemig.conductor")
@@ -159,6 +167,24 @@ class UnclaimedJobs:
         return getattr(self._board, name)
 
 
+# How long a conductor waits before handing back a job it could not start
+# for a transient reason, so that it does not spin on the same job.
+HAND_BACK_DELAY_S = 1.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether starting a job failed for a reason that may pass by itself (a
+    database or ZooKeeper blip): the job goes back to the board. Anything
+    else (a flow that cannot be rebuilt, a logbook that is gone) stays."""
+    if isinstance(exc, (ServiceUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+                        kazoo_exc.ConnectionLoss, kazoo_exc.SessionExpiredError, kazoo_exc.OperationTimeoutError)):
+        return True
+    if isinstance(exc, tf_exc.StorageFailure) and not isinstance(exc, tf_exc.NotFound):
+        cause = exc.cause or exc.__cause__
+        return cause is None or is_transient(cause)
+    return False
+
+
 class MigrationConductor(NonBlockingConductor):
     """Runs up to `max_simultaneous_jobs` migrations at once, each in its own
     thread (a live migration mostly waits on its hypervisors), records
@@ -171,6 +197,14 @@ class MigrationConductor(NonBlockingConductor):
         if isinstance(board, UnclaimedJobs):
             # TaskFlow's test takes the job, though it does not look at it.
             board.can_claim = lambda: self._can_claim_more_jobs(None)
+        # The engine _dispatch_job built, under its claim, for TaskFlow's
+        # dispatch to run (per thread: each job runs on its own).
+        self._built = threading.local()
+
+    def _engine_from_job(self, job):
+        # TaskFlow builds the engine outside its own error handling, and a
+        # job whose build raised is trashed: _dispatch_job builds it first.
+        return self._built.engine
 
     def _listeners_from_job(self, job, engine):
         listeners = super()._listeners_from_job(job, engine)
@@ -182,14 +216,67 @@ class MigrationConductor(NonBlockingConductor):
         return listeners
 
     def _dispatch_job(self, job):
+        """Returns whether the board should consume the job (else it is handed back)."""
         migration_id = (job.details or {}).get("migration_id")
         LOG.info("conductor %s: claimed %s (migration %s)", self._name, job.name, migration_id)
-        consume = super()._dispatch_job(job)
-        if migration_id is not None and consume:
-            # A failed job is consumed by the board: its outcome must be in our records.
-            ensure_outcome_recorded(self._services, migration_id, None)
+        if migration_id is None:
+            LOG.error("conductor %s: %s names no migration; discarding it", self._name, job.name)
+            return True
+        try:
+            epoch = claim_migration(self._services, migration_id)
+        except (MigrationEnded, MigrationNotFound) as exc:
+            # A re-posted job, or one whose consumption failed after its
+            # outcome was recorded: an outcome is final, nothing runs.
+            LOG.warning("conductor %s: %s; discarding %s", self._name, exc, job.name)
+            self._note(migration_id, "discarded", f"job {job.uuid} discarded by {self._name}: {exc}")
+            return True
+        except Exception as exc:  # noqa: BLE001 - classified below
+            return self._not_started(job, migration_id, exc)
+        with fencing.claimed(migration_id, epoch):
+            try:
+                self._built.engine = load_engine(self._services, migration_id)
+                consume = super()._dispatch_job(job)
+            except Exception as exc:  # noqa: BLE001 - the flow never ran: classified below
+                return self._not_started(job, migration_id, exc)
+            finally:
+                self._built.engine = None
+            try:
+                fencing.ensure_current_claim(self._services.db, migration_id)
+            except fencing.Fenced as exc:
+                # Another claimed it since: its job and outcome are not ours to touch.
+                LOG.warning("conductor %s: %s", self._name, exc)
+                return False
+            except Exception:  # noqa: BLE001 - cannot tell; the board's owner check decides
+                pass
+            if consume:
+                # A failed job is consumed by the board: its outcome must be in our records.
+                ensure_outcome_recorded(self._services, migration_id, None)
         LOG.info("conductor %s: %s %s", self._name, "finished" if consume else "handed back", job.name)
         return consume
+
+    def _not_started(self, job, migration_id: int, exc: Exception) -> bool:
+        """A job whose flow could not be started: handed back for a transient
+        reason, else its migration ends with the reason (never left mid-flight)."""
+        what = f"{type(exc).__name__}: {exc}"
+        if is_transient(exc):
+            LOG.warning("conductor %s: cannot start %s now (%s); handing it back", self._name, job.name, what)
+            time.sleep(HAND_BACK_DELAY_S)
+            return False
+        LOG.error("conductor %s: cannot run %s: %s", self._name, job.name, what)
+        try:
+            end_unrunnable(self._services, migration_id, f"conductor {self._name} cannot run its flow: {what}")
+        except Exception as err:  # noqa: BLE001 - then the job waits on the board for one that can
+            LOG.error("conductor %s: cannot end migration %s either (%s); handing %s back", self._name,
+                      migration_id, err, job.name)
+            time.sleep(HAND_BACK_DELAY_S)
+            return False
+        return True
+
+    def _note(self, migration_id: int, state: str, message: str) -> None:
+        try:
+            self._services.db.record_event(migration_id, "note", "conductor", state, message)
+        except Exception as exc:  # noqa: BLE001 - the log line says it anyway
+            LOG.warning("conductor %s: cannot note on migration %s: %s", self._name, migration_id, exc)
 
 
 def run_conductor(services: Services, name: str | None = None, once: bool = False,

@@ -18,10 +18,13 @@ from taskflow.listeners.base import Listener
 from taskflow.persistence import models as tf_models
 from taskflow.storage import Storage
 
+from livemig import fencing
 from livemig.errors import Conflict, LivemigError
 from livemig.flows import keys
 from livemig.flows.live_migration import FACTORY_NAME
-from livemig.persistence.inventory import add_event, get_migration, set_migration_status
+from livemig.persistence.inventory import (
+    add_event, get_migration, raise_claim_epoch, record_leftover, set_migration_status,
+)
 from livemig.services import Services, building_flows_with
 from livemig.states import AUDITED_ATOM_STATES, MigrationStatus
 
@@ -104,7 +107,29 @@ def _new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+def claim_migration(services: Services, migration_id: int) -> int:
+    """A new claim of the migration, by whoever is about to run it: returns its
+    fencing token (see livemig.fencing). An outcome is final: raises
+    MigrationEnded for a migration whose outcome is recorded (TaskFlow itself
+    would run a reverted flow again from the start)."""
+    with services.db.transaction() as conn:
+        return raise_claim_epoch(conn, migration_id)
+
+
+@contextlib.contextmanager
+def claimed(services: Services, migration_id: int) -> Iterator[int]:
+    """Claim the migration and run this thread's writes under the claim."""
+    epoch = claim_migration(services, migration_id)
+    with fencing.claimed(migration_id, epoch):
+        yield epoch
+
+
 def load_engine(services: Services, migration_id: int):
+    """The migration's engine, from its persisted flow. Only under a claim
+    (see `claimed`): the one check that no step of an ended migration runs."""
+    claim = fencing.current_claim()
+    if claim is None or claim.migration_id != migration_id:
+        raise LivemigError(f"migration {migration_id}: an engine is built only under a claim")
     with services.db.reading() as session:
         migration = get_migration(session, migration_id)
         book_id, flow_id = migration.logbook_id, migration.flow_id
@@ -186,13 +211,60 @@ def _flow_state(services: Services, migration) -> str | None:
         return None
 
 
+def end_unrunnable(services: Services, migration_id: int, reason: str) -> None:
+    """Ends, with `reason`, a claimed migration whose flow cannot be built or
+    run here, so that it is not left mid-flight (instance `migrating`, hosts
+    reserved) with nobody to revert it: the instance is recorded where the VM
+    runs, the hosts are released if the VM runs on exactly one of them, and
+    what cannot be told is kept for `livemig reconcile`."""
+    with services.db.reading() as session:
+        migration = get_migration(session, migration_id)
+        hosts, instance_uuid = [migration.source_host, migration.dest_host], migration.instance_uuid
+    running, unknown = [], []
+    for host in hosts:
+        try:
+            driver = services.drivers.for_uri(services.host_uri(host))
+            found = driver.find_domain(services.host_uri(host), instance_uuid)
+            if found is not None and found.migration_job_active:
+                driver.abort_migration(services.host_uri(host), instance_uuid)
+                found = driver.find_domain(services.host_uri(host), instance_uuid)
+        except LivemigError as exc:
+            unknown.append(f"{host} ({exc})")
+            continue
+        if found is not None and found.running:
+            running.append(host)
+    from livemig.persistence.models import Instance
+    from livemig.states import InstanceState
+
+    with services.db.session() as session:
+        instance = session.get(Instance, instance_uuid)
+        if len(running) == 1 and not unknown:
+            where = f"the VM runs on {running[0]}"
+            if instance is not None:
+                instance.host, instance.state = running[0], InstanceState.RUNNING.value
+        else:
+            where = (f"cannot tell where the VM runs: {', '.join(unknown)}" if unknown
+                     else f"the VM runs on {' and '.join(running) or 'no host'}")
+            if instance is not None:
+                instance.state = InstanceState.ERROR.value
+            record_leftover(session, "reservation", ",".join(hosts), f"kept: {where}", migration_id=migration_id)
+        # What its setup steps defined on the destination is not undone here.
+        record_leftover(session, "migration", str(migration_id), f"ended without its revert: {reason}",
+                        host=hosts[1], migration_id=migration_id)
+        status = (MigrationStatus.FAILED if running == [hosts[0]] and not unknown else MigrationStatus.ERROR)
+        set_migration_status(session, migration_id, status, f"{reason}; {where}")
+    if len(running) == 1 and not unknown:
+        services.reservations.release(migration_id, hosts)
+    LOG.error("migration %s ended %s: %s; %s", migration_id, status.value, reason, where)
+
+
 def run_migration(services: Services, migration_id: int) -> None:
-    with run_lock(services, migration_id):
+    with run_lock(services, migration_id), claimed(services, migration_id):
         run_engine(services, migration_id, load_engine(services, migration_id))
 
 
 def resume_migration(services: Services, migration_id: int) -> None:
-    with run_lock(services, migration_id):
+    with run_lock(services, migration_id), claimed(services, migration_id):
         engine = load_engine(services, migration_id)
         flow_state = engine.storage.get_flow_state()
         with services.db.session() as session:

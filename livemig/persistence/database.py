@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from livemig.errors import DatabaseUnavailable, InvalidInput, MigrationNotFound
+from livemig.fencing import Claim, current_claim, stale
 
 ALEMBIC_DIR = Path(__file__).with_name("alembic")
 # The newest revision in alembic/versions; a test checks they agree.
@@ -124,6 +125,40 @@ def describe_url(url: str) -> str:
         return "<malformed URL>"
 
 
+def _check_claim(conn: sa.Connection, claim: Claim) -> None:
+    """Raises Fenced unless `claim` is still its migration's current one. Run
+    in a transaction that has written: on a server the row lock orders it
+    against a new claim's epoch change; SQLite's writer holds the database."""
+    from livemig.persistence.models import Migration
+
+    migrations = Migration.__table__
+    epoch = conn.execute(sa.select(migrations.c.claim_epoch).where(migrations.c.id == claim.migration_id)
+                         .with_for_update()).scalar()
+    if epoch != claim.epoch:
+        raise stale(claim, epoch)
+
+
+def _note_session_write(session: Session, _flush_context) -> None:
+    session.info["wrote"] = True
+
+
+def _note_session_statement(state) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info["wrote"] = True
+
+
+def _fence_session_commit(session: Session) -> None:
+    """A session of a thread that runs a migration under a claim commits its
+    writes only while the claim is current (see livemig.fencing)."""
+    claim = current_claim()
+    if claim is None:
+        return
+    if session.new or session.dirty or session.deleted:
+        session.flush()  # commit flushes after this hook: the check must see every write
+    if session.info.pop("wrote", False):
+        _check_claim(session.connection(), claim)
+
+
 class Database:
     """Owns the engine and session factory; built once per process."""
 
@@ -131,6 +166,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        event.listen(self._sessions, "after_flush", _note_session_write)
+        event.listen(self._sessions, "do_orm_execute", _note_session_statement)
+        event.listen(self._sessions, "before_commit", _fence_session_commit)
         self._autocommit = without_transaction_blocks(self.engine)
         self._readers = sessionmaker(self._autocommit, expire_on_commit=False, autoflush=False)
         self._taskflow_backend = None
@@ -150,14 +188,41 @@ class Database:
 
     def transaction(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """A Core connection in a transaction: for a few statements that the
-        ORM would only slow down."""
-        return self._unreachable_reported(self.engine.begin())
+        ORM would only slow down. In a thread running a migration under a
+        claim, what it wrote is committed only while the claim is current
+        (see livemig.fencing)."""
+        return self._unreachable_reported(self._fenced_transaction())
 
     def autocommit(self) -> contextlib.AbstractContextManager[sa.Connection]:
         """A Core connection for statements that each stand alone: outside
         any transaction block on a server (no BEGIN and COMMIT round trips);
-        SQLite, which has no round trips, takes them in a transaction."""
+        SQLite, which has no round trips, takes them in a transaction. In a
+        thread running a migration under a claim, a transaction checked like
+        `transaction()`'s: a lone statement cannot carry that check."""
+        if current_claim() is not None:
+            return self.transaction()
         return self._unreachable_reported(self._autocommit.begin())
+
+    @contextlib.contextmanager
+    def _fenced_transaction(self) -> Iterator[sa.Connection]:
+        claim = current_claim()
+        with self.engine.begin() as conn:
+            if claim is None:
+                yield conn
+                return
+            wrote: list[bool] = []
+
+            def _note_write(_conn, clauseelement, *_args) -> None:
+                if getattr(clauseelement, "is_dml", False):
+                    wrote.append(True)
+
+            event.listen(conn, "before_execute", _note_write)
+            try:
+                yield conn
+            finally:
+                event.remove(conn, "before_execute", _note_write)
+            if wrote:
+                _check_claim(conn, claim)
 
     def reading(self) -> contextlib.AbstractContextManager[Session]:
         """A session that only reads: each statement sees what is committed
@@ -168,17 +233,18 @@ class Database:
         """One audit-trail event: a plain INSERT compiled once, outside a
         transaction block on a server (through an ORM session each cost
         several times the CPU)."""
-        from livemig.persistence.inventory import event_row, insert_events
+        from livemig.persistence.inventory import event_row, insert_fenced_event
 
-        with self.autocommit() as conn:
-            insert_events(conn, event_row(migration_id, kind, name, state, message))
+        with self._unreachable_reported(self._autocommit.begin()) as conn:
+            insert_fenced_event(conn, event_row(migration_id, kind, name, state, message))
 
     def set_migration_status(self, migration_id: int, status, reason: str | None = None, **fields: object) -> None:
         """inventory.change_migration_status on its own: one round trip
         outside a transaction block on PostgreSQL, one transaction on SQLite."""
         from livemig.persistence.inventory import change_migration_status
 
-        with self.autocommit() as conn:
+        # The change checks this thread's claim itself, in the same statement.
+        with self._unreachable_reported(self._autocommit.begin()) as conn:
             change_migration_status(conn, migration_id, status, reason, **fields)
 
     def set_job(self, migration_id: int, job_uuid: str) -> None:

@@ -9,7 +9,8 @@ import uuid as uuidlib
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from livemig.errors import HostNotFound, InstanceNotFound, InvalidInput, MigrationNotFound
+from livemig.errors import HostNotFound, InstanceNotFound, InvalidInput, MigrationEnded, MigrationNotFound
+from livemig.fencing import Claim, current_claim, epoch_matches, fence_params, stale
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState, MigrationStatus
 
@@ -101,6 +102,27 @@ def with_audit_event(update: sa.Update) -> sa.Insert:
 INSERT_EVENT = sa.insert(Event.__table__)
 
 
+@functools.cache
+def _fenced_event_insert() -> sa.Insert:
+    """One event, inserted only while the claim bound as fence_mid/fence_epoch is current."""
+    events = Event.__table__
+    columns = [column for column in events.columns if column.name != "id"]
+    row = sa.select(*(sa.bindparam(f"event_{column.name}", type_=column.type) for column in columns))
+    return (sa.insert(events).from_select([column.name for column in columns], row.where(epoch_matches()))
+            .execution_options(preserve_rowcount=True))
+
+
+def insert_fenced_event(conn: sa.Connection, event: dict) -> None:
+    """One event through `conn`; in a thread running its migration under a
+    claim, only while that claim is current (else Fenced, nothing written)."""
+    claim = _claim_of(event["migration_id"])
+    if claim is None:
+        insert_events(conn, event)
+        return
+    if conn.execute(_fenced_event_insert(), {**audit_event_params(event), **fence_params(claim)}).rowcount != 1:
+        raise stale(claim, None)
+
+
 def insert_events(conn: sa.Connection, events: dict | list[dict]) -> None:
     """One event, or several in one statement, through `conn`."""
     conn.execute(INSERT_EVENT, events)
@@ -136,13 +158,22 @@ def add_event(session: Session, migration_id: int, kind: str, name: str, state: 
 STATUS_CHANGE_FIELDS = frozenset({"progress", "downtime_ms"})
 
 
+def _claim_of(migration_id: int) -> Claim | None:
+    """This thread's claim, if it is on this migration (see livemig.fencing)."""
+    claim = current_claim()
+    return claim if claim is not None and claim.migration_id == migration_id else None
+
+
 def change_migration_status(conn: sa.Connection, migration_id: int, status: MigrationStatus,
                             reason: str | None = None, **fields: object) -> None:
     """Moves a migration to `status` (with `reason` as its error reason, and
     `fields` among STATUS_CHANGE_FIELDS), with a "status" event if it changed.
 
-    An outcome is final: a fenced-off controller waking up late must not move
-    a finished migration back to "running"; such a change is only noted.
+    An outcome is final: once a migration is completed, failed, cancelled or
+    in error, no change moves it (a late controller's change is only noted;
+    the same outcome again is nothing). A thread running the migration under
+    a claim (livemig.fencing) changes it only while that claim is current,
+    and raises Fenced otherwise, having written nothing.
 
     In Core statements, not the ORM: tasks change statuses several times per
     migration. On PostgreSQL the read, the update and the event are one
@@ -150,6 +181,7 @@ def change_migration_status(conn: sa.Connection, migration_id: int, status: Migr
     unknown = set(fields) - STATUS_CHANGE_FIELDS
     if unknown:
         raise ValueError(f"not a status-change field: {sorted(unknown)}")
+    claim = _claim_of(migration_id)
     now = utcnow()
     assigned = {"status": status.value, **{k: v for k, v in fields.items() if v is not None}}
     if reason is not None:
@@ -161,42 +193,58 @@ def change_migration_status(conn: sa.Connection, migration_id: int, status: Migr
               "ignored": f"ignored a late change to {status.value} from {controller}", **assigned}
     if conn.dialect.name == "postgresql":
         statement = _status_change_statement(tuple(sorted(assigned)), status is MigrationStatus.RUNNING,
-                                             status in FINISHED_MIGRATION_STATUSES)
-        if conn.execute(statement, params).scalar() is None:
+                                             claim is not None)
+        if claim is not None:
+            params.update(fence_params(claim))
+        old_status, old_epoch = conn.execute(statement, params).one()
+        if old_status is None:
             raise MigrationNotFound(f"migration {migration_id} does not exist")
+        if claim is not None and old_epoch != claim.epoch:
+            raise stale(claim, old_epoch)
         return
     table = Migration.__table__
-    old = conn.execute(sa.select(table.c.status).where(table.c.id == migration_id)).scalar()
+    old = conn.execute(sa.select(table.c.status, table.c.claim_epoch).where(table.c.id == migration_id)).first()
     if old is None:
         raise MigrationNotFound(f"migration {migration_id} does not exist")
-    if MigrationStatus(old) in FINISHED_MIGRATION_STATUSES and status not in FINISHED_MIGRATION_STATUSES:
-        insert_events(conn, event_row(migration_id, "note", "migration", old, params["ignored"]))
-        return
     values: dict[str, object] = dict(assigned)
     if status is MigrationStatus.RUNNING:
         values["started_at"] = sa.func.coalesce(table.c.started_at, now)
-    conn.execute(sa.update(table).where(table.c.id == migration_id).values(values))
-    if old != status.value:
-        insert_events(conn, event_row(migration_id, "status", "migration", status.value, reason or ""))
+    # The read above is outside any transaction (pysqlite begins one at the
+    # first write): the update re-checks both conditions itself.
+    update = sa.update(table).where(table.c.id == migration_id, unfinished(table.c.status))
+    if claim is not None:
+        update = update.where(table.c.claim_epoch == claim.epoch)
+    if conn.execute(update.values(values)).rowcount == 1:
+        if old.status != status.value:
+            insert_events(conn, event_row(migration_id, "status", "migration", status.value, reason or ""))
+        return
+    now_status, now_epoch = conn.execute(
+        sa.select(table.c.status, table.c.claim_epoch).where(table.c.id == migration_id)).one()
+    if claim is not None and now_epoch != claim.epoch:
+        raise stale(claim, now_epoch)
+    if now_status != status.value:
+        insert_events(conn, event_row(migration_id, "note", "migration", now_status, params["ignored"]))
 
 
 @functools.cache
-def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bool) -> sa.Executable:
-    """PostgreSQL: lock and read the row, update it unless the change is a
-    late one, and insert the status event or the "ignored" note, as one
-    statement; it returns the previous status (none: no such migration)."""
+def _status_change_statement(assigned: tuple[str, ...], running: bool, fenced: bool) -> sa.Executable:
+    """PostgreSQL: lock and read the row, update it unless its outcome is
+    already recorded (or, `fenced`, unless the claim epoch bound as
+    `fence_epoch` is no longer current), and insert the status event or the
+    "ignored" note, as one statement; it returns the previous status (none:
+    no such migration) and claim epoch."""
     migrations, events = Migration.__table__, Event.__table__
     mid = sa.bindparam("mid", type_=sa.Integer)
     at = sa.bindparam("at", type_=events.c.at.type)
     controller = sa.bindparam("controller", type_=sa.String)
-    old = (sa.select(migrations.c.id, migrations.c.status).where(migrations.c.id == mid)
+    old = (sa.select(migrations.c.id, migrations.c.status, migrations.c.claim_epoch).where(migrations.c.id == mid)
            .with_for_update().cte("old"))
     values = {column: sa.bindparam(column, type_=migrations.c[column].type) for column in assigned}
     if running:
         values["started_at"] = sa.func.coalesce(migrations.c.started_at, at)
-    update = sa.update(migrations).where(migrations.c.id == old.c.id).values(values)
-    if not final:
-        update = update.where(unfinished(old.c.status))
+    current = old.c.claim_epoch == sa.bindparam("fence_epoch", type_=sa.Integer) if fenced else sa.true()
+    update = (sa.update(migrations).where(migrations.c.id == old.c.id, unfinished(old.c.status), current)
+              .values(values))
     updated = update.returning(old.c.status.label("old_status")).cte("updated")
     new_status = sa.bindparam("status", type_=sa.String)
     status_event = sa.select(mid, sa.literal("status"), sa.literal("migration"), new_status,
@@ -204,10 +252,29 @@ def _status_change_statement(assigned: tuple[str, ...], running: bool, final: bo
                              ).where(updated.c.old_status != new_status)
     ignored_note = sa.select(mid, sa.literal("note"), sa.literal("migration"), old.c.status,
                              sa.bindparam("ignored", type_=sa.Text), controller, at
-                             ).where(~sa.exists(sa.select(updated.c.old_status)))
+                             ).where(~sa.exists(sa.select(updated.c.old_status)), old.c.status != new_status,
+                                     current)
     columns = ["migration_id", "kind", "name", "state", "message", "controller", "at"]
     inserted = sa.insert(events).from_select(columns, sa.union_all(status_event, ignored_note)).cte("inserted")
-    return sa.select(sa.select(old.c.status).scalar_subquery()).add_cte(updated, inserted)
+    return sa.select(sa.select(old.c.status).scalar_subquery(),
+                     sa.select(old.c.claim_epoch).scalar_subquery()).add_cte(updated, inserted)
+
+
+def raise_claim_epoch(conn: sa.Connection, migration_id: int) -> int:
+    """A new claim of the migration: raises its claim epoch and returns it
+    (the fencing token of the claimant), unless its outcome is recorded
+    (MigrationEnded: an outcome is final, nothing of it may run again)."""
+    table = Migration.__table__
+    epoch = conn.execute(sa.update(table).where(table.c.id == migration_id, unfinished(table.c.status))
+                         .values(claim_epoch=table.c.claim_epoch + 1).returning(table.c.claim_epoch)).scalar()
+    if epoch is None:
+        status = conn.execute(sa.select(table.c.status).where(table.c.id == migration_id)).scalar()
+        if status is None:
+            raise MigrationNotFound(f"migration {migration_id} does not exist")
+        raise MigrationEnded(f"migration {migration_id} already ended ({status}); an outcome is final, "
+                             f"so nothing of it runs again", migration_id=migration_id, status=status)
+    insert_events(conn, event_row(migration_id, "note", "claim", str(epoch), f"claimed with epoch {epoch}"))
+    return epoch
 
 
 def set_migration_status(session: Session, migration_id: int, status: MigrationStatus,

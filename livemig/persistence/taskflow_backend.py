@@ -21,6 +21,7 @@ from taskflow import exceptions as tf_exc  # noqa: E402
 from taskflow.persistence import models as tf_models  # noqa: E402
 from taskflow.persistence.backends import impl_sqlalchemy  # noqa: E402
 
+from livemig.fencing import Claim, current_claim, epoch_matches, fence_params, stale  # noqa: E402
 from livemig.persistence.inventory import (  # noqa: E402
     event_row, insert_events, update_with_audit_event, with_audit_event,
 )
@@ -60,6 +61,10 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         # The SET clause comes from the parameters' keys (the detail's fields).
         self._update_atom = atoms.update().where(atoms.c.uuid == sa.bindparam("match_uuid"))
         self._update_flow = flows.update().where(flows.c.uuid == sa.bindparam("match_uuid"))
+        # Written by a thread that runs its migration under a claim: only
+        # while that claim is current (see livemig.fencing), in the statement.
+        self._update_atom_fenced = self._update_atom.where(epoch_matches())
+        self._update_flow_fenced = self._update_flow.where(epoch_matches())
         self._insert_atom = atoms.insert()
         self._atom_states = sa.select(atoms.c.uuid, atoms.c.state).where(atoms.c.parent_uuid == sa.bindparam("flow"))
         # On PostgreSQL an atom's state and its audit event go out as one
@@ -68,7 +73,7 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         # the writes that are most of a migration's database work. SQLite
         # takes the two statements in a transaction.
         self._single_statement = self._engine.dialect.name == "postgresql"
-        self._updates_with_event: dict[tuple[str, ...], sa.Insert] = {}
+        self._updates_with_event: dict[tuple[tuple[str, ...], bool], sa.Insert] = {}
         self._autocommit = without_transaction_blocks(self._engine)
         self._written: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
@@ -140,28 +145,50 @@ class LivemigConnection(impl_sqlalchemy.Connection):
         values["match_uuid"] = values.pop("uuid")
         return values
 
-    def _update_atom_with_event(self, values: dict) -> sa.Insert:
+    def _update_atom_with_event(self, values: dict, fenced: bool) -> sa.Insert:
         """The atom's update and its event as one statement, for these
         columns: inside a WITH, the SET clause must name its columns."""
         columns = tuple(sorted(column for column in values if column != "match_uuid"))
-        statement = self._updates_with_event.get(columns)
+        statement = self._updates_with_event.get((columns, fenced))
         if statement is None:
             atoms = self._tables.atomdetails
             update = (atoms.update().where(atoms.c.uuid == sa.bindparam("match_uuid"))
                       .values({column: sa.bindparam(column) for column in columns}))
-            statement = self._updates_with_event[columns] = with_audit_event(update)
+            if fenced:
+                update = update.where(epoch_matches())
+            statement = self._updates_with_event[(columns, fenced)] = with_audit_event(update)
         return statement
+
+    def _superseded(self, claim: Claim | None) -> int | None | bool:
+        """False if this thread has no claim or its claim is current; else the epoch found."""
+        if claim is None:
+            return False
+        from livemig.persistence.models import Migration
+
+        migrations = Migration.__table__
+        with self._engine.connect() as conn:
+            epoch = conn.execute(sa.select(migrations.c.claim_epoch)
+                                 .where(migrations.c.id == claim.migration_id)).scalar()
+        return False if epoch == claim.epoch else epoch
 
     def update_atom_details(self, atom_detail):
         values = self._atom_values(atom_detail)
         if self._same_but_progress(values):
             return atom_detail
         event = self._atom_event(atom_detail, self._last_state(atom_detail.uuid))
-        combined = self._update_atom_with_event(values) if event is not None and self._single_statement else None
+        claim = current_claim()
+        combined = (self._update_atom_with_event(values, claim is not None)
+                    if event is not None and self._single_statement else None)
+        update, params = self._update_atom, values
+        if claim is not None:
+            update, params = self._update_atom_fenced, {**values, **fence_params(claim)}
         try:
             with self._autocommit.begin() as conn:
-                updated = update_with_audit_event(conn, self._update_atom, values, event, combined)
+                updated = update_with_audit_event(conn, update, params, event, combined)
             if updated != 1:
+                superseded = self._superseded(claim)
+                if superseded is not False:
+                    raise stale(claim, superseded)
                 raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure,
@@ -202,9 +229,17 @@ class LivemigConnection(impl_sqlalchemy.Connection):
             values = self._atom_values(atom_detail)
             if not self._same_but_progress(values):
                 changed.append((atom_detail, values, self._last_state(atom_detail.uuid)))
+        claim = current_claim()
+        update_flow, flow_params = self._update_flow, flow_values
+        if claim is not None:
+            update_flow, flow_params = self._update_flow_fenced, {**flow_values, **fence_params(claim)}
         try:
             with self._engine.begin() as conn:
-                if conn.execute(self._update_flow, flow_values).rowcount != 1:
+                # First: a stale claim's transaction stops here, having written nothing.
+                if conn.execute(update_flow, flow_params).rowcount != 1:
+                    superseded = self._superseded(claim)
+                    if superseded is not False:
+                        raise stale(claim, superseded)
                     raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
                 known = {}
                 if any(previous is None for _ad, _v, previous in changed):

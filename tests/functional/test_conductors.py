@@ -112,15 +112,23 @@ def test_conductor_killed_in_each_step_another_finishes(tmp_path, zk_settings, c
     assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
     assert cloud.driver.call_count(cloud.uri("b"), "copy_secret") == 1
     assert cloud.driver.call_count(cloud.uri("b"), "define_filter") == 1
-    # (Killed after the last step, the outcome was already recorded: the
-    # rescuer still re-runs that step, and TaskFlow's record then ends.)
+    # Killed after the last step, the outcome was already recorded: an
+    # outcome is final, and the rescuer discards the job, running nothing.
+    ended = (step, when) == ("mark-migration-completed", "after")
+    expected = EXPECTED_STEPS[:-1] if ended else EXPECTED_STEPS
     deadline = time.monotonic() + 30
-    while [e.name for e in step_events(zk_settings, view.id, "SUCCESS")] != EXPECTED_STEPS:
+    while [e.name for e in step_events(zk_settings, view.id, "SUCCESS")] != expected:
         assert time.monotonic() < deadline, [e.name for e in step_events(zk_settings, view.id, "SUCCESS")]
         time.sleep(0.1)
     # The rescuer (another process) ran the rest.
     controllers = {e.controller for e in step_events(zk_settings, view.id)}
-    assert len(controllers) == 2
+    assert len(controllers) == (1 if ended else 2)
+    if ended:
+        deadline = time.monotonic() + 30
+        while not [e for e in livemig.show_migration(view.id, settings=zk_settings).events
+                   if e.kind == "note" and e.state == "discarded"]:
+            assert time.monotonic() < deadline, "the rescuer never discarded the job"
+            time.sleep(0.1)
     assert holders(zk_settings, "a") == [] and holders(zk_settings, "b") == []
 
 
@@ -144,6 +152,144 @@ def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conduc
     assert livemig.show_migration(view.id, settings=zk_settings).status == "completed"
     assert cloud.running_on() == ["b"]
     assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+
+
+def _flow_rows(settings, migration_id):
+    """TaskFlow's own rows of the migration's flow: the flow and each atom."""
+    db = database_for(settings.database_url)
+    with db.session() as s:
+        flow_id = s.get(Migration, migration_id).flow_id
+    with db.engine.connect() as conn:
+        flow = conn.execute(sa.text("SELECT state, meta FROM flowdetails WHERE uuid = :u"), {"u": flow_id}).one()
+        atoms = conn.execute(sa.text("SELECT name, state, intention, results, failure, revert_results, "
+                                     "revert_failure, version FROM atomdetails WHERE parent_uuid = :u "
+                                     "ORDER BY name"), {"u": flow_id}).all()
+    return tuple(flow), [tuple(a) for a in atoms]
+
+
+def _migration_row(settings, migration_id):
+    with database_for(settings.database_url).session() as s:
+        m = s.get(Migration, migration_id)
+        return (m.status, m.progress, m.error_reason, m.claim_epoch, m.memory_processed, m.finished_at)
+
+
+def test_frozen_conductor_changes_nothing_after_it_wakes(tmp_path, zk_settings, conductors):
+    """SIGSTOP a conductor mid-migration past its session timeout; another
+    takes over (a newer claim epoch) and finishes; SIGCONT: the stale one
+    writes nothing, not its flow's row nor an atom's, not an event."""
+    cloud = FakeCloud.build(tmp_path, zk_settings, migration_seconds=6.0)
+    frozen = conductors.start("frozen")
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    wait_running(zk_settings, view.id)
+    time.sleep(0.5)  # into the hypervisor job
+    frozen.send_signal(signal.SIGSTOP)
+    conductors.start("rescuer")
+    (done,) = wait_finished(zk_settings, [view.id])
+    assert done.status == "completed", done.error_reason
+    deadline = time.monotonic() + 30
+    while _flow_rows(zk_settings, view.id)[0][0] != "SUCCESS":
+        assert time.monotonic() < deadline, "the rescuer's flow never ended"
+        time.sleep(0.1)
+    flow_before = _flow_rows(zk_settings, view.id)
+    row_before = _migration_row(zk_settings, view.id)
+    assert row_before[3] == 2  # the frozen conductor's claim, then the rescuer's
+    with database_for(zk_settings.database_url).session() as s:
+        last_event = s.scalar(sa.select(sa.func.max(Event.id)))
+    frozen.send_signal(signal.SIGCONT)
+    time.sleep(8.0)  # its hypervisor job's remaining seconds, its step's end, and more
+    assert _flow_rows(zk_settings, view.id) == flow_before
+    assert _migration_row(zk_settings, view.id) == row_before
+    with database_for(zk_settings.database_url).session() as s:
+        later = list(s.scalars(sa.select(Event).where(Event.id > last_event)))
+    assert later == [], [(e.kind, e.name, e.state, e.controller) for e in later]
+    assert cloud.running_on() == ["b"] and cloud.instance().host == "b"
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+    assert holders(zk_settings, "a") == [] and holders(zk_settings, "b") == []
+
+
+def test_reposted_job_of_a_failed_migration_runs_no_step(tmp_path, zk_settings, conductors):
+    """A re-posted logbook of a migration recorded failed used to run again
+    from the start (TaskFlow resets a REVERTED flow) and end completed."""
+    from livemig.jobs import post_migration_job
+
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died")
+    conductors.start("c1")
+    with pytest.raises(livemig.MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=zk_settings)
+    migration_id = info.value.migration_id
+    steps = len(step_events(zk_settings, migration_id))
+    services = services_for(zk_settings)
+    job_id = post_migration_job(services, migration_id)
+    from livemig.jobs import job_on_board
+    deadline = time.monotonic() + 20
+    while job_on_board(services, job_id):
+        assert time.monotonic() < deadline, "the re-posted job was never taken off the board"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert cloud.migration(migration_id).status == "failed"
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+    assert cloud.running_on() == ["a"] and cloud.instance().host == "a"
+    assert len(step_events(zk_settings, migration_id)) == steps
+    notes = [e.message for e in livemig.show_migration(migration_id, settings=zk_settings).events
+             if e.kind == "note" and e.state == "discarded"]
+    assert len(notes) == 1 and "already ended (failed)" in notes[0]
+    with pytest.raises(livemig.errors.Conflict, match="already ended"):
+        livemig.resume(CTX, migration_id, settings=zk_settings)
+
+
+def test_engine_build_blip_hands_the_job_back(tmp_path, zk_settings, conductors):
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    conductors.start("blippy", env={"LIVEMIG_TEST_FACTORY_FAULT": "transient:2"})
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    (done,) = wait_finished(zk_settings, [view.id], timeout=60)
+    assert done.status == "completed", done.error_reason
+    assert cloud.running_on() == ["b"] and cloud.instance().host == "b"
+    log = open(os.path.join(zk_settings.data_dir, "blippy.log")).read()
+    assert log.count("handing it back") == 2, log
+
+
+def test_unbuildable_job_ends_its_migration_with_the_reason(tmp_path, zk_settings, conductors):
+    """A conductor that cannot rebuild a mid-flight migration's flow (here its
+    factory refuses the job's arguments) ends it instead of trashing the job
+    and leaving the instance `migrating` and its hosts reserved."""
+    cloud = FakeCloud.build(tmp_path, zk_settings)
+    victim = conductors.start("victim", "mark-instance-migrating", "after")
+    view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    assert cloud.instance().state == "migrating" and holders(zk_settings, "a") == [view.id]
+    conductors.start("strict", env={"LIVEMIG_TEST_FACTORY_FAULT": "permanent"})
+    (done,) = wait_finished(zk_settings, [view.id], timeout=60)
+    assert done.status == "failed"
+    assert "cannot run its flow" in done.error_reason and "injected_by_test" in done.error_reason
+    assert "the VM runs on a" in done.error_reason
+    assert cloud.running_on() == ["a"]
+    assert cloud.instance().host == "a" and cloud.instance().state == "running"
+    assert holders(zk_settings, "a") == [] and holders(zk_settings, "b") == []
+    from livemig.jobs import job_on_board
+    deadline = time.monotonic() + 10
+    while job_on_board(services_for(zk_settings), cloud.migration(view.id).job_id):
+        assert time.monotonic() < deadline, "the job stayed on the board"
+        time.sleep(0.1)
+
+
+def test_migrate_gives_up_on_a_job_no_conductor_claims(tmp_path, zk_settings):
+    settings = zk_settings.replace(unclaimed_job_timeout_s=1.5)
+    cloud = FakeCloud.build(tmp_path, settings)
+    started = time.monotonic()
+    with pytest.raises(livemig.errors.QueueTimeout) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=settings)
+    assert 1.5 <= time.monotonic() - started < 10
+    migration_id = cloud.last_migration().id
+    assert str(info.value).startswith(f"no conductor has claimed migration {migration_id} in 1.5 s; "
+                                      f"is one running?")
+    assert "stays queued" in str(info.value)
+    # It stays queued, on the board, for a conductor to come.
+    assert cloud.migration(migration_id).status == "queued"
+    from livemig.jobs import job_on_board
+    assert job_on_board(services_for(settings), cloud.migration(migration_id).job_id)
+    assert cloud.running_on() == ["a"]
+    livemig.close()
 
 
 def test_twenty_migrations_four_hosts_two_conductors_never_overlap(tmp_path, zk_settings, conductors):

@@ -72,10 +72,13 @@ def test_migration_completes_and_fails_cleanly_on_each_database(tmp_path, db_set
     statuses = [m.status for m in livemig.list_migrations(settings=db_settings)]
     assert statuses == ["failed", "completed"]
     # The persisted flow of the failed one is REVERTED in TaskFlow's tables.
-    from livemig.runner import load_engine
     from livemig.services import services_for
-    engine = load_engine(services_for(db_settings), statuses and livemig.list_migrations(settings=db_settings)[0].id)
-    assert engine.storage.get_flow_state() == "REVERTED"
+    failed = livemig.list_migrations(settings=db_settings)[0]
+    with services_for(db_settings).db.reading() as session:
+        from livemig.persistence.models import Migration
+        row = session.get(Migration, failed.id)
+    book = services_for(db_settings).db.taskflow_backend().get_connection().get_logbook(row.logbook_id)
+    assert book.find(row.flow_id).state == "REVERTED"
 
 
 def test_a_migration_is_recorded_with_its_flow_or_not_at_all(tmp_path, db_settings, monkeypatch):
@@ -322,3 +325,76 @@ def test_a_posted_job_is_named_with_a_note_and_only_for_a_migration_that_exists(
             sa.select(Event).where(Event.name == "jobboard"))]
     assert job_id == "job-1"
     assert notes == [(migration_id, "posted", "job job-1")]  # none for the migration that does not exist
+
+
+def test_a_stale_claim_changes_nothing(tmp_path, db_settings):
+    """Every write of a migration's rows and flow state under a claim that a
+    newer one superseded raises Fenced and changes nothing."""
+    from livemig import fencing
+    from livemig.persistence.models import Event, Instance, Migration
+    from livemig.runner import claim_migration, load_engine
+    from livemig.services import services_for
+    from livemig.states import MigrationStatus
+
+    cloud = FakeCloud.build(tmp_path, db_settings)
+    view = livemig.create_migration(CTX, "vm1", "a", "b", settings=db_settings)
+    services = services_for(db_settings)
+    db = services.db
+    stale_epoch = claim_migration(services, view.id)
+    current_epoch = claim_migration(services, view.id)
+    assert current_epoch == stale_epoch + 1
+    with fencing.claimed(view.id, current_epoch):
+        engine = load_engine(services, view.id)
+        engine.compile()
+        engine.prepare()  # writes the flow's atoms under the current claim
+
+    def world():
+        with db.reading() as session:
+            migration = session.get(Migration, view.id)
+            events = session.scalar(sa.select(sa.func.count()).select_from(Event))
+            instance = session.get(Instance, cloud.vm)
+            row = (migration.status, migration.progress, events, instance.state)
+        conn = db.taskflow_backend().get_connection()
+        flow = conn.get_logbook(migration.logbook_id).find(migration.flow_id)
+        return row, flow.state, sorted((a.name, a.state) for a in flow)
+
+    before = world()
+    instances = Instance.__table__
+    with fencing.claimed(view.id, stale_epoch):
+        with pytest.raises(fencing.Fenced):
+            db.set_migration_status(view.id, MigrationStatus.PREPARING)
+        with pytest.raises(fencing.Fenced):
+            db.record_event(view.id, "note", "stale", "", "from a stale claim")
+        with pytest.raises(fencing.Fenced):
+            engine.storage.set_flow_state("SUSPENDED")
+        with pytest.raises(fencing.Fenced):
+            engine.storage.set_atom_state("reserve-hosts", "RUNNING")
+        with pytest.raises(fencing.Fenced):
+            with db.session() as session:
+                session.get(Migration, view.id).progress = 0.5
+        with pytest.raises(fencing.Fenced):
+            with db.autocommit() as conn:
+                conn.execute(sa.update(instances).where(instances.c.uuid == cloud.vm).values(state="error"))
+        with pytest.raises(fencing.Fenced):
+            fencing.ensure_current_claim(db, view.id)
+    assert world() == before
+    with fencing.claimed(view.id, current_epoch):
+        fencing.ensure_current_claim(db, view.id)
+        db.set_migration_status(view.id, MigrationStatus.PREPARING)
+    assert world()[0][0] == "preparing"
+
+
+def test_a_recorded_outcome_is_never_changed_on_either_database(tmp_path, db_settings):
+    from livemig.services import services_for
+    from livemig.states import MigrationStatus
+
+    FakeCloud.build(tmp_path, db_settings)
+    view = livemig.create_migration(CTX, "vm1", "a", "b", settings=db_settings)
+    db = services_for(db_settings).db
+    db.set_migration_status(view.id, MigrationStatus.COMPLETED)
+    db.set_migration_status(view.id, MigrationStatus.FAILED, "late")
+    db.set_migration_status(view.id, MigrationStatus.RUNNING)
+    shown = livemig.show_migration(view.id, settings=db_settings)
+    assert (shown.status, shown.error_reason) == ("completed", None)
+    notes = [e.message for e in shown.events if e.kind == "note" and e.name == "migration"]
+    assert len(notes) == 2 and all("ignored a late change" in n for n in notes)

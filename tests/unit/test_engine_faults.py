@@ -44,15 +44,27 @@ CASES = [(step, when) for step in EXPECTED_STEPS[1:] for when in ("before", "aft
 @pytest.mark.parametrize("step,when", CASES, ids=[f"{s}-{w}" for s, w in CASES])
 def test_fault_at_every_step_leaves_a_consistent_world(cloud, monkeypatch, step, when):
     _inject(monkeypatch, step, when)
-    with pytest.raises(MigrationFailed):
+    # A fault after the completion was recorded changes nothing: the VM moved,
+    # the inventory says so, and an outcome is final.
+    completed = (step, when) == ("mark-migration-completed", "after")
+    if completed:
         livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    else:
+        with pytest.raises(MigrationFailed):
+            livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
     migration = cloud.migration(cloud.last_migration().id)
     moved = EXPECTED_STEPS.index(step) > MOVED_AFTER or (step == "migrate-domain" and when == "after")
     where = "b" if moved else "a"
     # The VM runs on exactly one host, and the inventory says which.
     assert cloud.running_on() == [where]
-    assert migration.status == "failed", migration.error_reason
-    assert f"injected {when} {step}" in migration.error_reason
+    if completed:
+        assert migration.status == "completed" and migration.error_reason is None
+        notes = [e.message for e in livemig.show_migration(migration.id, settings=cloud.settings).events
+                 if e.kind == "note" and e.name == "migration"]
+        assert any("ignored a late change to failed" in n for n in notes), notes
+    else:
+        assert migration.status == "failed", migration.error_reason
+        assert f"injected {when} {step}" in migration.error_reason
     assert cloud.instance().host == where and cloud.instance().state == "running"
     assert cloud.reservations() == []
     if not moved:
@@ -151,3 +163,46 @@ def test_failed_step_is_in_the_trail_with_its_error(cloud, monkeypatch):
     reverted = [name for name, state in trail if state == "REVERTED" and name in done]
     assert reverted == list(reversed(done))
     assert [e.state for e in events if e.kind == "flow"] == ["RUNNING", "REVERTED"]
+
+
+def test_a_failed_migration_never_runs_again(cloud):
+    """TaskFlow resets a REVERTED flow to PENDING when it is loaded again: run
+    again (a re-posted job, a second run or resume), a migration recorded
+    failed used to end completed, with a second hypervisor migration."""
+    from livemig.errors import MigrationEnded
+    from livemig.runner import resume_migration, run_migration
+    from livemig.services import services_for
+
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "dest-died")
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    migration_id = info.value.migration_id
+    assert cloud.migration(migration_id).status == "failed"
+    steps_before = len([e for e in livemig.show_migration(migration_id, settings=cloud.settings).events
+                        if e.kind == "step"])
+    services = services_for(cloud.settings)
+    for again in (run_migration, resume_migration):
+        with pytest.raises(MigrationEnded, match=rf"migration {migration_id} already ended \(failed\)"):
+            again(services, migration_id)
+    with pytest.raises(MigrationEnded, match="already ended"):
+        livemig.resume(CTX, migration_id, settings=cloud.settings)
+    # No step ran: the outcome, the world and the trail are as the failure left them.
+    assert cloud.migration(migration_id).status == "failed"
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
+    assert cloud.running_on() == ["a"] and cloud.instance().host == "a"
+    assert len([e for e in livemig.show_migration(migration_id, settings=cloud.settings).events
+                if e.kind == "step"]) == steps_before
+
+
+@pytest.mark.parametrize("first,then", [("completed", "failed"), ("failed", "completed"), ("cancelled", "error"),
+                                        ("failed", "running")])
+def test_a_recorded_outcome_is_never_changed(cloud, first, then):
+    from livemig.services import services_for
+    from livemig.states import MigrationStatus
+
+    view = livemig.create_migration(CTX, "vm1", "a", "b", settings=cloud.settings)
+    db = services_for(cloud.settings).db
+    db.set_migration_status(view.id, MigrationStatus(first), "first")
+    db.set_migration_status(view.id, MigrationStatus(then), "late")
+    migration = cloud.migration(view.id)
+    assert (migration.status, migration.error_reason) == (first, "first")
