@@ -386,6 +386,13 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
     if inst is None:
         if where:
             host = (running or sorted(where))[0]
+            noted = [lo.id for lo in snapshot.leftovers if lo.kind == "domain" and lo.name == uuid]
+            if noted:
+                leftover_done.update(noted)
+                found.append(Finding("vm-not-in-inventory", f"{subject} on {host}",
+                                     f"a VM on {host} that the inventory does not know (leftover {noted[0]})",
+                                     f"nothing more: `livemig host sync {host}` adds it", False))
+                return found
             found.append(Finding("vm-not-in-inventory", f"{subject} on {host}",
                                  f"a VM on {host} that the inventory does not know",
                                  f"record it as a leftover (then `livemig host sync {host}` adds it)", True, RECORD,
@@ -411,6 +418,10 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                                  f"record it {InstanceState.ERROR.value}", False, SET_INSTANCE,
                                  {"uuid": uuid, "host": None, "state": InstanceState.ERROR.value}))
         return found
+    if (everywhere and not where and inst.host is not None
+            and inst.state not in (InstanceState.DELETED.value, InstanceState.STOPPED.value)):
+        found.append(Finding("vm-missing", subject, f"recorded {inst.state} on {inst.host}, but no host runs it",
+                             "nothing: an operator decides (`livemig host sync` records it deleted)", False))
     if home is not None and home != inst.host and everywhere:
         recorded = f"on {inst.host}" if inst.host else f"{inst.state}, on no host"
         found.append(Finding("vm-on-unexpected-host", subject,

@@ -216,3 +216,16 @@ def test_cli_json_output_and_exit_codes(cloud):
     assert cloud.instance().state == "running"
     proc = _cli(cloud.settings, "--grace", "-1")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_a_vm_missing_everywhere_and_an_unknown_vm_are_reported_not_guessed(cloud):
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    stranger = cloud.driver.create_domain(cloud.uri("c"), "stranger")
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["vm-missing", "vm-not-in-inventory"]
+    assert cloud.instance().host == "a"  # not guessed away
+    with database_for(cloud.settings.database_url).session() as s:
+        assert [(lo.kind, lo.host, lo.name) for lo in s.scalars(sa.select(Leftover))] == [("domain", "c", stranger)]
+    # Seen again: one finding, no repair left to make.
+    again = reconcile(cloud, apply=True)
+    assert kinds(again) == ["vm-missing", "vm-not-in-inventory"] and all(f.action == "none" for f in again.findings)
