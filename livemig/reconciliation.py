@@ -344,7 +344,7 @@ def _migration_findings(snapshot: Snapshot, everywhere: bool) -> list[Finding]:
             continue
         where = _where(snapshot, m.instance_uuid)
         running = [h for h, s in where.items() if s is DomainState.RUNNING]
-        disagreement = f"unfinished, nobody runs it, and its flow cannot be resumed (missing or ended)"
+        disagreement = "unfinished, nobody runs it, and its flow cannot be resumed (missing or ended)"
         if everywhere and len(where) == 1:
             host = next(iter(where))
             found.append(Finding("unfinished-migration-not-resumable", subject, disagreement,

@@ -229,3 +229,21 @@ def test_a_vm_missing_everywhere_and_an_unknown_vm_are_reported_not_guessed(clou
     # Seen again: one finding, no repair left to make.
     again = reconcile(cloud, apply=True)
     assert kinds(again) == ["vm-missing", "vm-not-in-inventory"] and all(f.action == "none" for f in again.findings)
+
+
+def test_unfinished_migration_whose_flow_is_gone_is_ended_by_an_operator_only(cloud):
+    from livemig.persistence.models import Migration
+
+    mid = livemig.create_migration(CTX, "vm1", "a", "b", settings=cloud.settings).id
+    with database_for(cloud.settings.database_url).session() as s:
+        s.get(Migration, mid).logbook_id = None
+    services = services_for(cloud.settings)
+    from livemig import reconciliation
+
+    report = reconciliation.reconcile(services, apply=True, only_safe=True, grace_s=0)  # a conductor's part
+    assert kinds(report) == ["unfinished-migration-not-resumable"]
+    assert report.findings[0].outcome.startswith("skipped") and cloud.migration(mid).status == "queued"
+    report = reconcile(cloud, apply=True)
+    assert report.remaining == []
+    assert cloud.migration(mid).status == "error" and "ended by reconcile" in cloud.migration(mid).error_reason
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "running") and cloud.running_on() == ["a"]
