@@ -21,7 +21,7 @@ lazy.defer("taskflow.utils.schema_utils", "oslo_utils.netutils", "oslo_serializa
 
 _EXPORTS = {
     "livemig.api": ("abort", "add_host", "close", "create_migration", "host_resources", "list_hosts",
-                    "list_instances", "list_migrations", "migrate", "resume", "set_host_enabled", "show_migration",
+                    "list_instances", "list_migrations", "migrate", "reconcile", "resume", "set_host_enabled", "show_migration",
                     "sync_hosts"),
     "livemig.config": ("Settings", "load_settings"),
     "livemig.context": ("RequestContext", "admin_context"),
@@ -34,7 +34,7 @@ __all__ = list(_MODULE_OF)
 if TYPE_CHECKING:
     from livemig.api import (
         abort, add_host, close, create_migration, host_resources, list_hosts, list_instances, list_migrations, migrate,
-        resume, set_host_enabled, show_migration, sync_hosts,
+        reconcile, resume, set_host_enabled, show_migration, sync_hosts,
     )
     from livemig.config import Settings, load_settings
     from livemig.context import RequestContext, admin_context

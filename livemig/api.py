@@ -450,3 +450,23 @@ def close() -> None:
     goes away; a later call opens them again."""
     close_services()
     close_databases()
+
+
+# -- reconcile ---------------------------------------------------------------------------------------
+
+def reconcile(context: RequestContext, apply: bool = False, *, grace_s: float | None = None,
+              settings: Settings | None = None):
+    """Compare the inventory, unfinished migrations, jobs, reservations and
+    leftovers with what each host runs; returns a reconciliation.Report of
+    findings. Changes nothing unless `apply` (admin only), which runs each
+    finding's repair after re-checking the real state (see
+    livemig.reconciliation for the rules)."""
+    from livemig import reconciliation
+
+    if apply:
+        context.require_admin("reconciling (--apply)")
+    if grace_s is not None and grace_s < 0:
+        raise InvalidInput("the grace period must be 0 or more seconds")
+    services = _services(settings)
+    return reconciliation.reconcile(services, apply=apply,
+                                    grace_s=reconciliation.DEFAULT_GRACE_S if grace_s is None else grace_s)

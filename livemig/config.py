@@ -184,6 +184,7 @@ SPECS: dict[str, Spec] = {
     "completion_timeout_min_s": Spec(float, 0.1, 7 * DAY_S),
     "shared_storage": Spec(bool),
     "queue_timeout_s": Spec(float, 0.0, 7 * DAY_S),
+    "unclaimed_job_timeout_s": Spec(float, 0.1, 7 * DAY_S),
     "conductor_max_migrations": Spec(int, 1, 1024),
     "poll_interval_s": Spec(float, 0.01, 60.0),
     "data_dir": Spec(str, check=_absolute_path_or_empty),

@@ -291,6 +291,7 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     client = start_client(services.settings)
     sessions = SessionTracker(client)
     board = open_board(services, client=client)
+    _reconcile_safe_part(services, name)
     # The wait between looks at the board when nothing was claimed, which is
     # also how soon a finished migration's slot is refilled.
     conductor = MigrationConductor(name, UnclaimedJobs(board), services, sessions, wait_timeout=0.1,
@@ -315,6 +316,21 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
             client.stop()
             client.close()
         LOG.info("conductor %s: stopped", name)
+
+
+def _reconcile_safe_part(services: Services, name: str) -> None:
+    """A starting conductor repairs what is safe to repair unattended
+    (livemig.reconciliation: releases, inventory fixes, re-posting flows
+    nobody runs); a failure here must not keep it from running jobs."""
+    from livemig.reconciliation import repair_safely
+
+    try:
+        report = repair_safely(services)
+    except Exception as exc:  # noqa: BLE001 - logged; the conductor still starts
+        LOG.warning("conductor %s: reconcile at start failed: %s", name, exc)
+        return
+    LOG.info("conductor %s: reconcile at start: %d finding(s), %d repaired, %d left for an operator", name,
+             len(report.findings), len(report.findings) - len(report.remaining), len(report.remaining))
 
 
 def job_on_board(services: Services, job_id: str | None) -> bool:

@@ -13,6 +13,7 @@ from livemig.cli.credential import credential
 from livemig.cli.host import host
 from livemig.cli.instance import instance
 from livemig.cli.migration import migrate, migration
+from livemig.cli.reconcile import reconcile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +49,7 @@ cli.add_command(migrate)
 cli.add_command(migration)
 cli.add_command(host)
 cli.add_command(instance)
+cli.add_command(reconcile)
 
 
 cli.add_command(credential)

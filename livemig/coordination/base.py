@@ -16,6 +16,16 @@ class HostLimit:
     limit: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Holding:
+    """One reservation as the service keeps it. `host` None: ZooKeeper's
+    reservation of the instance itself, found without any host's."""
+
+    migration_id: int
+    instance_uuid: str
+    host: str | None
+
+
 class ReservationService(abc.ABC):
     @abc.abstractmethod
     def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
@@ -38,6 +48,16 @@ class ReservationService(abc.ABC):
     @abc.abstractmethod
     def holders(self, host: str) -> list[int]:
         """The migrations holding this host."""
+
+    @abc.abstractmethod
+    def holdings(self) -> list[Holding]:
+        """Every reservation held, on every host (for `livemig reconcile`)."""
+
+    def release_migration(self, migration_id: int) -> None:
+        """Drop every reservation this migration holds, wherever it is (for
+        reconcile, which knows the migration but not which hosts it holds)."""
+        held = [h for h in self.holdings() if h.migration_id == migration_id]
+        self.release(migration_id, sorted({h.host for h in held if h.host is not None}))
 
     def close(self) -> None:
         pass

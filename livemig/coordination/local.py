@@ -10,7 +10,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from livemig.coordination.base import HostLimit, ReservationService
+from livemig.coordination.base import Holding, HostLimit, ReservationService
 from livemig.persistence.database import Database
 from livemig.persistence.models import Reservation
 
@@ -58,3 +58,12 @@ class LocalReservations(ReservationService):
     def holders(self, host: str) -> list[int]:
         with self._db.session() as session:
             return list(session.scalars(sa.select(Reservation.migration_id).where(Reservation.host == host)))
+
+    def holdings(self) -> list[Holding]:
+        with self._db.reading() as session:
+            return [Holding(r.migration_id, r.instance_uuid, r.host) for r in session.scalars(
+                sa.select(Reservation).order_by(Reservation.migration_id, Reservation.host))]
+
+    def release_migration(self, migration_id: int) -> None:
+        with self._locked(), self._db.session() as session:
+            session.execute(sa.delete(Reservation).where(Reservation.migration_id == migration_id))

@@ -23,7 +23,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import make_digest_acl
 
 from livemig.config import Settings
-from livemig.coordination.base import HostLimit, ReservationService
+from livemig.coordination.base import Holding, HostLimit, ReservationService
 from livemig.errors import CoordinationUnavailable, InvalidInput
 
 LOG = logging.getLogger("livemig.coordination")
@@ -233,6 +233,49 @@ class ZookeeperReservations(ReservationService):
             return sorted(int(c) for c in self.client.get_children(f"{self._hosts}/{host}"))
         except NoNodeError:
             return []
+
+    def holdings(self) -> list[Holding]:
+        """Every host's reservation znodes, then each instance znode whose
+        migration holds no host (left by a release cut short)."""
+        client = self.client
+        try:
+            found: list[Holding] = []
+            for host in sorted(self._children(client, self._hosts)):
+                for child in sorted(self._children(client, f"{self._hosts}/{host}")):
+                    try:
+                        data, _ = client.get(f"{self._hosts}/{host}/{child}")
+                    except NoNodeError:
+                        continue  # released while we listed
+                    found.append(Holding(int(child), data.decode(), host))
+            with_host = {h.migration_id for h in found}
+            for instance_uuid in sorted(self._children(client, self._instances)):
+                try:
+                    data, _ = client.get(f"{self._instances}/{instance_uuid}")
+                except NoNodeError:
+                    continue
+                if int(data.decode()) not in with_host:
+                    found.append(Holding(int(data.decode()), instance_uuid, None))
+            return found
+        except (KazooException, KazooTimeoutError) as exc:
+            raise CoordinationUnavailable(f"ZooKeeper error while listing reservations: {exc!r}") from None
+
+    @staticmethod
+    def _children(client: KazooClient, path: str) -> list[str]:
+        try:
+            return client.get_children(path)
+        except NoNodeError:
+            return []
+
+    def release_migration(self, migration_id: int) -> None:
+        held = [h for h in self.holdings() if h.migration_id == migration_id]
+        self.release(migration_id, sorted({h.host for h in held if h.host is not None}))
+        client = self.client
+        try:
+            for h in held:
+                if h.host is None:  # no host node leads release() to it
+                    self._release_instance(client, h.instance_uuid, migration_id)
+        except (KazooException, KazooTimeoutError) as exc:
+            raise CoordinationUnavailable(f"ZooKeeper error while releasing hosts: {exc!r}") from None
 
     def close(self) -> None:
         if self._own_client and self._client is not None:
