@@ -95,6 +95,23 @@ class ZookeeperServer:
         return f"127.0.0.1:{self.port}"
 
 
+def _wait_until_serving(port: int, timeout: float = 60.0) -> None:
+    """The port opens before the server takes sessions (a loaded machine's
+    JVM needs seconds more): wait for `srvr` to report a serving mode, so the
+    first test's 3 s connect does not spend them on the server's start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"srvr")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            if b"Mode:" in answer:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"ZooKeeper on 127.0.0.1:{port} is not serving after {timeout} s")
+
+
 @contextlib.contextmanager
 def zookeeper_server() -> Iterator[ZookeeperServer]:
     """ZooKeeper from Debian's jars, with short session timeouts allowed."""
@@ -114,6 +131,7 @@ def zookeeper_server() -> Iterator[ZookeeperServer]:
          str(base / "zoo.cfg")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port)
+        _wait_until_serving(port)
         yield ZookeeperServer(base, port, process)
     finally:
         with contextlib.suppress(ProcessLookupError):
