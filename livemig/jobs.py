@@ -138,27 +138,6 @@ class ClaimFence(Listener):
         return held
 
 
-class UnclaimedJobs:
-    """The board as a conductor should see it. TaskFlow's conductor looks at
-    the board every 0.1 s when idle, and asks for the next job even when it
-    runs all it may; its iterator reads each job's owner and data on the way
-    (three requests per claimed job ahead of the first unclaimed one). Here a
-    full conductor sees no jobs, and the others only the jobs unclaimed at the
-    board's last listing."""
-
-    def __init__(self, board: LivemigJobBoard):
-        self._board = board
-        self.can_claim = lambda: True  # set by the conductor
-
-    def iterjobs(self, only_unclaimed: bool = True, ensure_fresh: bool = False):
-        if not self.can_claim():
-            return iter(())
-        return self._board.iter_unclaimed(ensure_fresh=ensure_fresh)
-
-    def __getattr__(self, name: str):
-        return getattr(self._board, name)
-
-
 class MigrationConductor(NonBlockingConductor):
     """Runs up to `max_simultaneous_jobs` migrations at once, each in its own
     thread (a live migration mostly waits on its hypervisors), records
@@ -168,9 +147,6 @@ class MigrationConductor(NonBlockingConductor):
         super().__init__(name, board, persistence=services.db.taskflow_backend(), engine="serial", **kwargs)
         self._services = services
         self._sessions = sessions
-        if isinstance(board, UnclaimedJobs):
-            # TaskFlow's test takes the job, though it does not look at it.
-            board.can_claim = lambda: self._can_claim_more_jobs(None)
 
     def _listeners_from_job(self, job, engine):
         listeners = super()._listeners_from_job(job, engine)
@@ -205,7 +181,7 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     board = open_board(services, client=client)
     # The wait between looks at the board when nothing was claimed, which is
     # also how soon a finished migration's slot is refilled.
-    conductor = MigrationConductor(name, UnclaimedJobs(board), services, sessions, wait_timeout=0.1,
+    conductor = MigrationConductor(name, board, services, sessions, wait_timeout=0.1,
                                    max_simultaneous_jobs=max_migrations)
     if once:
         conductor.notifier.register("job_consumed", lambda *_a, **_k: conductor.stop())

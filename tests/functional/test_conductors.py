@@ -299,36 +299,22 @@ def test_one_conductor_runs_migrations_of_disjoint_hosts_at_once(tmp_path, zk_se
     assert len(claimed_by) == 1  # one conductor process ran both
 
 
-def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
-    """A job sharing a host with a claimed job (or with one offered before it)
-    comes after those that share none, so that a conductor's slots run
-    migrations rather than wait in reserve-hosts; none is left out."""
+def test_board_sees_jobs_posted_and_consumed_and_its_session_ends_when_closed(zk_settings):
+    """The board's children handler (livemig's linear version of TaskFlow's)
+    adds each posted job once and forgets a consumed one; closing a board
+    that started its own client ends that ZooKeeper session."""
     from livemig.jobs import open_board
 
     board = open_board(services_for(zk_settings))
     try:
-        def post(name, hosts):
-            return board.post(name, details={"migration_id": 0, "hosts": hosts})
-
-        running = post("running", ["a", "b"])
-        post("shares-b", ["b", "c"])
-        post("free", ["d", "e"])
-        post("shares-d-with-free", ["d", "f"])
-        post("no-hosts", [])
-        board.claim(running, "someone")
+        jobs = [board.post(name, details={"migration_id": 0}) for name in ("one", "two", "three")]
+        board.claim(jobs[1], "someone")
+        board.consume(jobs[1], "someone")
         deadline = time.monotonic() + 10
-        while running.path not in board._claimed:  # the children watch sees the claim's lock node
-            assert time.monotonic() < deadline, "the board never saw the claim"
-            time.sleep(0.05)
-        offered = [job.name for job in board.iter_unclaimed()]
-        assert offered == ["free", "no-hosts", "shares-b", "shares-d-with-free"]
-        board.consume(running, "someone")
-        deadline = time.monotonic() + 10
-        while [job.name for job in board.iter_unclaimed()][:1] != ["shares-b"]:
+        while board.job_count != 2:
             assert time.monotonic() < deadline, "the board never saw the job consumed"
             time.sleep(0.05)
-        assert [job.name for job in board.iter_unclaimed()] == ["shares-b", "free", "no-hosts",
-                                                                 "shares-d-with-free"]
+        assert [job.name for job in board.iterjobs(ensure_fresh=True)] == ["one", "three"]
     finally:
         board.close()
     assert not board.client.connected  # the ZooKeeper session it started ended with it
