@@ -8,11 +8,25 @@ children watch on every job posted, claimed or consumed, in every process
 that watches) tests each known job against a *list* of all children, so its
 cost grows with the square of the jobs queued: about 10 ms per change with
 1000 queued, in each conductor, a third of their CPU when a fleet operation
-queues its migrations at once."""
+queues its migrations at once.
+
+The same handler remembers which jobs have a lock node (a claim), and the
+board's `iterjobs` yields the same jobs as TaskFlow's in another order, so
+that a conductor (which claims in that order) takes first the jobs whose
+hosts no claimed job uses: taken in queue order, jobs that share a host
+with a running one (a drain queues them that way) hold a conductor's slot
+only to wait in reserve-hosts. Measured with 1000 queued over 100 hosts,
+2 conductors: 519-530 of 1000 waited so, against 13 in this order."""
 from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
 
 from kazoo.protocol import paths as k_paths
 from taskflow.jobs.backends.impl_zookeeper import ZookeeperJobBoard
+from taskflow.jobs.base import JobBoardIterator
+
+LOG = logging.getLogger("livemig.jobboard")
 
 
 class LivemigJobBoard(ZookeeperJobBoard):
@@ -32,6 +46,7 @@ class LivemigJobBoard(ZookeeperJobBoard):
         super().__init__(name, conf, client=client, persistence=persistence)
         self._watch_jobs = watch_jobs
         self._owns_client = owns_client
+        self._claimed: frozenset[str] = frozenset()  # job paths with a lock node, as last listed
 
     @property
     def client(self):
@@ -52,6 +67,8 @@ class LivemigJobBoard(ZookeeperJobBoard):
         postfix = self.LOCK_POSTFIX
         child_paths = {k_paths.join(self.path, child) for child in children
                        if child.startswith(self.JOB_PREFIX) and not child.endswith(postfix)}
+        self._claimed = frozenset(k_paths.join(self.path, child[:-len(postfix)]) for child in children
+                                  if child.endswith(postfix))
         with self._job_cond:
             gone = [path for path in self._known_jobs if path not in child_paths]
             new = [path for path in sorted(child_paths)
@@ -75,3 +92,40 @@ class LivemigJobBoard(ZookeeperJobBoard):
             with self._job_cond:
                 self._known_jobs.pop(job.path, None)
         return job
+
+    def iterjobs(self, only_unclaimed=False, ensure_fresh=False):
+        """TaskFlow's iterator (it still checks each job's state as it
+        yields it) over the board's jobs in `hosts_free_first` order."""
+        return JobBoardIterator(self, LOG, only_unclaimed=only_unclaimed, ensure_fresh=ensure_fresh,
+                                board_fetch_func=self._fetch_hosts_free_first,
+                                board_removal_func=lambda job: self._remove_job(job.path))
+
+    def _fetch_hosts_free_first(self, ensure_fresh: bool = False) -> list:
+        return hosts_free_first(self._fetch_jobs(ensure_fresh=ensure_fresh), self._claimed)
+
+
+def hosts_free_first(jobs: Iterable[Any], claimed: frozenset[str]) -> list:
+    """`jobs` (oldest first), reordered: the unclaimed ones whose hosts no
+    claimed job and no job before them here uses, then the other unclaimed
+    ones, then the claimed ones (a conductor tries those last, and fails)."""
+    busy: set[str] = set()
+    for job in jobs:
+        if job.path in claimed:
+            busy.update(job_hosts(job))
+    first, later, taken = [], [], []
+    for job in jobs:
+        if job.path in claimed:
+            taken.append(job)
+            continue
+        hosts = job_hosts(job)
+        if busy.intersection(hosts):
+            later.append(job)
+            continue
+        busy.update(hosts)
+        first.append(job)
+    return first + later + taken
+
+
+def job_hosts(job) -> list[str]:
+    """The hosts a migration job uses, from its details (see post_migration_job)."""
+    return list((job.details or {}).get("hosts") or ())

@@ -299,22 +299,41 @@ def test_one_conductor_runs_migrations_of_disjoint_hosts_at_once(tmp_path, zk_se
     assert len(claimed_by) == 1  # one conductor process ran both
 
 
-def test_board_sees_jobs_posted_and_consumed_and_its_session_ends_when_closed(zk_settings):
-    """The board's children handler (livemig's linear version of TaskFlow's)
-    adds each posted job once and forgets a consumed one; closing a board
-    that started its own client ends that ZooKeeper session."""
+def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
+    """A job sharing a host with a claimed job (or with one offered before it)
+    comes after those that share none, so that a conductor's slots run
+    migrations rather than wait in reserve-hosts; none is left out, and a
+    consumed job is forgotten. Closing a board that started its own client
+    ends that ZooKeeper session."""
     from livemig.jobs import open_board
 
     board = open_board(services_for(zk_settings))
     try:
-        jobs = [board.post(name, details={"migration_id": 0}) for name in ("one", "two", "three")]
-        board.claim(jobs[1], "someone")
-        board.consume(jobs[1], "someone")
+        def post(name, hosts):
+            return board.post(name, details={"migration_id": 0, "hosts": hosts})
+
+        def offered():
+            return [job.name for job in board.iterjobs(only_unclaimed=True)]
+
+        running = post("running", ["a", "b"])
+        post("shares-b", ["b", "c"])
+        post("free", ["d", "e"])
+        post("shares-d-with-free", ["d", "f"])
+        post("no-hosts", [])
+        board.claim(running, "someone")
         deadline = time.monotonic() + 10
-        while board.job_count != 2:
+        while offered() != ["free", "no-hosts", "shares-b", "shares-d-with-free"]:
+            assert time.monotonic() < deadline, f"the board never saw the claim: {offered()}"
+            time.sleep(0.05)
+        # Every job is still listed, the claimed one last.
+        assert [job.name for job in board.iterjobs()][-1] == "running"
+        board.consume(running, "someone")
+        deadline = time.monotonic() + 10
+        while offered()[:1] != ["shares-b"]:
             assert time.monotonic() < deadline, "the board never saw the job consumed"
             time.sleep(0.05)
-        assert [job.name for job in board.iterjobs(ensure_fresh=True)] == ["one", "three"]
+        assert offered() == ["shares-b", "free", "no-hosts", "shares-d-with-free"]
+        assert board.job_count == 4
     finally:
         board.close()
     assert not board.client.connected  # the ZooKeeper session it started ended with it

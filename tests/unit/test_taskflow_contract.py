@@ -25,6 +25,7 @@ from taskflow import engines, states, task
 from taskflow.conductors.backends import impl_executor, impl_nonblocking
 from taskflow.engines.helpers import save_factory_details
 from taskflow.jobs.backends import impl_zookeeper
+from taskflow.jobs.base import JobBoardIterator
 from taskflow.patterns import linear_flow
 from taskflow.persistence import models
 from taskflow.persistence.backends import impl_sqlalchemy
@@ -59,6 +60,11 @@ def test_zookeeper_board_methods_livemig_overrides_or_calls_keep_their_signature
     assert parameters(board._remove_job) == ["self", "path"]
     assert parameters(board.post) == ["self", "name", "book", "details", "priority"]
     assert board.LOCK_POSTFIX == ".lock" and board.JOB_PREFIX == "job"
+    # LivemigJobBoard.iterjobs is TaskFlow's, with its own fetch order.
+    assert parameters(board.iterjobs) == ["self", "only_unclaimed", "ensure_fresh"]
+    assert parameters(board._fetch_jobs) == ["self", "ensure_fresh"]
+    assert parameters(JobBoardIterator.__init__) == ["self", "board", "logger", "board_fetch_func",
+                                                     "board_removal_func", "only_unclaimed", "ensure_fresh"]
     # ClaimFence reads the claim's node itself.
     assert isinstance(impl_zookeeper.ZookeeperJob.lock_path, property)
 
@@ -70,6 +76,11 @@ def test_conductor_methods_livemig_overrides_keep_their_signatures():
     init = parameters(impl_nonblocking.NonBlockingConductor.__init__)
     assert init[:3] == ["self", "name", "jobboard"]
     assert {"persistence", "engine", "wait_timeout", "max_simultaneous_jobs"} <= set(init)
+    # The conductor claims jobs in the order the board's iterjobs yields them
+    # (LivemigJobBoard's hosts-free-first order), while it may claim more.
+    run_loop = inspect.getsource(impl_executor.ExecutorConductor._run_until_dead)
+    assert "self._jobboard.iterjobs(ensure_fresh=ensure_fresh)" in run_loop
+    assert "takewhile(" in run_loop and "self._jobboard.claim(job, self._name)" in run_loop
     # run_conductor --once stops the conductor on these events.
     assert {"job_consumed", "job_abandoned"} <= set(impl_executor.ExecutorConductor.EVENTS_EMITTED)
 
