@@ -251,3 +251,45 @@ def test_dispatch_runs_the_jobs_flow_and_returns_whether_to_consume(sql_backend,
     with contextlib.closing(sql_backend.get_connection()) as conn:
         state = conn.get_logbook(book.uuid).find(flow_detail.uuid).state
     assert state == (states.REVERTED if fail else states.SUCCESS)
+
+
+# -- where livemig overrides TaskFlow's private parts ----------------------------------------------------
+
+KNOWN_PRIVATE_OVERRIDES = {
+    # Each is checked above; a new one needs its contract test here first.
+    "livemig.coordination.jobboard.LivemigJobBoard._on_job_posting",
+    "livemig.jobs.MigrationConductor._dispatch_job",
+    "livemig.jobs.MigrationConductor._listeners_from_job",
+    # TaskFlow's documented way to write a listener.
+    "livemig.jobs.ClaimFence._task_receiver",
+    "livemig.runner.MigrationEventListener._task_receiver",
+}
+
+
+def test_listener_hook_keeps_its_signature():
+    from taskflow.listeners.base import Listener
+
+    assert parameters(Listener._task_receiver) == ["self", "state", "details"]
+    assert parameters(Listener.__init__)[:4] == ["self", "engine", "task_listen_for", "flow_listen_for"]
+
+
+def test_livemig_overrides_no_other_private_taskflow_method():
+    import importlib
+    import pkgutil
+
+    import livemig
+
+    found = set()
+    for info in pkgutil.walk_packages(livemig.__path__, "livemig."):
+        if info.name.endswith(".__main__"):
+            continue  # runs the command
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            bases = [base for base in cls.__mro__[1:] if base.__module__.startswith("taskflow.")]
+            for name, value in vars(cls).items():
+                if (name.startswith("_") and not name.startswith("__") and callable(value)
+                        and any(name in vars(base) for base in bases)):
+                    found.add(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    assert found == KNOWN_PRIVATE_OVERRIDES
