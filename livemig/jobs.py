@@ -146,27 +146,6 @@ class ClaimFence(Listener):
         return held
 
 
-class UnclaimedJobs:
-    """The board as a conductor should see it. TaskFlow's conductor looks at
-    the board every 0.1 s when idle, and asks for the next job even when it
-    runs all it may; its iterator reads each job's owner and data on the way
-    (three requests per claimed job ahead of the first unclaimed one). Here a
-    full conductor sees no jobs, and the others only the jobs unclaimed at the
-    board's last listing."""
-
-    def __init__(self, board: LivemigJobBoard):
-        self._board = board
-        self.can_claim = lambda: True  # set by the conductor
-
-    def iterjobs(self, only_unclaimed: bool = True, ensure_fresh: bool = False):
-        if not self.can_claim():
-            return iter(())
-        return self._board.iter_unclaimed(ensure_fresh=ensure_fresh)
-
-    def __getattr__(self, name: str):
-        return getattr(self._board, name)
-
-
 # How long a conductor waits before handing back a job it could not start
 # for a transient reason, so that it does not spin on the same job.
 HAND_BACK_DELAY_S = 1.0
@@ -194,9 +173,6 @@ class MigrationConductor(NonBlockingConductor):
         super().__init__(name, board, persistence=services.db.taskflow_backend(), engine="serial", **kwargs)
         self._services = services
         self._sessions = sessions
-        if isinstance(board, UnclaimedJobs):
-            # TaskFlow's test takes the job, though it does not look at it.
-            board.can_claim = lambda: self._can_claim_more_jobs(None)
         # The engine _dispatch_job built, under its claim, for TaskFlow's
         # dispatch to run (per thread: each job runs on its own).
         self._built = threading.local()
@@ -294,7 +270,7 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
     _reconcile_safe_part(services, name)
     # The wait between looks at the board when nothing was claimed, which is
     # also how soon a finished migration's slot is refilled.
-    conductor = MigrationConductor(name, UnclaimedJobs(board), services, sessions, wait_timeout=0.1,
+    conductor = MigrationConductor(name, board, services, sessions, wait_timeout=0.1,
                                    max_simultaneous_jobs=max_migrations)
     if once:
         conductor.notifier.register("job_consumed", lambda *_a, **_k: conductor.stop())

@@ -1,11 +1,10 @@
-"""Modules that load on first use instead of at import.
+"""A module that loads on first use instead of at import.
 
-A `livemig` command pays for every module its dependencies import, used or
-not: TaskFlow's failure type imports jsonschema (with attrs and referencing)
-for a validation that only a stored failure's reload runs, its URI helper
-imports oslo's network utilities (with psutil and netaddr), and oslo's
-serialization imports msgpack support that livemig never uses. Together
-about 60 ms of each command's start, for nothing on the usual path.
+Only persistence/taskflow_backend.py still uses this, to defer TaskFlow's
+schema-migration module (alembic and every SQLAlchemy dialect, about 100 ms
+of each command's start), and only for that start-up time: `import livemig`
+no longer defers anything. When that file stops deferring, this module and
+tests/unit/test_lazy.py go too.
 
 importlib's LazyLoader is not thread-safe before Python 3.12 (a second
 thread can see the module half-executed), and conductors run flows on many

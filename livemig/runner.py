@@ -12,7 +12,6 @@ from typing import Any, Iterator, Mapping
 
 import sqlalchemy as sa
 from taskflow import engines, states as tf_states
-from taskflow.engines.action_engine.engine import SerialActionEngine
 from taskflow.engines.helpers import save_factory_details
 from taskflow.listeners.base import Listener
 from taskflow.persistence import models as tf_models
@@ -139,12 +138,8 @@ def load_engine(services: Services, migration_id: int):
     with contextlib.closing(backend.get_connection()) as conn:
         book = conn.get_logbook(book_id)
     flow_detail = book.find(flow_id)
-    # The serial engine's class itself, not engines.load_from_detail(...,
-    # engine="serial"): that looks the name up among the entry points of
-    # every installed package (stevedore), ~25 ms of each command's start.
     with building_flows_with(services):  # this caller's settings, not the process's
-        flow = engines.flow_from_detail(flow_detail)
-    return SerialActionEngine(flow, flow_detail, backend, {})
+        return engines.load_from_detail(flow_detail, engine="serial", backend=backend)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,7 @@
 """What every livemig task shares: its services and a few store reads."""
 from __future__ import annotations
 
-import copy
 import logging
-import threading
 from typing import Any
 
 from taskflow import task
@@ -17,27 +15,9 @@ LOG = logging.getLogger("livemig.tasks")
 class MigrationTask(task.Task):
     """A task with livemig's services injected (never put in the store)."""
 
-    # Argument mappings by (class, method, ignore list): TaskFlow derives them
-    # by reflection for every task it builds, and a conductor builds a flow
-    # per job (a twentieth of its work per migration, measured).
-    _arg_mappings: dict[tuple, tuple] = {}
-    _arg_mappings_lock = threading.Lock()
-
     def __init__(self, services: Services, name: str | None = None, **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.services = services
-
-    def _build_arg_mapping(self, executor, requires=None, rebind=None, auto_extract=True, ignore_list=None):
-        if requires is not None or rebind is not None or self.inject:
-            return super()._build_arg_mapping(executor, requires, rebind, auto_extract, ignore_list)
-        key = (type(self), executor.__name__, auto_extract, tuple(ignore_list or ()))
-        with self._arg_mappings_lock:
-            mapping = self._arg_mappings.get(key)
-        if mapping is None:
-            mapping = super()._build_arg_mapping(executor, requires, rebind, auto_extract, ignore_list)
-            with self._arg_mappings_lock:
-                self._arg_mappings[key] = mapping
-        return copy.copy(mapping[0]), copy.copy(mapping[1]), copy.copy(mapping[2])
 
     def host_uri(self, host: str) -> str:
         return self.services.host_uri(host)

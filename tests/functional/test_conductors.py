@@ -448,13 +448,18 @@ def test_one_conductor_runs_migrations_of_disjoint_hosts_at_once(tmp_path, zk_se
 def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
     """A job sharing a host with a claimed job (or with one offered before it)
     comes after those that share none, so that a conductor's slots run
-    migrations rather than wait in reserve-hosts; none is left out."""
+    migrations rather than wait in reserve-hosts; none is left out, and a
+    consumed job is forgotten. Closing a board that started its own client
+    ends that ZooKeeper session."""
     from livemig.jobs import open_board
 
     board = open_board(services_for(zk_settings))
     try:
         def post(name, hosts):
             return board.post(name, details={"migration_id": 0, "hosts": hosts})
+
+        def offered():
+            return [job.name for job in board.iterjobs(only_unclaimed=True)]
 
         running = post("running", ["a", "b"])
         post("shares-b", ["b", "c"])
@@ -463,18 +468,18 @@ def test_board_offers_jobs_whose_hosts_are_free_first(zk_settings):
         post("no-hosts", [])
         board.claim(running, "someone")
         deadline = time.monotonic() + 10
-        while running.path not in board._claimed:  # the children watch sees the claim's lock node
-            assert time.monotonic() < deadline, "the board never saw the claim"
+        while offered() != ["free", "no-hosts", "shares-b", "shares-d-with-free"]:
+            assert time.monotonic() < deadline, f"the board never saw the claim: {offered()}"
             time.sleep(0.05)
-        offered = [job.name for job in board.iter_unclaimed()]
-        assert offered == ["free", "no-hosts", "shares-b", "shares-d-with-free"]
+        # Every job is still listed, the claimed one last.
+        assert [job.name for job in board.iterjobs()][-1] == "running"
         board.consume(running, "someone")
         deadline = time.monotonic() + 10
-        while [job.name for job in board.iter_unclaimed()][:1] != ["shares-b"]:
+        while offered()[:1] != ["shares-b"]:
             assert time.monotonic() < deadline, "the board never saw the job consumed"
             time.sleep(0.05)
-        assert [job.name for job in board.iter_unclaimed()] == ["shares-b", "free", "no-hosts",
-                                                                 "shares-d-with-free"]
+        assert offered() == ["shares-b", "free", "no-hosts", "shares-d-with-free"]
+        assert board.job_count == 4
     finally:
         board.close()
     assert not board.client.connected  # the ZooKeeper session it started ended with it
