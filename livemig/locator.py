@@ -106,11 +106,11 @@ class Location:
         return ", ".join(s.describe() for s in self.sightings)
 
 
-def locate_on(services: Any, host: str, instance_uuid: str, patience_s: float = DEFAULT_PATIENCE_S) -> Sighting:
+def locate_on(services: Any, host: str, instance_uuid: str, patience_s: float | None = None) -> Sighting:
     """Ask one host about the domain, retrying with backoff for up to
-    `patience_s` while the host does not answer. A host missing from the
+    `patience_s` (DEFAULT_PATIENCE_S if None) while the host does not answer. A host missing from the
     inventory raises NotFound (a caller's mistake, not a state of the world)."""
-    deadline = time.monotonic() + patience_s
+    deadline = time.monotonic() + (DEFAULT_PATIENCE_S if patience_s is None else patience_s)
     delay = FIRST_DELAY_S
     while True:
         try:
@@ -133,7 +133,7 @@ def locate_on(services: Any, host: str, instance_uuid: str, patience_s: float = 
 
 
 def locate(services: Any, instance_uuid: str, hosts: Iterable[str],
-           patience_s: float = DEFAULT_PATIENCE_S) -> Location:
+           patience_s: float | None = None) -> Location:
     """Ask each host about the domain (see locate_on)."""
     return Location(instance_uuid, tuple(locate_on(services, host, instance_uuid, patience_s) for host in hosts))
 
