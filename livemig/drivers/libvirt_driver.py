@@ -90,12 +90,35 @@ def _progress(stats: dict[str, Any], completed: bool = False) -> MigrationProgre
                              expected_downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0))
 
 
-def _foreign_pause(dom: libvirt.virDomain) -> str | None:
-    """Why the domain is paused, if something other than a migration paused it."""
-    state, reason = dom.state()
-    if state != libvirt.VIR_DOMAIN_PAUSED or reason in _MIGRATION_PAUSES:
-        return None
-    return _PAUSE_REASONS.get(reason, f"paused (reason {reason})")
+# libvirt gives a guest suspended during an outgoing migration (`virsh
+# suspend`) the reason "migration", as it does the switchover's own pause; a
+# switchover lasts well under a second, so a "migration" pause that lasts
+# longer while the job still runs is someone else's.
+SWITCHOVER_GRACE_S = 5.0
+
+
+class _PauseWatch:
+    """Tells a pause of the source by someone else from the migration's own."""
+
+    def __init__(self) -> None:
+        self._migration_pause_since: float | None = None
+
+    def foreign_pause(self, dom: libvirt.virDomain) -> str | None:
+        """Why the domain is paused, if something other than the migration paused it."""
+        state, reason = dom.state()
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            self._migration_pause_since = None
+            return None
+        if reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+            now = time.monotonic()
+            if self._migration_pause_since is None:
+                self._migration_pause_since = now
+            if now - self._migration_pause_since > SWITCHOVER_GRACE_S:
+                return "paused (suspended during the migration)"
+            return None
+        if reason in _MIGRATION_PAUSES:
+            return None
+        return _PAUSE_REASONS.get(reason, f"paused (reason {reason})")
 
 
 def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
@@ -424,13 +447,14 @@ class LibvirtDriver(Driver):
         """In its own thread: a jobStats call can block for a while around
         switchover, and the migration's caller must not wait for it.
         latest[0] is the last progress, latest[1] a foreign pause seen."""
+        watch = _PauseWatch()
         try:
             dom = self._lookup(self.conn(source_uri), uuid)
             while dom is not None and not finished.is_set():
                 try:
                     stats = _migration_job_stats(dom)
                     latest[0] = _progress(stats) if stats is not None else latest[0]
-                    latest[1] = _foreign_pause(dom)
+                    latest[1] = watch.foreign_pause(dom) if stats is not None else None
                 except libvirt.libvirtError:
                     return  # switchover happened: the domain left this host
                 finished.wait(interval)
@@ -569,10 +593,11 @@ class LibvirtDriver(Driver):
         try:
             dom = self._lookup(conn, uuid)
             allowed = None
+            watch = _PauseWatch()
             while dom is not None:
                 try:
                     stats = _migration_job_stats(dom)
-                    pause = _foreign_pause(dom)
+                    pause = watch.foreign_pause(dom)
                 except libvirt.libvirtError:
                     break  # the domain left the host: the job ended
                 if stats is None:
