@@ -240,3 +240,30 @@ def test_libvirt_abort_leaves_a_backup_job_alone(monkeypatch):
         monkeypatch.setattr(driver, "_lookup", lambda conn, uuid, dom=dom: dom, raising=False)
         assert driver.abort_migration("qemu+tcp://127.0.0.1:1/system", "u") is expected
         assert dom.aborted is expected
+
+
+def test_followed_job_keeps_its_downtime_schedule(cloud, mig):
+    # 256 MiB guest: a step every 4 s, 100 -> 400 ms in 4 steps.
+    settings = cloud.settings.replace(max_downtime_ms=400, downtime_steps=4, downtime_step_delay_s_per_gib=16.0)
+    _prepare_destination(cloud, mig)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    cloud.driver._start_migration(cloud.uri("a"), cloud.uri("b"), cloud.vm)
+    with cloud.driver.world(cloud.uri("a")) as (world, path):
+        world.host(path)["domains"][cloud.vm]["job"]["started"] -= 13  # 13 s into the job
+        world.touch(path)
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            MigrateDomain(services_for(settings), name="migrate-domain").execute(**mig)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    worker = threading.Thread(target=follow)
+    worker.start()
+    time.sleep(1.0)
+    allowed = cloud.domains_on("a")[cloud.vm]["job"].get("max_downtime_ms")
+    livemig.abort(CTX, mig["migration_id"], settings=settings)
+    worker.join(timeout=30)
+    assert allowed == 325  # the schedule's step for 12-16 s into the job
+    assert errors and cloud.running_on() == ["a"]
