@@ -31,6 +31,12 @@ class MigrationTimedOut(DriverError):
     """The migration did not finish in time and was aborted."""
 
 
+class SourcePaused(DriverError):
+    """Something other than the migration paused the VM on its source (an
+    operator's suspend, an I/O error, a watchdog): the migration was aborted
+    rather than finished, so the VM stays paused where it was."""
+
+
 class FilterConflict(DriverError):
     """A filter with the same name but different rules exists on the host."""
 
@@ -69,7 +75,11 @@ class DomainInfo:
     cpu_model: str | None = None
     disks: list[DiskInfo] = dataclasses.field(default_factory=list)
     interfaces: list[InterfaceInfo] = dataclasses.field(default_factory=list)
+    # A migration job (outgoing or incoming) runs; other jobs (backup, dump)
+    # do not count: they are not ours to follow or abort.
     migration_job_active: bool = False
+    # The paused, not yet started copy a migration creates on its destination.
+    incoming: bool = False
 
     @property
     def running(self) -> bool:
@@ -114,6 +124,16 @@ class MigrationOptions:
     def initial_downtime_ms(self) -> int:
         return self.downtime_schedule[0][1] if self.downtime_schedule else int(self.max_downtime_ms)
 
+    def downtime_at(self, job_elapsed_s: float) -> int:
+        """The allowed downtime this far into the job: measured from the job's
+        own start, so that a job followed after a controller restart keeps
+        its schedule."""
+        allowed = self.initial_downtime_ms()
+        for at, downtime_ms in self.downtime_schedule:
+            if job_elapsed_s >= at:
+                allowed = downtime_ms
+        return int(allowed)
+
 
 def downtime_schedule(max_downtime_ms: int, steps: int, step_delay_s: float) -> list[tuple[float, int]]:
     """The allowed downtime rises from max/steps to max, one step every
@@ -132,6 +152,9 @@ def downtime_schedule(max_downtime_ms: int, steps: int, step_delay_s: float) -> 
 class MigrationResult:
     downtime_ms: int | None
     elapsed_ms: int
+    # The hypervisor's figures for the completed job (memory_remaining 0, the
+    # last iteration), when it reports them.
+    final: MigrationProgress | None = None
 
 
 ProgressCallback = Callable[[MigrationProgress], None]
@@ -203,12 +226,18 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
                                on_progress: ProgressCallback | None = None,
-                               should_abort: AbortCheck | None = None) -> None:
-        """Block while a migration job of this domain runs on the source."""
+                               should_abort: AbortCheck | None = None,
+                               dest_uri: str | None = None) -> MigrationResult | None:
+        """Block while a migration job of this domain (started by an earlier
+        controller) runs on the source, applying the options as `migrate`
+        does, with the downtime schedule and the timeout measured from the
+        job's start. Returns the completed job's figures (read on `dest_uri`)
+        if the job ended there, else None."""
 
     @abc.abstractmethod
     def abort_migration(self, source_uri: str, uuid: str) -> bool:
-        """Cancel the running migration job; False if none was running."""
+        """Cancel the running migration job; False if none was running (another
+        kind of job, a backup or a dump, is left alone)."""
 
     def close(self) -> None:
         """Close the connections the driver keeps; later calls reopen them."""

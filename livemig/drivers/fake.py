@@ -28,12 +28,14 @@ from urllib.parse import urlparse
 from livemig.drivers.base import (
     AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts,
     InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
-    MigrationTimedOut, ProgressCallback,
+    MigrationTimedOut, ProgressCallback, SourcePaused,
 )
 from livemig.errors import HostUnreachable, InvalidInput
 from livemig.states import DomainState
 
 FAULT_KINDS = ("error", "unreachable", "crash", "dest-died", "hang")
+# The pre-copy pass a fake migration ends in (it reports 1, 2, then 3).
+FINAL_ITERATION = 3
 
 
 def fake_path(uri: str) -> Path:
@@ -114,6 +116,11 @@ class _World:
             incoming["state"] = "running"
             incoming.pop("incoming_from", None)
             incoming["last_downtime_ms"] = 25
+            # What a destination's completed job stats report.
+            total = dom["memory_mb"] * 1024 * 1024
+            incoming["last_job"] = {"memory_total": total, "memory_processed": total, "memory_remaining": 0,
+                                    "iteration": FINAL_ITERATION, "downtime_ms": 25,
+                                    "elapsed_ms": int(dom["job"]["duration"] * 1000)}
         del source["domains"][uuid]
         self.touch(src)
         self.touch(dest_path)
@@ -208,6 +215,20 @@ class FakeDriver(Driver):
             world.host(path)["faults"].append({"op": op, "kind": kind, "message": message, "times": times})
             world.touch(path)
 
+    def suspend_domain(self, uri: str, uuid: str, reason: str = "user") -> None:
+        """Pause a domain as an operator's `virsh suspend` (or an I/O error
+        with werror=stop) does; a migration job of it keeps running."""
+        with self.world(uri) as (world, path):
+            dom = world.host(path)["domains"][uuid]
+            dom.update(state="paused", paused_reason=reason)
+            world.touch(path)
+
+    def start_job(self, uri: str, uuid: str, operation: str = "backup") -> None:
+        """Start a job that is not a migration (a backup, a dump) on a domain."""
+        with self.world(uri) as (world, path):
+            world.host(path)["domains"][uuid]["other_job"] = {"operation": operation, "started": time.time()}
+            world.touch(path)
+
     def raw_host(self, uri: str) -> dict[str, Any]:
         with self.world(uri) as (world, path):
             return copy.deepcopy(world.host(path))
@@ -247,7 +268,7 @@ class FakeDriver(Driver):
             memory_mb=dom["memory_mb"], disk_gb=dom["disk_gb"], project=dom["project"],
             cpu_model=dom.get("cpu_model"), disks=[DiskInfo(**d) for d in dom["disks"]],
             interfaces=[InterfaceInfo(**i) for i in dom["interfaces"]],
-            migration_job_active=bool(dom.get("job")),
+            migration_job_active=bool(dom.get("job")), incoming=bool(dom.get("incoming_from")),
         )
 
     # -- Driver interface
@@ -365,7 +386,9 @@ class FakeDriver(Driver):
             return host["filters"].pop(name, None) is not None
 
     # -- migration
-    def _start_migration(self, source_uri: str, dest_uri: str, uuid: str) -> None:
+    def _start_migration(self, source_uri: str, dest_uri: str, uuid: str,
+                         options: MigrationOptions | None = None) -> None:
+        options = options or MigrationOptions()
         with self.world(source_uri, dest_uri) as (world, src):
             dst = fake_path(dest_uri)
             if src.parent != dst.parent:
@@ -406,7 +429,8 @@ class FakeDriver(Driver):
                 del dest["domains"][uuid]
                 raise DriverError(f"domain crashed during migration: {fault['message']}", code=1)
             duration = 3600.0 if kind == "hang" else float(source.get("migration_seconds", 0.3))
-            dom["job"] = {"dest_path": str(dst), "started": time.time(), "duration": duration}
+            dom["job"] = {"dest_path": str(dst), "started": time.time(), "duration": duration,
+                          "max_downtime_ms": options.initial_downtime_ms()}
 
     def _job_progress(self, source_uri: str, uuid: str) -> MigrationProgress | None:
         with self.world(source_uri) as (world, src):
@@ -420,43 +444,83 @@ class FakeDriver(Driver):
             return MigrationProgress(fraction=fraction, memory_total=total,
                                      memory_processed=int(total * fraction),
                                      memory_remaining=int(total * (1 - fraction)),
-                                     memory_bps=int(total / max(job["duration"], 0.001)), iteration=1,
+                                     memory_bps=int(total / max(job["duration"], 0.001)),
+                                     iteration=min(FINAL_ITERATION, 1 + int(fraction * FINAL_ITERATION)),
                                      expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000))
 
+    def _source_state(self, source_uri: str, uuid: str) -> tuple[str | None, str | None, bool]:
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if not dom:
+                return None, None, False
+            return dom["state"], dom.get("paused_reason"), bool(dom.get("job"))
+
+    def _set_max_downtime(self, source_uri: str, uuid: str, downtime_ms: int) -> None:
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if dom and dom.get("job") and dom["job"].get("max_downtime_ms") != downtime_ms:
+                dom["job"]["max_downtime_ms"] = downtime_ms
+                world.touch(src)
+
     def _poll(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
-              should_abort: AbortCheck | None, started: float) -> None:
+              should_abort: AbortCheck | None) -> None:
+        # As the libvirt driver: the schedule and the timeout run on the job's
+        # own clock, so a job followed after a restart keeps both.
         while True:
             progress = self._job_progress(source_uri, uuid)
             if progress is None:
                 return
             if on_progress:
                 on_progress(progress)
+            state, reason, _ = self._source_state(source_uri, uuid)
+            if state == "paused" and reason != "migration":
+                self.abort_migration(source_uri, uuid)
+                raise SourcePaused(f"the VM was paused on its source ({reason}) during the migration; "
+                                   f"the migration was aborted")
             if should_abort and should_abort():
                 self.abort_migration(source_uri, uuid)
                 raise MigrationAborted("migration aborted by request", code=78)
-            if time.monotonic() - started > options.timeout_s:
+            elapsed_s = progress.elapsed_ms / 1000.0
+            if elapsed_s > options.timeout_s:
                 self.abort_migration(source_uri, uuid)
                 raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+            self._set_max_downtime(source_uri, uuid, options.downtime_at(elapsed_s))
             time.sleep(min(options.poll_interval_s, 0.05))
+
+    def _completed(self, source_uri: str, dest_uri: str, uuid: str) -> MigrationResult | None:
+        with self.world(dest_uri, source_uri) as (world, dst):
+            dom = world.host(dst)["domains"].get(uuid)
+            left = world.host(fake_path(source_uri))["domains"].get(uuid)
+            if left is not None and left.get("job_outcome") == "aborted":
+                raise MigrationAborted("migration job was aborted; the domain stays on the source", code=78)
+            if dom is None or "last_job" not in dom:
+                return None
+            job = dom["last_job"]
+            final = MigrationProgress(fraction=1.0, memory_total=job["memory_total"],
+                                      memory_processed=job["memory_processed"], memory_remaining=0,
+                                      iteration=job["iteration"], expected_downtime_ms=job["downtime_ms"],
+                                      elapsed_ms=job["elapsed_ms"])
+            return MigrationResult(downtime_ms=job["downtime_ms"], elapsed_ms=job["elapsed_ms"], final=final)
 
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
                 should_abort: AbortCheck | None = None) -> MigrationResult:
         started = time.monotonic()
-        self._start_migration(source_uri, dest_uri, uuid)
-        self._poll(source_uri, uuid, options, on_progress, should_abort, started)
-        with self.world(dest_uri, source_uri) as (world, dst):
-            dom = world.host(dst)["domains"].get(uuid)
-            downtime = dom.get("last_downtime_ms") if dom else None
-            left = world.host(fake_path(source_uri))["domains"].get(uuid)
-            if left is not None and left.get("job_outcome") == "aborted":
-                raise MigrationAborted("migration job was aborted; the domain stays on the source", code=78)
-        return MigrationResult(downtime_ms=downtime, elapsed_ms=int((time.monotonic() - started) * 1000))
+        self._start_migration(source_uri, dest_uri, uuid, options)
+        self._poll(source_uri, uuid, options, on_progress, should_abort)
+        result = self._completed(source_uri, dest_uri, uuid)
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        if result is None:
+            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms)
+        result.elapsed_ms = elapsed_ms
+        return result
 
     def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
                                on_progress: ProgressCallback | None = None,
-                               should_abort: AbortCheck | None = None) -> None:
-        self._poll(source_uri, uuid, options, on_progress, should_abort, time.monotonic())
+                               should_abort: AbortCheck | None = None,
+                               dest_uri: str | None = None) -> MigrationResult | None:
+        self._poll(source_uri, uuid, options, on_progress, should_abort)
+        return self._completed(source_uri, dest_uri, uuid) if dest_uri else None
 
     def abort_migration(self, source_uri: str, uuid: str) -> bool:
         with self.world(source_uri) as (world, src):

@@ -14,6 +14,7 @@ import libvirt
 from livemig.drivers.base import (
     AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts, InterfaceInfo,
     MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult, MigrationTimedOut, ProgressCallback,
+    SourcePaused,
 )
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_interfaces, parse_project, strip_uuid,
@@ -32,6 +33,19 @@ _SECRET_USAGE = {"iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, "ceph": libvirt.V
 _SECRET_USAGE_ELEMENT = {"iscsi": "target", "ceph": "name", "volume": "volume"}
 _UNREACHABLE_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_NO_CONNECT,
                       libvirt.VIR_ERR_AUTH_FAILED}
+
+# Jobs that are migrations: any other job (backup, dump, save, snapshot) is
+# not ours to follow or abort.
+_MIGRATION_OPERATIONS = frozenset({libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT,
+                                   libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN})
+# Pauses that belong to the migration itself (switchover, post-copy); any
+# other pause of the source (an operator, an I/O error, a watchdog) makes us
+# abort the migration rather than carry a stopped VM to another host.
+_MIGRATION_PAUSES = frozenset({libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
+                               libvirt.VIR_DOMAIN_PAUSED_STARTING_UP})
+_PAUSE_REASONS = {libvirt.VIR_DOMAIN_PAUSED_USER: "paused by a user", libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+                  "paused on an I/O error", libvirt.VIR_DOMAIN_PAUSED_WATCHDOG: "paused by its watchdog",
+                  libvirt.VIR_DOMAIN_PAUSED_CRASHED: "paused after a crash"}
 
 _event_loop_started = False
 _event_loop_lock = threading.Lock()
@@ -53,6 +67,58 @@ def _start_event_loop() -> None:
         # libvirt-python prints every error to stderr otherwise; we raise them.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         _event_loop_started = True
+
+
+def _migration_job_stats(dom: libvirt.virDomain) -> dict[str, Any] | None:
+    """The running job's stats if it is a migration, else None."""
+    stats = dom.jobStats(0)
+    if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return None
+    if stats.get("operation") not in _MIGRATION_OPERATIONS:
+        return None
+    return stats
+
+
+def _progress(stats: dict[str, Any], completed: bool = False) -> MigrationProgress:
+    total = stats.get("memory_total", 0)
+    processed = stats.get("memory_processed", 0)
+    remaining = stats.get("memory_remaining", 0)
+    fraction = processed / (processed + remaining) if processed + remaining else 0.0
+    return MigrationProgress(fraction=1.0 if completed else min(fraction, 0.99), memory_total=total,
+                             memory_processed=processed, memory_remaining=remaining,
+                             memory_bps=stats.get("memory_bps", 0), iteration=stats.get("memory_iteration", 0),
+                             expected_downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0))
+
+
+# libvirt gives a guest suspended during an outgoing migration (`virsh
+# suspend`) the reason "migration", as it does the switchover's own pause; a
+# switchover lasts well under a second, so a "migration" pause that lasts
+# longer while the job still runs is someone else's.
+SWITCHOVER_GRACE_S = 5.0
+
+
+class _PauseWatch:
+    """Tells a pause of the source by someone else from the migration's own."""
+
+    def __init__(self) -> None:
+        self._migration_pause_since: float | None = None
+
+    def foreign_pause(self, dom: libvirt.virDomain) -> str | None:
+        """Why the domain is paused, if something other than the migration paused it."""
+        state, reason = dom.state()
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            self._migration_pause_since = None
+            return None
+        if reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+            now = time.monotonic()
+            if self._migration_pause_since is None:
+                self._migration_pause_since = now
+            if now - self._migration_pause_since > SWITCHOVER_GRACE_S:
+                return "paused (suspended during the migration)"
+            return None
+        if reason in _MIGRATION_PAUSES:
+            return None
+        return _PAUSE_REASONS.get(reason, f"paused (reason {reason})")
 
 
 def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
@@ -159,13 +225,18 @@ class LibvirtDriver(Driver):
         job_active = False
         if state in (DomainState.RUNNING, DomainState.PAUSED):
             try:
-                job_active = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+                job_active = _migration_job_stats(dom) is not None
             except libvirt.libvirtError:
                 pass
+        # The paused copy a migration starts on its destination: transient
+        # until the migration finishes (PERSIST_DEST defines it at the end).
+        raw_state, raw_reason = dom.state()
+        incoming = (raw_state == libvirt.VIR_DOMAIN_PAUSED and raw_reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION
+                    and not dom.isPersistent())
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=state, vcpus=int(root.findtext("vcpu", "1")),
                           memory_mb=int(dom.maxMemory() / 1024), disk_gb=disk_gb, project=parse_project(root),
                           cpu_model=parse_cpu_model(root), disks=disks, interfaces=parse_interfaces(root),
-                          migration_job_active=job_active)
+                          migration_job_active=job_active, incoming=incoming)
 
     def list_domains(self, uri: str) -> list[DomainInfo]:
         def domains(conn: libvirt.virConnect) -> list[DomainInfo]:
@@ -371,29 +442,19 @@ class LibvirtDriver(Driver):
         return self._call(uri, f"undefining filter {name}", undefine)
 
     # -- migration
-    def _job_progress(self, dom: libvirt.virDomain) -> MigrationProgress | None:
-        stats = dom.jobStats(0)
-        if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
-            return None
-        total = stats.get("memory_total", 0)
-        processed = stats.get("memory_processed", 0)
-        remaining = stats.get("memory_remaining", 0)
-        fraction = processed / (processed + remaining) if processed + remaining else 0.0
-        return MigrationProgress(fraction=min(fraction, 0.99), memory_total=total, memory_processed=processed,
-                                 memory_remaining=remaining, memory_bps=stats.get("memory_bps", 0),
-                                 iteration=stats.get("memory_iteration", 0),
-                                 expected_downtime_ms=stats.get("downtime"),
-                                 elapsed_ms=stats.get("time_elapsed", 0))
-
     def _collect_stats(self, source_uri: str, uuid: str, interval: float, finished: threading.Event,
                        latest: list) -> None:
         """In its own thread: a jobStats call can block for a while around
-        switchover, and the migration's caller must not wait for it."""
+        switchover, and the migration's caller must not wait for it.
+        latest[0] is the last progress, latest[1] a foreign pause seen."""
+        watch = _PauseWatch()
         try:
             dom = self._lookup(self.conn(source_uri), uuid)
             while dom is not None and not finished.is_set():
                 try:
-                    latest[0] = self._job_progress(dom)
+                    stats = _migration_job_stats(dom)
+                    latest[0] = _progress(stats) if stats is not None else latest[0]
+                    latest[1] = watch.foreign_pause(dom) if stats is not None else None
                 except libvirt.libvirtError:
                     return  # switchover happened: the domain left this host
                 finished.wait(interval)
@@ -402,22 +463,30 @@ class LibvirtDriver(Driver):
 
     def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
                  should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
-        """Report progress and enforce abort/timeout until `finished`; returns
-        why we aborted the job ("abort" or "timeout"), or None."""
-        latest: list[MigrationProgress | None] = [None]
+        """Report progress and enforce the downtime schedule, abort, pause and
+        timeout until `finished`; returns why we aborted the job ("abort",
+        "timeout" or the pause's reason), or None. The schedule and timeout
+        run on the job's own clock when libvirt reports it."""
+        latest: list[Any] = [None, None]
         threading.Thread(target=self._collect_stats, args=(source_uri, uuid, options.poll_interval_s, finished,
                                                            latest), name=f"migration-stats-{uuid[:8]}",
                          daemon=True).start()
-        steps = list(options.downtime_schedule[1:])
+        allowed = None
         reason = None
         while not finished.wait(options.poll_interval_s):
-            if latest[0] is not None and on_progress is not None:
-                on_progress(latest[0])
-            if steps and time.monotonic() - started >= steps[0][0]:
-                self._raise_downtime(source_uri, uuid, steps.pop(0)[1])
-            if reason is None and should_abort is not None and should_abort():
+            progress = latest[0]
+            if progress is not None and on_progress is not None:
+                on_progress(progress)
+            elapsed_s = max(time.monotonic() - started, (progress.elapsed_ms / 1000.0) if progress else 0.0)
+            wanted = options.downtime_at(elapsed_s)
+            if wanted != allowed:
+                self._raise_downtime(source_uri, uuid, wanted)
+                allowed = wanted
+            if reason is None and latest[1] is not None:
+                reason = latest[1]
+            elif reason is None and should_abort is not None and should_abort():
                 reason = "abort"
-            elif reason is None and time.monotonic() - started > options.timeout_s:
+            elif reason is None and elapsed_s > options.timeout_s:
                 reason = "timeout"
             if reason is not None:
                 try:
@@ -437,11 +506,22 @@ class LibvirtDriver(Driver):
         except LivemigError:
             pass  # the job just ended (or the domain left): nothing to raise
 
+    @staticmethod
+    def _aborted_error(reason: str | None, options: MigrationOptions, message: str, code: int | None) -> DriverError:
+        if reason == "timeout":
+            return MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+        if reason not in (None, "abort"):
+            return SourcePaused(f"the VM was {reason} on its source during the migration; the migration was "
+                                f"aborted", code=code)
+        return MigrationAborted(f"migration aborted: {message}", code=code)
+
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
                 should_abort: AbortCheck | None = None) -> MigrationResult:
+        # ABORT_ON_ERROR: an I/O error on the source aborts the migration
+        # instead of pausing the guest with the migration still going.
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
         if options.shared_storage:
             flags |= libvirt.VIR_MIGRATE_UNSAFE
         params: dict[str, Any] = {}
@@ -486,59 +566,76 @@ class LibvirtDriver(Driver):
         if unexpected is not None:
             raise DriverError(f"the hypervisor migration call raised {type(unexpected).__name__}: {unexpected}")
         if error is not None:
-            if reason == "timeout":
-                raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
-            if error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED or reason == "abort":
-                raise MigrationAborted(f"migration aborted: {error.get_error_message()}",
-                                       code=error.get_error_code())
+            if reason is not None or error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
+                raise self._aborted_error(reason, options, error.get_error_message(), error.get_error_code())
             raise _error(error, "live migration failed")
-        return MigrationResult(downtime_ms=self._completed_downtime(dest_uri, uuid), elapsed_ms=elapsed_ms)
+        result = self._completed(dest_uri, uuid)
+        if result is None:
+            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms)
+        result.elapsed_ms = elapsed_ms
+        return result
 
-    def _completed_downtime(self, dest_uri: str, uuid: str) -> int | None:
+    def _completed(self, dest_uri: str, uuid: str) -> MigrationResult | None:
+        """The completed job's figures, from the destination."""
         try:
             dom = self._lookup(self.conn(dest_uri), uuid)
             if dom is None:
                 return None
             # KEEP: reading completed stats otherwise clears them for everyone else.
             stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
-            return stats.get("downtime")
-        except libvirt.libvirtError:
+        except (libvirt.libvirtError, HostUnreachable):
             return None
+        if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        return MigrationResult(downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0),
+                               final=_progress(stats, completed=True))
 
     def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
                                on_progress: ProgressCallback | None = None,
-                               should_abort: AbortCheck | None = None) -> None:
-        started = time.monotonic()
+                               should_abort: AbortCheck | None = None,
+                               dest_uri: str | None = None) -> MigrationResult | None:
         conn = self._open(source_uri)
         try:
             dom = self._lookup(conn, uuid)
+            allowed = None
+            watch = _PauseWatch()
             while dom is not None:
                 try:
-                    progress = self._job_progress(dom)
+                    stats = _migration_job_stats(dom)
+                    pause = watch.foreign_pause(dom)
                 except libvirt.libvirtError:
-                    return  # the domain left the host: the job ended
-                if progress is None:
-                    return
+                    break  # the domain left the host: the job ended
+                if stats is None:
+                    break
+                progress = _progress(stats)
                 if on_progress is not None:
                     on_progress(progress)
-                if should_abort is not None and should_abort():
-                    dom.abortJob()
-                    raise MigrationAborted("migration aborted by request")
-                if time.monotonic() - started > options.timeout_s:
-                    dom.abortJob()
-                    raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+                elapsed_s = progress.elapsed_ms / 1000.0
+                reason = (pause if pause is not None else "abort" if should_abort is not None and should_abort()
+                          else "timeout" if elapsed_s > options.timeout_s else None)
+                if reason is not None:
+                    self.abort_migration(source_uri, uuid)
+                    raise self._aborted_error(reason, options, "aborted by request", None)
+                wanted = options.downtime_at(elapsed_s)
+                if wanted != allowed:
+                    try:
+                        dom.migrateSetMaxDowntime(wanted, 0)
+                        allowed = wanted
+                    except libvirt.libvirtError:
+                        pass  # the job just ended
                 time.sleep(options.poll_interval_s)
         finally:
             try:
                 conn.close()
             except libvirt.libvirtError:
                 pass
+        return self._completed(dest_uri, uuid) if dest_uri else None
 
     def abort_migration(self, source_uri: str, uuid: str) -> bool:
         def abort(conn: libvirt.virConnect) -> bool:
             dom = self._lookup(conn, uuid)
-            if dom is None or dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
-                return False
+            if dom is None or _migration_job_stats(dom) is None:
+                return False  # no job, or a job that is not a migration (backup, dump)
             try:
                 dom.abortJob()
             except libvirt.libvirtError as exc:

@@ -7,12 +7,15 @@ from typing import Any
 import sqlalchemy as sa
 from taskflow.types.failure import Failure
 
-from livemig.drivers.base import DomainInfo, MigrationAborted
-from livemig.errors import LivemigError
+from livemig import fencing
+from livemig.drivers.base import MigrationAborted
+from livemig.errors import LivemigError, MigrationFailed
+from livemig.locator import Presence, Sighting, locate, locate_on
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
 from livemig.persistence.models import Event, Instance
 from livemig.states import DomainState, InstanceState, MigrationStatus, UnrecoverablePolicy
 from livemig.tasks.base import LOG, MigrationTask
+from livemig.tasks.undo import StillFailing, record_leftover_for_reconcile, with_backoff
 
 MIGRATE_STEP = "migrate-domain"
 
@@ -25,13 +28,30 @@ def describe_failures(flow_failures: dict[str, Failure]) -> str:
     return "; ".join(parts) or "the flow was reverted"
 
 
+class MigrationCancelled(MigrationFailed):
+    """An operator aborted the migration before the VM was touched (while queued)."""
+
+
+# A recovered VM's inventory state, from what its host reports.
+_INSTANCE_STATES = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
+                    DomainState.SHUTOFF: InstanceState.STOPPED}
+
+# How long the outcome's writes are retried: the outcome is the one thing a
+# reverted migration must end with.
+DECIDE_PATIENCE_S = 120.0
+
+
 class RollBackOrTerminateInstance(MigrationTask):
     """Does nothing; its revert (the last to run) decides the outcome.
 
-    Reversion strategy: if the VM runs on exactly one host it stays there and
-    the migration is `failed` (or `cancelled`); if it runs on none, on both, or
-    crashed, apply the unrecoverable policy (terminate everywhere, or mark the
-    instance `error`) and end the migration in `error`, with the reason.
+    Reversion strategy: if the VM is on exactly one host, in any state short
+    of crashed (running, paused, suspended, migrating in), it stays there and
+    the migration is `failed` (or `cancelled`), the reason saying its state;
+    if it runs on two hosts at once or on none, apply the unrecoverable policy
+    (terminate, or mark the instance `error`); when a host cannot be asked,
+    or the copies cannot be told apart, nothing is terminated: the instance is
+    marked `error` and recorded for reconcile. The outcome's writes are
+    retried: this revert always decides.
     """
 
     def execute(self, migration_id: int) -> None:
@@ -39,6 +59,18 @@ class RollBackOrTerminateInstance(MigrationTask):
 
     def revert(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
+        try:
+            with_backoff(lambda: self._decide(migration_id, instance_uuid, source_host, dest_host, flow_failures),
+                         f"deciding the outcome of migration {migration_id}", DECIDE_PATIENCE_S)
+        except StillFailing as exc:
+            # Raising here stops nothing (this is the last revert), and makes
+            # the flow's failure visible: the migration stays unfinished in
+            # the database for `livemig reconcile`.
+            LOG.error("migration %s: could not record its outcome: %s", migration_id, exc)
+            raise exc.cause from exc
+
+    def _decide(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
+                flow_failures: dict[str, Failure]) -> None:
         reason = describe_failures(flow_failures)
         with self.services.db.session() as session:
             migration = get_migration(session, migration_id)
@@ -48,65 +80,85 @@ class RollBackOrTerminateInstance(MigrationTask):
             abort_requested = migration.abort_requested
             migrate_started = session.scalar(sa.select(sa.func.count()).select_from(Event).where(
                 Event.migration_id == migration_id, Event.kind == "step", Event.name == MIGRATE_STEP)) > 0
-        cancelled = abort_requested and any(f.check(MigrationAborted) for f in flow_failures.values())
-        located = {host: self._locate(host, instance_uuid) for host in (source_host, dest_host)}
-        unknown = [h for h, d in located.items() if d is False]
+        cancelled = abort_requested and any(f.check(MigrationAborted, MigrationCancelled)
+                                            for f in flow_failures.values())
+        location = locate(self.services, instance_uuid, (source_host, dest_host))
+        unknown = location.unknown
         if unknown and not migrate_started:
             # The VM was never touched by this migration: it is where it was.
-            self._end_recoverable(migration_id, instance_uuid, source_host, cancelled, reason)
+            self._end_recoverable(migration_id, instance_uuid, source_host, None, cancelled, reason)
             return
-        running = [h for h, d in located.items() if isinstance(d, DomainInfo) and d.running]
-        crashed = [h for h, d in located.items() if isinstance(d, DomainInfo) and d.state is DomainState.CRASHED]
-        if len(running) == 1 and not crashed and not unknown:
-            self._end_recoverable(migration_id, instance_uuid, running[0], cancelled, reason)
+        running, present, crashed = location.running, location.present, location.crashed
+        home: str | None = None
+        if not unknown and not crashed:
+            if len(running) == 1:
+                home = running[0]
+            elif not running and len(present) == 1:
+                home = present[0]
+            elif not running and len(present) == 2:
+                # Two stopped copies: the one that is not a migration's
+                # incoming copy is the VM.
+                own = [h for h in present if not location.on(h).domain.incoming]
+                home = own[0] if len(own) == 1 else None
+        if home is not None:
+            self._end_recoverable(migration_id, instance_uuid, home, location.on(home), cancelled, reason)
             return
+        terminate = False
         if unknown:
-            why = f"cannot tell where the VM runs ({', '.join(unknown)} unreachable)"
+            why = f"cannot tell where the VM runs ({location.describe()})"
+            for host in unknown:
+                record_leftover_for_reconcile(self.services, "instance", instance_uuid,
+                                              f"could not ask {host} where the VM is", host, migration_id)
         elif crashed:
-            why = f"the VM crashed on {', '.join(crashed)}"
-        elif running:
-            why = f"the VM runs on both {source_host} and {dest_host}"
+            why, terminate = f"the VM crashed on {', '.join(crashed)}", True
+        elif len(running) == 2:
+            why, terminate = f"the VM runs on both {source_host} and {dest_host}", True
+        elif not present:
+            why, terminate = "the VM runs on no host", True
         else:
-            why = "the VM runs on no host"
-        self._end_unrecoverable(migration_id, instance_uuid, [source_host, dest_host], unknown,
+            why = f"cannot tell which copy is the VM ({location.describe()})"
+        self._end_unrecoverable(migration_id, instance_uuid, [source_host, dest_host], terminate,
                                 f"{why}; {reason}")
 
-    def _locate(self, host: str, instance_uuid: str) -> DomainInfo | None | bool:
-        """The domain on a host, None if absent, False if the host cannot be asked."""
-        try:
-            return self.find_domain(host, instance_uuid)
-        except LivemigError as exc:
-            LOG.warning("cannot look up instance %s on %s: %s", instance_uuid, host, exc)
-            return False
-
-    def _end_recoverable(self, migration_id: int, instance_uuid: str, host: str, cancelled: bool,
-                         reason: str) -> None:
+    def _end_recoverable(self, migration_id: int, instance_uuid: str, host: str, sighting: Sighting | None,
+                         cancelled: bool, reason: str) -> None:
         status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
+        state = sighting.domain.state if sighting is not None and sighting.domain is not None else DomainState.RUNNING
+        where = (f"the VM keeps running on {host}" if state is DomainState.RUNNING
+                 else f"the VM stays {sighting.state} on {host}")
         with self.services.db.session() as session:
             instance = session.get(Instance, instance_uuid)
             if instance is not None:
                 instance.host = host
-                instance.state = InstanceState.RUNNING.value
-            set_migration_status(session, migration_id, status, f"{reason} (the VM keeps running on {host})")
-        LOG.warning("migration %s %s: the VM keeps running on %s: %s", migration_id, status.value, host, reason,
+                instance.state = _INSTANCE_STATES.get(state, InstanceState.ERROR).value
+            set_migration_status(session, migration_id, status, f"{reason} ({where})")
+        LOG.warning("migration %s %s: %s: %s", migration_id, status.value, where, reason,
                     extra={"migration_outcome": migration_id})
 
-    def _end_unrecoverable(self, migration_id: int, instance_uuid: str, hosts: list[str], unknown: list[str],
+    def _end_unrecoverable(self, migration_id: int, instance_uuid: str, hosts: list[str], terminate: bool,
                            reason: str) -> None:
         policy = UnrecoverablePolicy(self.services.settings.unrecoverable_policy)
         LOG.error("migration %s: unrecoverable: %s (policy %s)", migration_id, reason, policy.value,
                   extra={"migration_outcome": migration_id})
-        if policy is UnrecoverablePolicy.TERMINATE and not unknown:
+        if policy is UnrecoverablePolicy.TERMINATE and terminate:
             for host in hosts:
                 try:
+                    fencing.ensure_current_claim(self.services.db, migration_id)
+                    # Look again right before destroying: the world may have
+                    # moved since the decision.
+                    if locate_on(self.services, host, instance_uuid).presence is not Presence.PRESENT:
+                        continue
                     driver, uri = self.driver_and_uri(host)
                     if driver.destroy_domain(uri, instance_uuid):
                         self.note(migration_id, f"terminated instance {instance_uuid} on {host}", "terminated")
+                except fencing.Fenced:
+                    raise
                 except LivemigError as exc:
                     self.note(migration_id, f"could not terminate instance on {host}: {exc}", "error")
             final_state, detail = InstanceState.DELETED, "instance terminated"
         else:
-            # Terminating blind (a host we cannot ask) could kill the only copy.
+            # Terminating blind (a host we cannot ask, copies we cannot tell
+            # apart) could kill the only copy.
             final_state, detail = InstanceState.ERROR, "instance left for forensics"
         with self.services.db.session() as session:
             instance = session.get(Instance, instance_uuid)

@@ -6,30 +6,47 @@ from typing import Any
 
 from taskflow.types.failure import Failure
 
-from livemig.drivers.base import DriverError, MigrationOptions, MigrationProgress, downtime_schedule
+from livemig import fencing
+from livemig.drivers.base import (
+    DriverError, MigrationOptions, MigrationProgress, MigrationResult, downtime_schedule,
+)
 from livemig.errors import LivemigError
+from livemig.locator import Presence, locate_on, require_known
 from livemig.persistence.inventory import get_migration
 from livemig.persistence.models import Instance
 from livemig.states import MigrationStatus
 from livemig.tasks.base import LOG, MigrationTask
+from livemig.tasks.undo import StillFailing, never_raises, record_leftover_for_reconcile, with_backoff
 
-
+# How long a revert keeps asking a host that does not answer: a destination
+# whose daemon just died is often back within seconds (restarted by its
+# supervisor), and the orphan it holds must not be missed.
 REVERT_HOST_WAIT_S = 20.0
+# In execute a host that does not answer fails the step (its revert asks again).
+EXECUTE_PATIENCE_S = 2.0
 
 
 class DomainLost(DriverError):
     """The VM runs on neither host: nothing to migrate, nothing to roll back to."""
 
 
+class DomainNotRunning(DriverError):
+    """The VM is on its source but not running (paused, suspended, shut off):
+    it is not migrated, and it stays where it is."""
+
+
 class MigrateDomain(MigrationTask):
     """Live-migrates the VM and verifies it runs on the destination only.
 
     Re-executed after a crash it looks first: a VM already on the destination
-    is done, a migration job still running on the source is waited for, and a
-    second migration is never started while one runs.
+    is done, a migration job still running on the source is followed (with
+    its downtime schedule and timeout), and a second migration is never
+    started while one runs.
 
-    Reversion strategy: abort a job still running; destroy a paused incoming
-    copy left on the destination while the VM runs on the source. A VM that
+    Reversion strategy: abort a migration job still running; destroy a paused
+    incoming copy left on the destination while the VM runs on the source,
+    after re-reading its state. A host that cannot be asked is retried, then
+    recorded as a leftover for reconcile, never taken as empty. A VM that
     already runs on the destination is left alone (the first task decides).
     """
 
@@ -42,31 +59,50 @@ class MigrateDomain(MigrationTask):
         self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
 
-        source = src_driver.find_domain(src_uri, instance_uuid)
+        source = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
         if source is not None and source.migration_job_active:
             self.note(migration_id, "a migration job of this VM is already running; following it")
-            src_driver.wait_for_migration_job(src_uri, instance_uuid, options, reporter, reporter.abort_requested)
-            source = src_driver.find_domain(src_uri, instance_uuid)
-        dest = dst_driver.find_domain(dst_uri, instance_uuid)
+            followed = src_driver.wait_for_migration_job(src_uri, instance_uuid, options, reporter,
+                                                         reporter.abort_requested, dest_uri=dst_uri)
+            source = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
+            dest = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
+            if followed is not None and dest is not None and dest.running and (source is None or not source.running):
+                return self._finish(migration_id, followed)
+        dest = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
         if dest is not None and dest.running and (source is None or not source.running):
             self.note(migration_id, f"the VM already runs on {dest_host}; not migrating again")
-            return self._finish(migration_id, None, 0)
-        if source is None or not source.running:
-            state = source.state.value if source else "absent"
-            raise DomainLost(f"the VM is not running on {source_host} ({state}) nor on {dest_host}")
+            return self._finish(migration_id, MigrationResult(downtime_ms=None, elapsed_ms=0))
+        if source is None:
+            where = f"a {dest.state.value} copy on {dest_host}" if dest is not None else f"not on {dest_host}"
+            raise DomainLost(f"the VM is not on {source_host} ({where})")
+        if not source.running:
+            raise DomainNotRunning(f"the VM is {source.state.value} on {source_host}; a VM that is not running "
+                                   f"is not migrated")
         if dest is not None:
             # A paused incoming copy from an earlier attempt blocks a new one.
-            self.note(migration_id, f"destroying a stale {dest.state.value} copy on {dest_host}")
-            dst_driver.destroy_domain(dst_uri, instance_uuid)
+            self._destroy_stale_copy(migration_id, instance_uuid, dest_host)
 
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
-        after_src = src_driver.find_domain(src_uri, instance_uuid)
-        after_dst = dst_driver.find_domain(dst_uri, instance_uuid)
+        after_src = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
+        after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
         if after_dst is None or not after_dst.running:
-            raise DriverError(f"the hypervisor reported success but the VM is not running on {dest_host}")
+            state = after_dst.state.value if after_dst else "absent"
+            raise DriverError(f"the hypervisor reported success but the VM is not running on {dest_host} ({state})")
         if after_src is not None and after_src.running:
             raise DriverError(f"the VM still runs on {source_host} after migrating")
-        return self._finish(migration_id, result.downtime_ms, result.elapsed_ms)
+        return self._finish(migration_id, result)
+
+    def _destroy_stale_copy(self, migration_id: int, instance_uuid: str, host: str) -> bool:
+        """Destroy the VM's copy on `host` if, read again just now, it is not
+        running there; False if it was kept."""
+        fencing.ensure_current_claim(self.services.db, migration_id)
+        sighting = locate_on(self.services, host, instance_uuid, EXECUTE_PATIENCE_S)
+        if sighting.presence is not Presence.PRESENT or sighting.running:
+            return False
+        driver, uri = self.driver_and_uri(host)
+        driver.destroy_domain(uri, instance_uuid)
+        self.note(migration_id, f"destroyed a stale {sighting.state} copy on {host}")
+        return True
 
     def _options(self, instance_uuid: str) -> MigrationOptions:
         settings = self.services.settings
@@ -81,45 +117,70 @@ class MigrateDomain(MigrationTask):
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
                                                 settings.downtime_step_delay_s_per_gib * memory_gib))
 
-    def _finish(self, migration_id: int, downtime_ms: int | None, elapsed_ms: int) -> dict[str, Any]:
+    def _finish(self, migration_id: int, result: MigrationResult) -> dict[str, Any]:
+        downtime_ms, elapsed_ms = result.downtime_ms, result.elapsed_ms
         self.services.db.set_migration_status(migration_id, MigrationStatus.POST_MIGRATING, progress=1.0,
                                               downtime_ms=downtime_ms)
+        if result.final is not None:
+            # The last figures written while the job ran are up to half a
+            # second old: the completed job's figures replace them.
+            with self.services.db.session() as session:
+                _write_figures(get_migration(session, migration_id), result.final)
         self.update_progress(1.0)
         self.note(migration_id, f"hypervisor migration call took {elapsed_ms} ms, downtime "
                                 f"{'unknown' if downtime_ms is None else f'{downtime_ms} ms'}")
         return {"downtime_ms": downtime_ms, "elapsed_ms": elapsed_ms}
 
+    @never_raises
     def revert(self, result: Any, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
-        # A destination whose daemon just died is often back within seconds
-        # (restarted by its supervisor); the orphan it holds must not be missed.
-        deadline = time.monotonic() + REVERT_HOST_WAIT_S
-        while True:
+        source = locate_on(self.services, source_host, instance_uuid, REVERT_HOST_WAIT_S)
+        if source.domain is not None and source.domain.migration_job_active:
             try:
                 src_driver, src_uri = self.driver_and_uri(source_host)
-                dst_driver, dst_uri = self.driver_and_uri(dest_host)
-                source = src_driver.find_domain(src_uri, instance_uuid)
-                if source is not None and source.migration_job_active:
-                    src_driver.abort_migration(src_uri, instance_uuid)
-                    self.note(migration_id, "aborted the migration job still running")
-                    source = src_driver.find_domain(src_uri, instance_uuid)
-                dest = dst_driver.find_domain(dst_uri, instance_uuid)
-                break
-            except LivemigError as exc:
-                if time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    continue
-                self.note(migration_id, f"could not inspect the hosts while reverting (a paused copy may be left "
-                                        f"on {dest_host}): {exc}", "error")
-                return
-        if dest is not None and not dest.running and source is not None and source.running:
-            try:
-                dst_driver.destroy_domain(dst_uri, instance_uuid)
-                self.note(migration_id, f"destroyed the orphaned {dest.state.value} copy on {dest_host}")
-            except LivemigError as exc:
-                self.note(migration_id, f"could not destroy the orphaned copy on {dest_host}: {exc}", "error")
-        elif dest is not None and dest.running and not isinstance(result, Failure):
+                with_backoff(lambda: src_driver.abort_migration(src_uri, instance_uuid),
+                             f"aborting the migration job of {instance_uuid}")
+                self.note(migration_id, "aborted the migration job still running")
+            except (StillFailing, LivemigError) as exc:
+                record_leftover_for_reconcile(self.services, "migration-job", instance_uuid,
+                                              f"could not abort the migration job: {exc}", source_host, migration_id)
+            source = locate_on(self.services, source_host, instance_uuid, REVERT_HOST_WAIT_S)
+        dest = locate_on(self.services, dest_host, instance_uuid, REVERT_HOST_WAIT_S)
+        if dest.presence is Presence.UNKNOWN:
+            # Unknown is not absent: a paused incoming copy may be left there.
+            record_leftover_for_reconcile(self.services, "domain", instance_uuid,
+                                          f"could not ask {dest_host} whether an incoming copy is left: {dest.error}",
+                                          dest_host, migration_id)
+            self.note(migration_id, f"could not inspect {dest_host} while reverting; recorded for reconcile",
+                      "error")
+            return
+        if dest.presence is Presence.PRESENT and not dest.running:
+            if source.running:
+                try:
+                    if self._destroy_stale_copy(migration_id, instance_uuid, dest_host):
+                        return
+                except LivemigError as exc:
+                    if isinstance(exc, fencing.Fenced):
+                        raise
+                    record_leftover_for_reconcile(self.services, "domain", instance_uuid,
+                                                  f"could not destroy the orphaned {dest.state} copy: {exc}",
+                                                  dest_host, migration_id)
+            elif source.presence is Presence.UNKNOWN:
+                record_leftover_for_reconcile(self.services, "domain", instance_uuid,
+                                              f"a {dest.state} copy is left and {source_host} could not be asked "
+                                              f"({source.error})", dest_host, migration_id)
+        elif dest.running and not isinstance(result, Failure):
             self.note(migration_id, f"the VM already runs on {dest_host}; it is not moved back")
+
+
+def _write_figures(migration: Any, progress: MigrationProgress) -> None:
+    migration.progress = progress.fraction
+    migration.memory_total = progress.memory_total
+    migration.memory_processed = progress.memory_processed
+    migration.memory_remaining = progress.memory_remaining
+    migration.memory_bps = progress.memory_bps
+    migration.iteration = progress.iteration
+    migration.expected_downtime_ms = progress.expected_downtime_ms
 
 
 class _ProgressReporter:
@@ -142,14 +203,7 @@ class _ProgressReporter:
         self.task.update_progress(min(max(progress.fraction, 0.0), 1.0))
         try:
             with self.task.services.db.session() as session:
-                m = get_migration(session, self.migration_id)
-                m.progress = progress.fraction
-                m.memory_total = progress.memory_total
-                m.memory_processed = progress.memory_processed
-                m.memory_remaining = progress.memory_remaining
-                m.memory_bps = progress.memory_bps
-                m.iteration = progress.iteration
-                m.expected_downtime_ms = progress.expected_downtime_ms
+                _write_figures(get_migration(session, self.migration_id), progress)
         except LivemigError as exc:  # progress is best effort; the migration goes on
             LOG.warning("migration %s: could not record progress: %s", self.migration_id, exc)
 

@@ -10,6 +10,7 @@ from livemig.persistence.models import Instance
 from livemig.prechecks import check_migration
 from livemig.states import InstanceState
 from livemig.tasks.base import MigrationTask
+from livemig.tasks.undo import never_raises, with_backoff
 
 
 class CheckMigrationPrerequisites(MigrationTask):
@@ -47,9 +48,15 @@ class MarkInstanceMigrating(MigrationTask):
             insert_events(conn, event_row(migration_id, "note", self.name, "migrating", f"instance was {previous}"))
             return previous
 
+    @never_raises
     def revert(self, result: Any, instance_uuid: str, **kwargs: Any) -> None:
         previous = result if isinstance(result, str) else InstanceState.RUNNING.value
-        with self.services.db.session() as session:
-            instance = session.get(Instance, instance_uuid)
-            if instance is not None and instance.state == InstanceState.MIGRATING.value:
-                instance.state = previous
+
+        def put_back() -> None:
+            with self.services.db.session() as session:
+                instance = session.get(Instance, instance_uuid)
+                if instance is not None and instance.state == InstanceState.MIGRATING.value:
+                    instance.state = previous
+
+        # Retried; if it still fails the first task's decision sets the state anyway.
+        with_backoff(put_back, f"restoring the state of instance {instance_uuid}")

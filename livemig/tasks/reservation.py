@@ -5,17 +5,21 @@ import time
 from typing import Any
 
 from livemig.coordination.base import HostLimit
-from livemig.errors import MigrationFailed, QueueTimeout
+from livemig.errors import QueueTimeout
 from livemig.persistence.inventory import get_hosts, get_migration
 from livemig.states import MigrationStatus
 from livemig.tasks.base import MigrationTask
+from livemig.tasks.lifecycle import MigrationCancelled
+from livemig.tasks.undo import StillFailing, never_raises, record_leftover_for_reconcile, with_backoff
 
 
 class ReserveHosts(MigrationTask):
     """Holds both hosts (within their concurrency limits) and the instance,
     waiting in `queued` up to the queue timeout.
 
-    Reversion strategy: release this migration's reservations (idempotent).
+    Reversion strategy: release this migration's reservations (idempotent),
+    retrying a ZooKeeper or database error; reservations that still cannot be
+    released are recorded as leftovers for reconcile.
     """
 
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
@@ -36,14 +40,22 @@ class ReserveHosts(MigrationTask):
                 noted = True
             with self.services.db.reading() as session:
                 if get_migration(session, migration_id).abort_requested:
-                    raise MigrationFailed(f"migration {migration_id} was cancelled while queued")
+                    raise MigrationCancelled(f"migration {migration_id} was cancelled while queued")
             if time.monotonic() >= deadline:
                 raise QueueTimeout(f"gave up waiting for hosts after {queue_timeout:g} s: {why}")
             self.services.reservations.wait_for_change(instance_uuid, [source_host, dest_host],
                                                        self.services.settings.poll_interval_s)
 
+    @never_raises
     def revert(self, migration_id: int, source_host: str, dest_host: str, **kwargs: Any) -> None:
-        self.services.reservations.release(migration_id, [source_host, dest_host])
+        hosts = [source_host, dest_host]
+        try:
+            with_backoff(lambda: self.services.reservations.release(migration_id, hosts),
+                         f"releasing the hosts of migration {migration_id}")
+        except StillFailing as exc:
+            for host in hosts:
+                record_leftover_for_reconcile(self.services, "reservation", str(migration_id),
+                                              f"could not release the reservation: {exc.cause}", host, migration_id)
 
 
 class ReleaseHosts(MigrationTask):

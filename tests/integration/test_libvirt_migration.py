@@ -230,3 +230,31 @@ def test_an_exception_inside_the_hypervisor_call_is_the_reason(lab, lab_settings
                        MigrationOptions(bandwidth_mib_s=-5, poll_interval_s=0.1, timeout_s=30))
     assert "Traceback" not in capfd.readouterr().err
     assert active_on(lab, g["uuid"]) == [src]
+
+
+def test_guest_suspended_during_a_slow_migration_stays_paused_on_source(lab, lab_settings):
+    """Issue 13 item 1: a guest paused by an operator mid-migration is neither
+    moved nor terminated: the migration is aborted and ends `failed`, naming
+    the state, and the guest stays (paused) on its source."""
+    g, src, dst, boot_id, runner, m = start_slow_migration(lab, lab_settings, mib_s=1)
+    c = conn(lab, index_of(lab, src))
+    try:
+        dom = c.lookupByUUIDString(g["uuid"])
+        dom.suspend()  # as `virsh suspend` does
+        out, err = runner.communicate(timeout=120)
+        assert runner.returncode == 1, err
+        row = migration_row(lab_settings, m.id)
+        assert row.status == "failed", row.error_reason
+        assert "paused" in row.error_reason
+        # libvirt resumes a guest it counts as paused for the migration once
+        # the job is aborted: paused or running, it is on its source.
+        assert dom.state()[0] in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_RUNNING)
+        assert defined_on(lab, g["uuid"]) == [src]  # nothing on the destination
+        assert len(qemu_processes_for(g["uuid"])) == 1
+        assert inventory_host(lab_settings, g["uuid"]) == src
+    finally:
+        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        c.close()
+    livemig.sync_hosts(livemig.admin_context("tests"), settings=lab_settings)
+    assert where(lab, lab_settings) == src and ask(g["ip"], 9) == boot_id
