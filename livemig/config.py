@@ -46,8 +46,6 @@ class Settings:
     # least the minimum) is aborted; the VM stays on its source.
     completion_timeout_s_per_gib: float = 240.0
     completion_timeout_min_s: float = 60.0
-    # Disks on a directory that every host mounts (libvirt calls them unsafe).
-    shared_storage: bool = False
     # How long a migration waits in "queued" for its hosts' reservations.
     queue_timeout_s: float = 300.0
     # Migrations one conductor runs at once (each waits on its hypervisors;

@@ -365,7 +365,9 @@ class FakeDriver(Driver):
             return host["filters"].pop(name, None) is not None
 
     # -- migration
-    def _start_migration(self, source_uri: str, dest_uri: str, uuid: str) -> None:
+    def _start_migration(self, source_uri: str, dest_uri: str, uuid: str,
+                         options: MigrationOptions | None = None) -> None:
+        options = options or MigrationOptions()
         with self.world(source_uri, dest_uri) as (world, src):
             dst = fake_path(dest_uri)
             if src.parent != dst.parent:
@@ -388,11 +390,15 @@ class FakeDriver(Driver):
                 if iface.get("filter") and iface["filter"] not in dest["filters"]:
                     raise DriverError(f"referenced filter '{iface['filter']}' is missing", code=1)
             for disk in dom["disks"]:
+                # As libvirt: a local disk migrates only if told it is shared.
+                if disk["kind"] in ("file", "block") and disk.get("source") and not options.shared_storage:
+                    raise DriverError("Unsafe migration: Migration may lead to data corruption if disks use "
+                                      "cache other than none or directsync", code=81)
                 if disk.get("secret_usage") and disk["secret_usage"] not in dest["secrets"]:
                     raise DriverError(f"no secret with matching usage '{disk['secret_usage']}'", code=66)
             dom.pop("job_outcome", None)
             incoming = copy.deepcopy(dom)
-            incoming.update(state="paused", incoming_from=str(src))
+            incoming.update(state="paused", incoming_from=str(src), migrated_unsafe=options.shared_storage)
             incoming.pop("job", None)
             dest["domains"][uuid] = incoming
             world.touch(dst)
@@ -443,7 +449,7 @@ class FakeDriver(Driver):
                 on_progress: ProgressCallback | None = None,
                 should_abort: AbortCheck | None = None) -> MigrationResult:
         started = time.monotonic()
-        self._start_migration(source_uri, dest_uri, uuid)
+        self._start_migration(source_uri, dest_uri, uuid, options)
         self._poll(source_uri, uuid, options, on_progress, should_abort, started)
         with self.world(dest_uri, source_uri) as (world, dst):
             dom = world.host(dst)["domains"].get(uuid)

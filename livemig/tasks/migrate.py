@@ -6,6 +6,7 @@ from typing import Any
 
 from taskflow.types.failure import Failure
 
+from livemig.disk_sharing import unsafe_flag_for
 from livemig.drivers.base import DriverError, MigrationOptions, MigrationProgress, downtime_schedule
 from livemig.errors import LivemigError
 from livemig.persistence.inventory import get_migration
@@ -59,6 +60,7 @@ class MigrateDomain(MigrationTask):
             self.note(migration_id, f"destroying a stale {dest.state.value} copy on {dest_host}")
             dst_driver.destroy_domain(dst_uri, instance_uuid)
 
+        options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
         after_src = src_driver.find_domain(src_uri, instance_uuid)
         after_dst = dst_driver.find_domain(dst_uri, instance_uuid)
@@ -75,7 +77,6 @@ class MigrateDomain(MigrationTask):
             memory_gib = max(instance.memory_mb / 1024.0, 0.0) if instance else 1.0
         return MigrationOptions(
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
-            shared_storage=settings.shared_storage,
             timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
             poll_interval_s=settings.poll_interval_s,
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
