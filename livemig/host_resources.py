@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from livemig.drivers.base import DomainInfo, Driver
+from livemig.errors import LivemigError
 from livemig.persistence.inventory import unfinished
 from livemig.persistence.models import HostResource, Instance, Migration
 
@@ -60,3 +62,26 @@ def needed_by_other_migration(session: Session, host: str, kind: str, name: str,
         if any(isinstance(item, dict) and item.get(key) == name for item in items):
             return f"migration {mid} ({source} -> {dest}) is unfinished and its VM uses it"
     return None
+
+
+class KeptForAnotherUser(LivemigError):
+    """A revert left an object it created: someone else may need it now."""
+
+
+def _uses(domain: DomainInfo, kind: str, name: str) -> bool:
+    if kind == "filter":
+        return any(i.filter == name for i in domain.interfaces)
+    return any(d.secret_usage == name for d in domain.disks)
+
+
+def why_keep(db, driver: Driver, uri: str, host: str, kind: str, name: str, migration_id: int,
+             instance_uuid: str) -> str | None:
+    """Why an object this migration defined on `host` must stay there
+    (another domain there uses it, or another unfinished migration of the
+    host may), or None. A host that does not answer raises: unknown is not
+    "unused"."""
+    users = [d.name for d in driver.list_domains(uri) if d.uuid != instance_uuid and _uses(d, kind, name)]
+    if users:
+        return f"domain {users[0]} on {host} uses it"
+    with db.reading() as session:
+        return needed_by_other_migration(session, host, kind, name, migration_id)

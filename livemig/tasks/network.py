@@ -7,7 +7,7 @@ from taskflow.types.failure import Failure
 
 from livemig.drivers.base import FilterConflict
 from livemig.errors import PrecheckFailed
-from livemig.host_resources import forget, record_created
+from livemig.host_resources import KeptForAnotherUser, forget, record_created, why_keep
 from livemig.tasks.destination import DestinationSetupTask
 
 
@@ -55,6 +55,10 @@ class SetUpNetworkOnDestination(DestinationSetupTask):
     def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
         def remove(driver, uri: str, name: str) -> bool:
+            # Created for this migration, but another may have found it since and relied on it.
+            keep = why_keep(self.services.db, driver, uri, dest_host, "filter", name, migration_id, instance_uuid)
+            if keep is not None:
+                raise KeptForAnotherUser(f"kept it: {keep}")
             removed = driver.undefine_filter(uri, name)
             forget(self.services.db, dest_host, "filter", name)
             return removed

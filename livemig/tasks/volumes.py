@@ -7,7 +7,7 @@ from taskflow.types.failure import Failure
 
 from livemig.credentials import registered_credential
 from livemig.errors import PrecheckFailed
-from livemig.host_resources import forget, record_created
+from livemig.host_resources import KeptForAnotherUser, forget, record_created, why_keep
 from livemig.tasks.destination import DestinationSetupTask
 
 
@@ -51,6 +51,10 @@ class SetUpVolumesOnDestination(DestinationSetupTask):
     def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
         def remove(driver, uri: str, usage: str) -> bool:
+            # Created for this migration, but another may have found it since and relied on it.
+            keep = why_keep(self.services.db, driver, uri, dest_host, "secret", usage, migration_id, instance_uuid)
+            if keep is not None:
+                raise KeptForAnotherUser(f"kept it: {keep}")
             removed = driver.undefine_secret(uri, usage)
             forget(self.services.db, dest_host, "secret", usage)
             return removed

@@ -73,3 +73,27 @@ def test_revert_of_a_setup_forgets_what_it_removed(cloud):
     assert cloud.host_record("b")["filters"] == {} and cloud.host_record("b")["secrets"] == {}
     # Removed by the revert: no longer livemig's (a filter someone defines there later is theirs).
     assert owned(cloud) == set()
+
+
+def test_revert_keeps_what_it_created_when_another_unfinished_migration_needs_it(cloud):
+    # vm2 on c, using the same filter and secret, is queued to move to b.
+    cloud.driver.update_host(cloud.uri("c"), filters={"sg-web": FILTER_XML},
+                             secrets={"vol-1": {"type": "iscsi", "value": "s3cret"}})
+    cloud.driver.create_domain(
+        cloud.uri("c"), "vm2", interfaces=[InterfaceInfo(mac="52:54:00:aa:00:02", bridge="br-guests",
+                                                         filter="sg-web")],
+        disks=[DiskInfo(target="vdb", kind="network", source="iscsi://127.0.0.1:3260/iqn.lab:vol/1",
+                        protocol="iscsi", hosts=[["127.0.0.1", 3260]], secret_usage="vol-1", secret_type="iscsi")])
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    queued = livemig.create_migration(CTX, "vm2", "c", "b", settings=cloud.settings)
+    # vm1's migration to b defines them on b, then fails.
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "error", "destination refused")
+    with pytest.raises(livemig.MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert cloud.running_on() == ["a"]
+    # The revert kept them for migration `queued`, and they stay livemig's to remove later.
+    assert "sg-web" in cloud.host_record("b")["filters"] and "vol-1" in cloud.host_record("b")["secrets"]
+    assert owned(cloud) == {("b", "filter", "sg-web"), ("b", "secret", "vol-1")}
+    failed = cloud.last_migration()
+    notes = [e.message for e in livemig.show_migration(failed.id, settings=cloud.settings).events]
+    assert any(f"kept it: migration {queued.id} (c -> b)" in n for n in notes), notes
