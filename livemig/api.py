@@ -10,12 +10,13 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
 from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
+from livemig.disk_sharing import normalized_shared_paths
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, QueueTimeout
@@ -53,9 +54,12 @@ def _services(settings: Settings | None) -> Services:
 def add_host(context: RequestContext, name: str, uri: str, zone: str = "default", *,
              max_concurrent_migrations: int = 1, cpu_allocation_ratio: float = 4.0,
              ram_allocation_ratio: float = 1.0, disk_allocation_ratio: float = 1.0,
-             settings: Settings | None = None) -> HostView:
-    """Register a hypervisor host; it must answer (its totals are read)."""
+             shared_paths: Iterable[str] = (), settings: Settings | None = None) -> HostView:
+    """Register a hypervisor host; it must answer (its totals are read).
+    `shared_paths`: directories or block devices this host shares with the
+    others (a file or block disk migrates only if both hosts share it)."""
     context.require_admin("adding a host")
+    shared = normalized_shared_paths(shared_paths)
     if not name or "/" in name or len(name) > 255:
         raise InvalidInput(f"invalid host name {name!r}")
     if max_concurrent_migrations < 1:
@@ -71,7 +75,7 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
                     cpu_allocation_ratio=cpu_allocation_ratio, ram_allocation_ratio=ram_allocation_ratio,
                     disk_allocation_ratio=disk_allocation_ratio, vcpus=facts.vcpus, memory_mb=facts.memory_mb,
                     disk_gb=facts.disk_gb, cpu_model=facts.cpu_model, hypervisor_version=facts.hypervisor_version,
-                    last_seen=utcnow())
+                    shared_paths=shared, last_seen=utcnow())
         session.add(host)
         session.flush()
         return HostView.of(host)
@@ -80,6 +84,18 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
 def list_hosts(settings: Settings | None = None) -> list[HostView]:
     with _services(settings).db.reading() as session:
         return [HostView.of(h) for h in session.scalars(sa.select(Host).order_by(Host.name))]
+
+
+def set_host_shared_paths(context: RequestContext, name: str, shared_paths: Iterable[str],
+                          settings: Settings | None = None) -> HostView:
+    """Replace the paths host NAME shares with the others (empty: none).
+    Migrations already past their precheck keep the decision made then."""
+    context.require_admin("changing a host's shared paths")
+    shared = normalized_shared_paths(shared_paths)
+    with _services(settings).db.session() as session:
+        host = get_host(session, name)
+        host.shared_paths = shared
+        return HostView.of(host)
 
 
 def set_host_enabled(context: RequestContext, name: str, enabled: bool, reason: str | None = None,

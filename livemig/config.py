@@ -57,8 +57,6 @@ class Settings:
     # least the minimum) is aborted; the VM stays on its source.
     completion_timeout_s_per_gib: float = 240.0
     completion_timeout_min_s: float = 60.0
-    # Disks on a directory that every host mounts (libvirt calls them unsafe).
-    shared_storage: bool = False
     # How long a migration waits in "queued" for its hosts' reservations.
     queue_timeout_s: float = 300.0
     # How long `livemig migrate` (with ZooKeeper) waits for a conductor to
@@ -182,7 +180,6 @@ SPECS: dict[str, Spec] = {
     "bandwidth_mib_s": Spec(int, 0, 1_000_000),
     "completion_timeout_s_per_gib": Spec(float, 0.0, DAY_S),
     "completion_timeout_min_s": Spec(float, 0.1, 7 * DAY_S),
-    "shared_storage": Spec(bool),
     "queue_timeout_s": Spec(float, 0.0, 7 * DAY_S),
     "unclaimed_job_timeout_s": Spec(float, 0.1, 7 * DAY_S),
     "conductor_max_migrations": Spec(int, 1, 1024),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
     Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
@@ -63,8 +65,9 @@ def _other_migration_statement() -> sa.Select:
 
 
 def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str, source: str, dest: str,
-                    migration_id: int | None = None) -> Instance:
-    """Raise a precise LivemigError unless the migration may start; returns the instance."""
+                    migration_id: int | None = None, report: Callable[[str], None] | None = None) -> Instance:
+    """Raise a precise LivemigError unless the migration may start; returns
+    the instance. `report` is told, per disk, what was decided about it."""
     if source == dest:
         raise InvalidInput(f"source and destination are the same host ({source})")
     src, dst = get_hosts(session, source, dest)
@@ -92,6 +95,13 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     if domain is None or not domain.running:
         state = domain.state.value if domain else "absent"
         raise PrecheckFailed(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
+    verdicts = judge_disks(domain.disks, src, dst)
+    if report is not None:
+        for verdict in verdicts:
+            report(("may migrate: " if verdict.may_migrate else "refused: ") + verdict.reason)
+    refused = refusal(verdicts)
+    if refused is not None:
+        raise PrecheckFailed(refused)
     _check_capacity(session, dst, dst_facts.vcpus, dst_facts.memory_mb, dst_facts.disk_gb, instance, migration_id)
     compatible, why = dst_driver.cpu_compatible(src.uri, dst.uri, instance.uuid)
     if not compatible:

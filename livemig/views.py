@@ -30,11 +30,12 @@ class HostView(View):
     disk_gb: int
     max_concurrent_migrations: int
     last_seen: str | None
+    shared_paths: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, h: Host) -> "HostView":
         return cls(h.name, h.uri, h.zone, h.enabled, h.disabled_reason, h.vcpus, h.memory_mb, h.disk_gb,
-                   h.max_concurrent_migrations, _iso(h.last_seen))
+                   h.max_concurrent_migrations, _iso(h.last_seen), list(h.shared_paths or []))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,10 @@ from livemig.cli.common import State, emit, format_option, handle_errors, out
 
 HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"), ("VCPUS", "vcpus"),
                 ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"), ("MAX_MIGRATIONS", "max_concurrent_migrations"),
-                ("LAST_SEEN", "last_seen")]
+                ("SHARED_PATHS", "shared_paths"), ("LAST_SEEN", "last_seen")]
+
+SHARED_PATH_HELP = ("A directory or block device this host shares with the others (repeatable): a file or "
+                    "block disk under it migrates only if the destination shares it too.")
 
 
 @click.group()
@@ -25,15 +28,31 @@ def host() -> None:
 @click.option("--cpu-ratio", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
 @click.option("--ram-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
 @click.option("--disk-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
 @format_option
 @click.pass_obj
 @handle_errors
 def add(state: State, name: str, uri: str, zone: str, max_migrations: int, cpu_ratio: float, ram_ratio: float,
-        disk_ratio: float, output_format: str) -> None:
+        disk_ratio: float, shared_paths: tuple[str, ...], output_format: str) -> None:
     """Register host NAME (it must answer at URI)."""
     view = api.add_host(state.context(), name, uri, zone, max_concurrent_migrations=max_migrations,
                         cpu_allocation_ratio=cpu_ratio, ram_allocation_ratio=ram_ratio,
-                        disk_allocation_ratio=disk_ratio, settings=state.settings)
+                        disk_allocation_ratio=disk_ratio, shared_paths=shared_paths, settings=state.settings)
+    emit(output_format, [view], HOST_COLUMNS)
+
+
+@host.command("set")
+@click.argument("name")
+@click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
+@click.option("--no-shared-paths", is_flag=True, help="NAME shares no storage with the others.")
+@format_option
+@click.pass_obj
+@handle_errors
+def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths: bool, output_format: str) -> None:
+    """Change host NAME: its shared paths replace the ones it had."""
+    if no_shared_paths == bool(shared_paths):
+        raise click.UsageError("give either --shared-path PATH (repeatable) or --no-shared-paths")
+    view = api.set_host_shared_paths(state.context(), name, shared_paths, settings=state.settings)
     emit(output_format, [view], HOST_COLUMNS)
 
 

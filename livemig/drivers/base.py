@@ -114,6 +114,8 @@ class MigrationProgress:
 class MigrationOptions:
     max_downtime_ms: int = 300
     bandwidth_mib_s: int = 0
+    # Every file or block disk is on storage both hosts share (decided per
+    # disk, livemig.disk_sharing): libvirt's UNSAFE flag.
     shared_storage: bool = False
     timeout_s: float = 600.0
     poll_interval_s: float = 0.2

@@ -411,11 +411,15 @@ class FakeDriver(Driver):
                 if iface.get("filter") and iface["filter"] not in dest["filters"]:
                     raise DriverError(f"referenced filter '{iface['filter']}' is missing", code=1)
             for disk in dom["disks"]:
+                # As libvirt: a local disk migrates only if told it is shared.
+                if disk["kind"] in ("file", "block") and disk.get("source") and not options.shared_storage:
+                    raise DriverError("Unsafe migration: Migration may lead to data corruption if disks use "
+                                      "cache other than none or directsync", code=81)
                 if disk.get("secret_usage") and disk["secret_usage"] not in dest["secrets"]:
                     raise DriverError(f"no secret with matching usage '{disk['secret_usage']}'", code=66)
             dom.pop("job_outcome", None)
             incoming = copy.deepcopy(dom)
-            incoming.update(state="paused", incoming_from=str(src))
+            incoming.update(state="paused", incoming_from=str(src), migrated_unsafe=options.shared_storage)
             incoming.pop("job", None)
             dest["domains"][uuid] = incoming
             world.touch(dst)

@@ -6,6 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from livemig.errors import LivemigError
+from livemig.host_resources import created_by_livemig, forget, needed_by_other_migration
 from livemig.persistence.models import Instance
 from livemig.states import InstanceState
 from livemig.tasks.base import MigrationTask
@@ -35,9 +36,11 @@ class UpdateInstanceHost(MigrationTask):
 
 
 class CleanUpSource(MigrationTask):
-    """Removes source-side leftovers only this VM used: its filters, its disk
-    secrets and a stale definition. Problems are recorded as events and never
-    roll the VM back.
+    """Removes source-side leftovers of this VM: a stale definition, and the
+    filters and disk secrets that livemig itself defined there (a HostResource
+    record says so), that no other domain there uses and that no other
+    unfinished migration of that host may need. What was there before livemig
+    stays. Problems are recorded as events and never roll the VM back.
 
     Reversion strategy: nothing to undo (removing leftovers is not undone).
     """
@@ -60,23 +63,30 @@ class CleanUpSource(MigrationTask):
             return {"removed": removed}
         if moved is None:
             return {"removed": removed}
-        used_filters = {i.filter for d in others for i in d.interfaces if i.filter}
-        used_secrets = {k.secret_usage for d in others for k in d.disks if k.secret_usage}
-        for name in sorted({i.filter for i in moved.interfaces if i.filter}):
-            if name in used_filters or name in LIBVIRT_BUILTIN_FILTERS:
+        used = {("filter", i.filter) for d in others for i in d.interfaces if i.filter}
+        used |= {("secret", k.secret_usage) for d in others for k in d.disks if k.secret_usage}
+        candidates = sorted({("filter", i.filter) for i in moved.interfaces
+                             if i.filter and i.filter not in LIBVIRT_BUILTIN_FILTERS}
+                            | {("secret", k.secret_usage) for k in moved.disks if k.secret_usage})
+        undefine = {"filter": driver.undefine_filter, "secret": driver.undefine_secret}
+        for kind, name in candidates:
+            if (kind, name) in used:
                 continue
-            self._try(migration_id, f"filter {name}", lambda n=name: driver.undefine_filter(uri, n), removed)
-        for usage in sorted({k.secret_usage for k in moved.disks if k.secret_usage}):
-            if usage in used_secrets:
+            with self.services.db.reading() as session:
+                if not created_by_livemig(session, source_host, kind, name):
+                    continue  # there before livemig: not ours to remove
+                needed = needed_by_other_migration(session, source_host, kind, name, migration_id)
+            if needed is not None:
+                self.note(migration_id, f"kept {kind} {name} on {source_host}: {needed}")
                 continue
-            self._try(migration_id, f"secret {usage}", lambda u=usage: driver.undefine_secret(uri, u), removed)
+            try:
+                was_there = undefine[kind](uri, name)
+            except LivemigError as exc:
+                self.note(migration_id, f"could not remove {kind} {name} from the source: {exc}", "error")
+                continue
+            forget(self.services.db, source_host, kind, name)
+            if was_there:
+                removed.append(f"{kind} {name}")
         if removed:
             self.note(migration_id, f"removed from {source_host}: {', '.join(removed)}")
         return {"removed": removed}
-
-    def _try(self, migration_id: int, what: str, action, removed: list[str]) -> None:
-        try:
-            if action():
-                removed.append(what)
-        except LivemigError as exc:
-            self.note(migration_id, f"could not remove {what} from the source: {exc}", "error")

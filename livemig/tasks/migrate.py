@@ -7,6 +7,7 @@ from typing import Any
 from taskflow.types.failure import Failure
 
 from livemig import fencing
+from livemig.disk_sharing import unsafe_flag_for
 from livemig.drivers.base import (
     DriverError, MigrationOptions, MigrationProgress, MigrationResult, downtime_schedule,
 )
@@ -82,6 +83,7 @@ class MigrateDomain(MigrationTask):
             # A paused incoming copy from an earlier attempt blocks a new one.
             self._destroy_stale_copy(migration_id, instance_uuid, dest_host)
 
+        options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
         after_src = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
         after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
@@ -111,7 +113,6 @@ class MigrateDomain(MigrationTask):
             memory_gib = max(instance.memory_mb / 1024.0, 0.0) if instance else 1.0
         return MigrationOptions(
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
-            shared_storage=settings.shared_storage,
             timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
             poll_interval_s=settings.poll_interval_s,
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,

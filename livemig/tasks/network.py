@@ -7,6 +7,7 @@ from taskflow.types.failure import Failure
 
 from livemig.drivers.base import FilterConflict
 from livemig.errors import PrecheckFailed
+from livemig.host_resources import KeptForAnotherUser, forget, record_created, why_keep
 from livemig.tasks.destination import DestinationSetupTask
 
 
@@ -43,6 +44,7 @@ class SetUpNetworkOnDestination(DestinationSetupTask):
             present = dst_driver.filter_xml(dst_uri, iface.filter)
             if present is None:
                 self.record_resource(migration_id, iface.filter, "created")
+                record_created(self.services.db, dest_host, "filter", iface.filter, migration_id)
                 dst_driver.define_filter(dst_uri, wanted)
                 created.append(iface.filter)
                 self.note(migration_id, f"defined filter {iface.filter} on {dest_host}")
@@ -52,5 +54,13 @@ class SetUpNetworkOnDestination(DestinationSetupTask):
 
     def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
-        self.remove_created(migration_id, instance_uuid, dest_host,
-                            lambda driver, uri, name: driver.undefine_filter(uri, name))
+        def remove(driver, uri: str, name: str) -> bool:
+            # Created for this migration, but another may have found it since and relied on it.
+            keep = why_keep(self.services.db, driver, uri, dest_host, "filter", name, migration_id, instance_uuid)
+            if keep is not None:
+                raise KeptForAnotherUser(f"kept it: {keep}")
+            removed = driver.undefine_filter(uri, name)
+            forget(self.services.db, dest_host, "filter", name)
+            return removed
+
+        self.remove_created(migration_id, instance_uuid, dest_host, remove)

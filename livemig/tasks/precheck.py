@@ -25,7 +25,7 @@ class CheckMigrationPrerequisites(MigrationTask):
             if instance is not None and instance.state == InstanceState.MIGRATING.value:
                 return  # marked by this flow before a crash: the checks passed then
             check_migration(session, self.services.drivers, instance_uuid, source_host, dest_host,
-                            migration_id=migration_id)
+                            migration_id=migration_id, report=lambda why: self.note(migration_id, why))
 
 
 class MarkInstanceMigrating(MigrationTask):

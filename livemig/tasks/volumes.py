@@ -7,6 +7,7 @@ from taskflow.types.failure import Failure
 
 from livemig.credentials import registered_credential
 from livemig.errors import PrecheckFailed
+from livemig.host_resources import KeptForAnotherUser, forget, record_created, why_keep
 from livemig.tasks.destination import DestinationSetupTask
 
 
@@ -40,6 +41,7 @@ class SetUpVolumesOnDestination(DestinationSetupTask):
                 continue
             # Record first: if we die right after creating, the revert still knows.
             self.record_resource(migration_id, usage, "created")
+            record_created(self.services.db, dest_host, "secret", usage, migration_id)
             src_driver.copy_secret(src_uri, dst_uri, usage, disk.secret_type or "iscsi",
                                    fallback_value=registered_credential(self.services, usage))
             created.append(usage)
@@ -48,5 +50,13 @@ class SetUpVolumesOnDestination(DestinationSetupTask):
 
     def revert(self, result: Any, migration_id: int, instance_uuid: str, dest_host: str,
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
-        self.remove_created(migration_id, instance_uuid, dest_host,
-                            lambda driver, uri, usage: driver.undefine_secret(uri, usage))
+        def remove(driver, uri: str, usage: str) -> bool:
+            # Created for this migration, but another may have found it since and relied on it.
+            keep = why_keep(self.services.db, driver, uri, dest_host, "secret", usage, migration_id, instance_uuid)
+            if keep is not None:
+                raise KeptForAnotherUser(f"kept it: {keep}")
+            removed = driver.undefine_secret(uri, usage)
+            forget(self.services.db, dest_host, "secret", usage)
+            return removed
+
+        self.remove_created(migration_id, instance_uuid, dest_host, remove)

@@ -91,9 +91,17 @@ def test_volume_and_network_pre_operations_follow_the_vm(lab, lab_settings):
     proc = cli(lab_settings, "migrate", "--live", src, g["name"], dst)
     assert proc.returncode == 0, proc.stderr
     assert has_filter(lab, di, FILTER_NAME) and has_secret(lab, di, g["secret_usage"])
-    assert not has_filter(lab, si, FILTER_NAME) and not has_secret(lab, si, g["secret_usage"])
+    # The lab defined them on the guest's first host before livemig ran:
+    # they are not livemig's to remove (issue 13 item 7).
+    assert has_filter(lab, si, FILTER_NAME) and has_secret(lab, si, g["secret_usage"])
     # The guest still reads and writes its authenticated volume on the new host.
     assert ask(g["ip"], 10, "after-move") == "after-move"
+    # Back: what livemig defined on dst is removed once the guest leaves.
+    proc = cli(lab_settings, "migrate", "--live", dst, g["name"], src)
+    assert proc.returncode == 0, proc.stderr
+    assert not has_filter(lab, di, FILTER_NAME) and not has_secret(lab, di, g["secret_usage"])
+    assert has_filter(lab, si, FILTER_NAME) and has_secret(lab, si, g["secret_usage"])
+    assert ask(g["ip"], 10, "after-return") == "after-return"
 
 
 def test_destination_daemon_down_is_a_clear_precheck_error(lab, lab_settings):
