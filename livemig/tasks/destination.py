@@ -8,6 +8,7 @@ from typing import Callable
 from livemig.drivers.base import Driver, DomainInfo
 from livemig import fencing
 from livemig.errors import LivemigError, PrecheckFailed
+from livemig.host_resources import KeptForAnotherUser
 from livemig.locator import Presence, Sighting, locate_on
 from livemig.persistence.inventory import created_resources
 from livemig.tasks.base import LOG, MigrationTask
@@ -82,6 +83,10 @@ class DestinationSetupTask(MigrationTask):
                 self.note(migration_id, f"removed {self.resource_kind} {name} from {dest_host}")
             except fencing.Fenced:
                 raise
+            except KeptForAnotherUser as exc:
+                # Not a leftover: another domain or migration needs it, and it
+                # stays livemig's to remove once the last user has left.
+                self.note(migration_id, f"kept {self.resource_kind} {name} on {dest_host}: {exc}")
             except (LivemigError, StillFailing) as exc:
                 LOG.warning("migration %s: could not remove %s %s from %s: %s", migration_id, self.resource_kind,
                             name, dest_host, exc)
