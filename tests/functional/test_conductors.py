@@ -2,8 +2,10 @@
 SIGSTOP, host reservations under load (fake hypervisor)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -91,6 +93,56 @@ def step_events(settings, migration_id, state=None):
     return [e for e in rows if state is None or e.state == state]
 
 
+def _nobody_holds(cloud, settings) -> bool:
+    """Whether, right now, no process holds a fake hypervisor's file lock
+    or the SQLite database's write lock (tried without waiting)."""
+    for lock_path in cloud.directory.glob(".*.lock"):
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # closing the file releases a lock we took
+    db_file = sa.engine.make_url(settings.database_url).database
+    conn = sqlite3.connect(db_file, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+def freeze(proc, cloud, settings, timeout=30.0):
+    """SIGSTOP a conductor at a moment it holds no lock but its claim. The
+    fake hypervisors live in lock-guarded files and the embedded database is
+    one SQLite file: a conductor frozen inside one of those locks would
+    freeze every other process with it (a real hypervisor is its own
+    daemon; PostgreSQL locks rows, not the database), which is not the
+    freeze under test. Stopped, it cannot take a lock: if none is held
+    once it has stopped, none will be until SIGCONT."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        _wait_stopped(proc)
+        if _nobody_holds(cloud, settings):
+            return
+        proc.send_signal(signal.SIGCONT)
+        assert time.monotonic() < deadline, "the conductor never let go of its locks"
+        time.sleep(0.02)
+
+
+def _wait_stopped(proc, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "T":
+                return
+        assert time.monotonic() < deadline, f"process {proc.pid} did not stop"
+        time.sleep(0.005)
+
+
 def holders(settings, host):
     return services_for(settings).reservations.holders(host)
 
@@ -137,7 +189,7 @@ def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conduc
     frozen = conductors.start("frozen")
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     wait_running(zk_settings, view.id)
-    frozen.send_signal(signal.SIGSTOP)
+    freeze(frozen, cloud, zk_settings)
     frozen_at = time.monotonic()
     conductors.start("rescuer")
     (done,) = wait_finished(zk_settings, [view.id])
@@ -182,7 +234,7 @@ def test_frozen_conductor_changes_nothing_after_it_wakes(tmp_path, zk_settings, 
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     wait_running(zk_settings, view.id)
     time.sleep(0.5)  # into the hypervisor job
-    frozen.send_signal(signal.SIGSTOP)
+    freeze(frozen, cloud, zk_settings)
     conductors.start("rescuer")
     (done,) = wait_finished(zk_settings, [view.id])
     assert done.status == "completed", done.error_reason
