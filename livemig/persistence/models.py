@@ -30,6 +30,14 @@ class Host(Base):
     ram_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
     disk_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
     max_concurrent_migrations: Mapped[int] = mapped_column(default=1)
+    # Maintenance: no new placements on the host (a drain puts it there;
+    # `host undrain` takes it out). The reason is shown in `host list`.
+    maintenance: Mapped[bool] = mapped_column(default=False)
+    maintenance_reason: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
+    maintenance_since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The bridges (names) the host offers guests, as last discovered by
+    # `host sync`: the scheduler places an instance only where its networks are.
+    networks: Mapped[list[Any]] = mapped_column(default=list)
     # Paths (directories or block devices) this host shares with the others:
     # a file or block disk under one of them, on both hosts, may migrate
     # without copying its storage (see prechecks).
@@ -57,6 +65,9 @@ class Instance(Base):
     cpu_model: Mapped[str | None] = mapped_column(sa.String(255), default=None)
     volumes: Mapped[list[Any]] = mapped_column(default=list)
     interfaces: Mapped[list[Any]] = mapped_column(default=list)
+    # Anti-affinity: instances sharing a group label (from the domain's
+    # livemig metadata) are never placed on one host.
+    group: Mapped[str | None] = mapped_column(sa.String(255), default=None, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -90,6 +101,13 @@ class Migration(Base):
     # Per-migration options (JSON-able), chosen when it was requested; every
     # other setting is the running controller's own.
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The fleet operation this migration is a move of, if any.
+    operation_id: Mapped[int | None] = mapped_column(default=None, index=True)
+    # Whether the destination was chosen by livemig's scheduler (then a
+    # failure before switchover retries on the next candidate) or named by
+    # the requester (never retried elsewhere); the hosts tried so far.
+    scheduled: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -160,3 +178,68 @@ class Credential(Base):
     usage: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Operation(Base):
+    """A fleet operation (drain, undrain --return, rebalance, consolidate): a
+    persisted, resumable unit whose moves are ordinary migrations."""
+
+    __tablename__ = "livemig_operations"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), index=True)
+    # planning, running, aborting, completed, partial, failed, aborted
+    status: Mapped[str] = mapped_column(sa.String(32), index=True)
+    requested_by: Mapped[str] = mapped_column(sa.String(255), default="")
+    # The host it is about (a drain's), if one.
+    host: Mapped[str | None] = mapped_column(sa.String(255), default=None, index=True)
+    arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The plan as shown to the operator (the moves are its rows below).
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    logbook_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    flow_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    job_id: Mapped[str | None] = mapped_column(sa.String(64), default=None)
+    claim_epoch: Mapped[int] = mapped_column(default=0)
+    abort_requested: Mapped[bool] = mapped_column(default=False)
+    # With abort: also abort the moves in flight (else they finish).
+    abort_now: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class OperationMove(Base):
+    """One instance to move in an operation: planned, then submitted as a
+    migration (linked by id, so a resumed operation never submits it twice)."""
+
+    __tablename__ = "livemig_operation_moves"
+    __table_args__ = (sa.UniqueConstraint("operation_id", "instance_uuid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    operation_id: Mapped[int] = mapped_column(index=True)
+    position: Mapped[int] = mapped_column(default=0)
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36))
+    instance_name: Mapped[str] = mapped_column(sa.String(255))
+    source_host: Mapped[str] = mapped_column(sa.String(255))
+    # The planned destination (the migration's own may differ after a retry).
+    dest_host: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    # planned, submitted, completed, failed, skipped, cancelled
+    status: Mapped[str] = mapped_column(sa.String(32))
+    migration_id: Mapped[int | None] = mapped_column(default=None, index=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OperationEvent(Base):
+    """An operation's audit trail: planned, confirmed, submitted, a move's end,
+    aborted, resumed by, ended."""
+
+    __tablename__ = "livemig_operation_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    operation_id: Mapped[int] = mapped_column(index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+    controller: Mapped[str] = mapped_column(sa.String(255), default="")
