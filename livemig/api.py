@@ -31,7 +31,7 @@ from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
 from livemig.private_files import prepare_sqlite_database
 from livemig.scheduler.inventory import snapshot as scheduler_snapshot
-from livemig.scheduler.select import Selection, choose_with_slots
+from livemig.scheduler.select import Refusal, Selection, choose_with_slots
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
@@ -303,42 +303,63 @@ def _with_queue_timeout(options: Mapping[str, Any] | None, queue_timeout_s: floa
     return merged
 
 
-def choose_destination(instance: str, to: str | None = None, *, exclude: Iterable[str] = (),
-                       weigher: str | None = None, settings: Settings | None = None) -> Selection:
-    """Where the scheduler would move INSTANCE (name or uuid) now: the chosen
-    host, the others that would do (best first), and for every other host the
-    first filter that refused it. `to` limits the choice to that host.
-    Changes nothing. A host whose migration slots are busy is chosen only if
-    no host has one free (its migration would queue)."""
+def choose_destination(instance: str, to: str | None = None, *, source: str | None = None,
+                       exclude: Iterable[str] = (), weigher: str | None = None,
+                       settings: Settings | None = None) -> Selection:
+    """Where `migrate` would move INSTANCE (name or uuid) now, changing
+    nothing: the scheduler's best host that also passes the precheck (the
+    chosen), the other acceptable hosts after it, and for every other host
+    the first filter (or "precheck") that refused it. `to` limits the choice
+    to that host; `source`, if given, must be the instance's host. A host
+    whose migration slots are busy is chosen only if no host has one free
+    (its migration would queue)."""
     services = _services(settings)
     with services.db.reading() as session:
         inst = find_instance(session, instance)
         if to is not None:
             get_host(session, to)
-        snap = scheduler_snapshot(session)
-    return choose_with_slots(snap, inst.uuid, weigher or services.settings.weigher, exclude=exclude,
-                             candidates=None if to is None else [to])
+        source = _source_of(inst, source)
+        return _schedule(session, services, inst, source, to, weigher or services.settings.weigher, exclude)
 
 
-def _schedule(session, services: Services, inst: Instance, source: str, to: str | None,
-              weigher: str) -> tuple[str, list[str]]:
-    """The destination for a migration livemig chooses (or, `to`, checks):
-    the scheduler's best host that also passes the precheck now; returns it
-    and the refusals of the hosts before it. Raises NoValidHost, listing
-    every host's reason."""
-    snap = scheduler_snapshot(session)
-    selection = choose_with_slots(snap, inst.uuid, weigher, candidates=None if to is None else [to])
-    refused = selection.explain()
-    for host in selection.ranked:
+def _source_of(inst: Instance, source: str | None) -> str:
+    """The instance's host, which a given SOURCE must be."""
+    if inst.host is None:
+        raise PrecheckFailed(f"instance {inst.name} runs on no host")
+    if source is not None and inst.host != source:
+        raise PrecheckFailed(f"instance {inst.name} runs on {inst.host}, not on {source} "
+                             f"(leave the source out and livemig uses the inventory's)")
+    return inst.host
+
+
+def _schedule(session, services: Services, inst: Instance, source: str, to: str | None, weigher: str,
+              exclude: Iterable[str] = ()) -> Selection:
+    """The scheduler's selection, its ranked hosts prechecked in order until
+    one passes: that one is chosen, those before it join the refusals. So a
+    host the scheduler chooses has passed the precheck too."""
+    if inst.state != InstanceState.RUNNING.value:
+        raise PrecheckFailed(f"instance {inst.name} is {inst.state}, not running")
+    selection = choose_with_slots(scheduler_snapshot(session), inst.uuid, weigher, exclude=exclude,
+                                  candidates=None if to is None else [to])
+    refused = list(selection.refusals)
+    for index, host in enumerate(selection.ranked):
         try:
             check_migration(session, services.drivers, inst.uuid, source, host)
         except (Conflict, InvalidInput):
             raise  # about the instance, not the host: no other host helps
         except (PrecheckFailed, ServiceUnavailable) as exc:
-            refused.append(f"{host}: precheck: {exc}")
+            refused.append(Refusal(host, "precheck", str(exc)))
             continue
-        return host, refused
-    raise NoValidHost(f"no host can take {inst.name}: {'; '.join(sorted(refused)) or 'no host in the inventory'}")
+        return Selection(inst.uuid, host, selection.ranked[index:], tuple(sorted(refused, key=_by_host)))
+    return Selection(inst.uuid, None, (), tuple(sorted(refused, key=_by_host)))
+
+
+def _by_host(refusal: Refusal) -> str:
+    return refusal.host
+
+
+def no_valid_host(name: str, selection: Selection) -> NoValidHost:
+    return NoValidHost(f"no host can take {name}: {'; '.join(selection.explain()) or 'no host in the inventory'}")
 
 
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str | None,
@@ -357,20 +378,19 @@ def _record_migration(context: RequestContext, services: Services, instance: str
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = find_instance(session, instance)
-        if source is None:
-            if inst.host is None:
-                raise PrecheckFailed(f"instance {inst.name} runs on no host")
-            source = inst.host
-        elif inst.host != source:
-            raise PrecheckFailed(f"instance {inst.name} runs on {inst.host or 'no host'}, not on {source} "
-                                 f"(leave the source out and livemig uses the inventory's)")
+        if dest is None:
+            source = _source_of(inst, source)
+        elif source is None:
+            source = _source_of(inst, None)
+        # else: the precheck below says if SOURCE is not the instance's host.
         scheduled = dest is None and to is None
         how = "requested destination"
         refused: list[str] = []
         if dest is None:
-            if inst.state != InstanceState.RUNNING.value:
-                raise PrecheckFailed(f"instance {inst.name} is {inst.state}, not running")
-            dest, refused = _schedule(session, services, inst, source, to, weigher)
+            selection = _schedule(session, services, inst, source, to, weigher)
+            if selection.chosen is None:
+                raise no_valid_host(inst.name, selection)
+            dest, refused = selection.chosen, selection.explain()
             how = f"chosen by the scheduler ({weigher})" if scheduled else f"--to {to}, accepted by the scheduler"
         else:
             check_migration(session, services.drivers, inst.uuid, source, dest)

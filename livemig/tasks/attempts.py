@@ -73,6 +73,18 @@ def close_attempt(services: Services, migration_id: int, outcome: str, reason: s
     _write_attempts(services, migration_id, attempts, None, (name, outcome, message))
 
 
+def attempts_reason(attempts: list[dict[str, Any]], last_failure: str) -> str:
+    """A failed migration's reason when it tried more than one host: every
+    attempt's, then the last failure if no attempt has it yet."""
+    if len(attempts) < 2:
+        return last_failure
+    parts = [f"attempt {a.get('attempt')} on {a.get('host')}: {a.get('reason') or a.get('outcome')}"
+             for a in attempts]
+    if attempts[-1].get("reason") != last_failure:
+        parts.append(f"then {last_failure}")
+    return "; ".join(parts)
+
+
 class ChooseDestination(MigrationTask):
     """Names this attempt's destination: the requested one first; after a
     failed attempt of a migration whose destination livemig chose, the

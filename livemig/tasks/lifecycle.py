@@ -71,6 +71,8 @@ class RollBackOrTerminateInstance(MigrationTask):
 
     def _decide(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                 flow_failures: dict[str, Failure]) -> None:
+        from livemig.tasks.attempts import attempts_reason
+
         reason = describe_failures(flow_failures)
         with self.services.db.session() as session:
             migration = get_migration(session, migration_id)
@@ -81,6 +83,7 @@ class RollBackOrTerminateInstance(MigrationTask):
             # The current attempt's destination (the store's is the first):
             # earlier attempts' hosts were cleared before the next was tried.
             dest_host = migration.dest_host
+            reason = attempts_reason(list(migration.attempts or []), reason)
             migrate_started = session.scalar(sa.select(sa.func.count()).select_from(Event).where(
                 Event.migration_id == migration_id, Event.kind == "step", Event.name == MIGRATE_STEP)) > 0
         cancelled = abort_requested and any(f.check(MigrationAborted, MigrationCancelled)
