@@ -378,11 +378,11 @@ def _record_migration(context: RequestContext, services: Services, instance: str
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = find_instance(session, instance)
-        if dest is None:
+        if to is not None:
+            get_host(session, to)
+        if dest is None or source is None:
             source = _source_of(inst, source)
-        elif source is None:
-            source = _source_of(inst, None)
-        # else: the precheck below says if SOURCE is not the instance's host.
+        # else (SRC INSTANCE DST): the precheck says if SOURCE is not the instance's host.
         scheduled = dest is None and to is None
         how = "requested destination"
         refused: list[str] = []
