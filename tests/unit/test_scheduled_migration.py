@@ -260,3 +260,36 @@ def test_killed_while_the_first_attempt_reverts_then_resumed_on_the_next_host(tm
     assert cloud.reservations() == []
     with database_for(settings.database_url).session() as s:
         assert s.scalars(sa.select(Leftover)).all() == []
+
+
+# -- what a fleet operation asks for ------------------------------------------------------------------
+
+def test_candidates_limit_the_choice_and_the_retries(fleet):
+    for host in ("b", "c"):
+        fleet.driver.inject_fault(fleet.uri(host), "network_present", "error", f"no bridge on {host}")
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", candidates=["c", "b"], settings=fleet.settings)
+    # c, then b; d, the better host after c, is no candidate: never tried.
+    migration = fleet.migration(info.value.migration_id)
+    assert attempts(fleet, migration.id) == [("c", "failed"), ("b", "failed")]
+    assert "then choose-destination: no other host can take it: " in migration.error_reason
+    assert " d: " not in migration.error_reason  # d is not even mentioned
+    assert fleet.driver.call_count(fleet.uri("d"), "copy_secret") == 0
+    assert fleet.running_on() == ["a"]
+    assert_clean(fleet, "b", "c", "d")
+
+
+def test_a_planned_destination_is_checked_and_retried_elsewhere(fleet):
+    fleet.driver.inject_fault(fleet.uri("b"), "network_present", "error", "no bridge on b")
+    view = livemig.migrate(CTX, "vm1", dest="b", retry_elsewhere=True, operation_id=7, settings=fleet.settings)
+    migration = fleet.migration(view.id)
+    assert migration.scheduled and migration.operation_id == 7
+    assert attempts(fleet, view.id) == [("b", "failed"), ("c", "completed")]
+    assert fleet.running_on() == ["c"]
+    # A planned destination the scheduler refuses is refused at once, nothing recorded.
+    fleet.driver.update_host(fleet.uri("d"), bridges=["br-other"])
+    livemig.sync_hosts(CTX, settings=fleet.settings)
+    with pytest.raises(NoValidHost, match="no host can take vm1: d: networks: lacks br-guests"):
+        livemig.migrate(CTX, "vm1", dest="d", retry_elsewhere=True, settings=fleet.settings)
+    with pytest.raises(livemig.LivemigError, match="host 'zz' is not in the inventory"):
+        livemig.migrate(CTX, "vm1", candidates=["zz"], settings=fleet.settings)
