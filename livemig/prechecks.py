@@ -80,6 +80,11 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
         if not host.enabled:
             reason = f" ({host.disabled_reason})" if host.disabled_reason else ""
             raise HostDisabled(f"host {host.name} is disabled{reason}")
+    if dst.maintenance:
+        # No new placements on a host in maintenance (the scheduler's
+        # maintenance filter says the same; moving off it is what it is for).
+        reason = f" ({dst.maintenance_reason})" if dst.maintenance_reason else ""
+        raise HostDisabled(f"host {dst.name} is in maintenance{reason}: no new placements")
     if src.zone != dst.zone:
         raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
     other = session.scalars(_other_migration_statement(),

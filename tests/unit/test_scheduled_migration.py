@@ -293,3 +293,18 @@ def test_a_planned_destination_is_checked_and_retried_elsewhere(fleet):
         livemig.migrate(CTX, "vm1", dest="d", retry_elsewhere=True, settings=fleet.settings)
     with pytest.raises(livemig.LivemigError, match="host 'zz' is not in the inventory"):
         livemig.migrate(CTX, "vm1", candidates=["zz"], settings=fleet.settings)
+
+
+def test_a_host_in_maintenance_takes_no_migration_named_or_chosen(fleet):
+    from livemig.persistence.models import Host
+
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Host, "c").maintenance, s.get(Host, "c").maintenance_reason = True, "drain 3"
+    with pytest.raises(livemig.LivemigError, match=r"host c is in maintenance \(drain 3\): no new placements"):
+        livemig.migrate(CTX, "vm1", "a", "c", settings=fleet.settings)
+    selection = livemig.choose_destination("vm1", settings=fleet.settings)
+    assert selection.chosen == "d" and "c: maintenance: host is in maintenance (drain 3)" in selection.explain()
+    # Moving off a host in maintenance is what maintenance is for.
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Host, "a").maintenance = True
+    assert livemig.migrate(CTX, "vm1", settings=fleet.settings).dest_host == "d"
