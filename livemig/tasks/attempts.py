@@ -106,6 +106,11 @@ class ChooseDestination(MigrationTask):
         settings = self.services.settings
         number = len(attempts) + 1
         tried = [a["host"] for a in attempts]
+        if attempts:
+            with self.services.db.reading() as session:
+                if get_migration(session, migration_id).abort_requested:
+                    # Asked while the last attempt was undone: no new one starts.
+                    raise MigrationCancelled(f"migration {migration_id} was cancelled after attempt {len(attempts)}")
         if not attempts:
             host, how = dest_host, "the requested destination"
             if scheduled:

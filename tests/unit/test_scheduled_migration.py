@@ -308,3 +308,74 @@ def test_a_host_in_maintenance_takes_no_migration_named_or_chosen(fleet):
     with database_for(fleet.settings.database_url).session() as s:
         s.get(Host, "a").maintenance = True
     assert livemig.migrate(CTX, "vm1", settings=fleet.settings).dest_host == "d"
+
+
+# -- the two retry atoms, called directly --------------------------------------------------------------
+
+def _task_fixture(fleet, **row):
+    from livemig.services import services_for
+
+    view = livemig.create_migration(CTX, "vm1", settings=fleet.settings)
+    with database_for(fleet.settings.database_url).session() as s:
+        migration = s.get(Migration, view.id)
+        for name, value in row.items():
+            setattr(migration, name, value)
+    return services_for(fleet.settings), view.id
+
+
+def test_choose_destination_reruns_the_running_attempt_and_refuses_after_an_abort(fleet):
+    from livemig.tasks.attempts import ChooseDestination
+    from livemig.tasks.lifecycle import MigrationCancelled
+
+    services, mid = _task_fixture(fleet)
+    task = ChooseDestination(services, name="choose-destination")
+    assert task.execute(mid, fleet.vm, "a", "c") == "c"
+    assert task.execute(mid, fleet.vm, "a", "c") == "c"  # re-run after a crash: the same attempt
+    assert attempts(fleet, mid) == [("c", "running")]
+    task.revert(None, mid, flow_failures={})
+    assert attempts(fleet, mid) == [("c", "failed")]
+    assert task.execute(mid, fleet.vm, "a", "c") == "d"
+    task.revert(None, mid, flow_failures={})
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Migration, mid).abort_requested = True
+    with pytest.raises(MigrationCancelled, match="cancelled after attempt 2"):
+        task.execute(mid, fleet.vm, "a", "c")
+    assert attempts(fleet, mid) == [("c", "failed"), ("d", "failed")]
+
+
+def test_choose_destination_never_moves_on_while_a_copy_is_left_on_a_tried_host(fleet):
+    from livemig.tasks.attempts import ChooseDestination, RetryUnsafe
+
+    services, mid = _task_fixture(fleet, attempts=[{"attempt": 1, "host": "c", "outcome": "failed"}])
+    # An incoming copy its revert could not destroy is still on c.
+    fleet.driver.create_domain(fleet.uri("c"), "vm1", uuid=fleet.vm, state="paused")
+    with pytest.raises(RetryUnsafe, match="the VM is not only on a"):
+        ChooseDestination(services, name="choose-destination").execute(mid, fleet.vm, "a", "c")
+    assert attempts(fleet, mid) == [("c", "failed")]
+
+
+@pytest.mark.parametrize("row,world,expected", [
+    ({}, None, "RETRY"),
+    ({"scheduled": False}, None, "the destination was given explicitly"),
+    ({"abort_requested": True}, None, "an abort was requested"),
+    ({"status": "post-migrating"}, None, "past switchover"),
+    ({"attempts": [{"host": h, "outcome": "failed"} for h in "cdb"] + [{"host": "c", "outcome": "running"}]},
+     None, "4 attempts made (max_retries 3)"),
+    ({}, "paused", "the VM is not intact on a"),
+    ({}, "copy-running", "the VM is not intact on a"),
+])
+def test_the_retry_decision(fleet, row, world, expected):
+    from taskflow import retry
+
+    from livemig.tasks.attempts import RetryOnNextDestination
+
+    services, mid = _task_fixture(fleet, **row)
+    if world == "paused":
+        fleet.driver.suspend_domain(fleet.uri("a"), fleet.vm)
+    elif world == "copy-running":
+        fleet.driver.create_domain(fleet.uri("c"), "vm1", uuid=fleet.vm)
+    decision, why = RetryOnNextDestination(services, name="r")._decide([], mid, fleet.vm, "a")
+    if expected == "RETRY":
+        assert decision == retry.RETRY
+    else:
+        assert decision == retry.REVERT_ALL and expected in why
