@@ -284,6 +284,11 @@ def _where(snapshot: Snapshot, uuid: str) -> dict[str, DomainState]:
             if d.uuid == uuid and d.state in LIVE_STATES}
 
 
+def _incoming(snapshot: Snapshot, uuid: str, host: str) -> bool:
+    """Whether `host`'s copy of the VM is a migration's paused incoming copy."""
+    return any(d.uuid == uuid and d.incoming for d in snapshot.domains.get(host, ()))
+
+
 def compare(snapshot: Snapshot) -> list[Finding]:
     """Everything that disagrees, in the order repairs should run."""
     findings: list[Finding] = []
@@ -374,14 +379,23 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
         return found
     if len(running) == 1:
         for host in paused:
-            # A paused second copy while the VM runs elsewhere: an incoming
-            # copy that a migration left behind.
             leftovers = [lo.id for lo in snapshot.leftovers if lo.kind == "domain" and lo.host == host
                          and lo.name == uuid]
             leftover_done.update(leftovers)
+            if not _incoming(snapshot, uuid, host):
+                # Paused by someone (an operator's suspend, an I/O error), not
+                # a migration's incoming copy: it may hold the VM's newest
+                # state, so which copy to keep is an operator's choice.
+                found.append(Finding("suspended-copy-of-vm-running-elsewhere", f"{subject} on {host}",
+                                     f"a paused copy on {host} (not an incoming migration) while the VM runs "
+                                     f"on {running[0]}",
+                                     "nothing: an operator must choose which copy to keep", False))
+                continue
+            # The paused incoming copy a migration left behind (its migration
+            # has ended: an unfinished one's copies are its own).
             found.append(Finding("paused-copy-of-vm-running-elsewhere", f"{subject} on {host}",
-                                 f"a paused copy on {host} while the VM runs on {running[0]}",
-                                 f"destroy the paused copy on {host}", False, DESTROY_COPY,
+                                 f"a paused incoming copy on {host} while the VM runs on {running[0]}",
+                                 f"destroy the paused incoming copy on {host}", False, DESTROY_COPY,
                                  {"uuid": uuid, "host": host, "running_on": running[0], "leftovers": leftovers}))
     if inst is None:
         if where:
@@ -565,12 +579,14 @@ def _destroy_copy(services: Services, uuid: str, host: str, running_on: str, lef
         raise _Skip(f"cannot check: {exc}") from None
     if elsewhere is None or elsewhere.state is not DomainState.RUNNING:
         raise _Skip(f"the VM no longer runs on {running_on}")
-    if copy is None or copy.state is not DomainState.PAUSED:
-        raise _Skip(f"the copy on {host} is {copy.state.value if copy else 'gone'} now")
+    if copy is None or copy.state is not DomainState.PAUSED or not copy.incoming:
+        now = "gone" if copy is None else copy.state.value if copy.state is not DomainState.PAUSED \
+            else "paused, but not an incoming migration"
+        raise _Skip(f"the copy on {host} is {now} now")
     services.drivers.for_uri(uris[host]).destroy_domain(uris[host], uuid)
     with services.db.session() as session:
-        _resolve(session, leftovers, f"paused copy destroyed by reconcile (the VM runs on {running_on})")
-    return f"destroyed the paused copy on {host}"
+        _resolve(session, leftovers, f"paused incoming copy destroyed by reconcile (the VM runs on {running_on})")
+    return f"destroyed the paused incoming copy on {host}"
 
 
 def _resume(services: Services, migration_id: int) -> str:

@@ -79,8 +79,17 @@ def test_instance_stuck_in_migrating_is_recorded_where_its_vm_runs(cloud):
     assert reconcile(cloud).findings == []
 
 
+def _paused_copy(cloud, host, incoming):
+    """A paused copy of vm1 on `host`: a migration's incoming copy (from a), or
+    one paused by somebody else (an operator's `virsh suspend`)."""
+    cloud.driver.create_domain(cloud.uri(host), "vm1", uuid=cloud.vm, state="paused")
+    if incoming:
+        dom = {**cloud.domains_on(host)[cloud.vm], "incoming_from": cloud.uri("a")[len("fake://"):]}
+        cloud.driver.update_host(cloud.uri(host), domains={**cloud.domains_on(host), cloud.vm: dom})
+
+
 def test_paused_incoming_copy_of_a_vm_running_on_its_source_is_destroyed(cloud):
-    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    _paused_copy(cloud, "b", incoming=True)
     with database_for(cloud.settings.database_url).session() as s:
         record_leftover(s, "domain", cloud.vm, "revert gave up waiting for b", host="b", migration_id=None)
     report = reconcile(cloud)
@@ -94,8 +103,34 @@ def test_paused_incoming_copy_of_a_vm_running_on_its_source_is_destroyed(cloud):
         assert all(lo.resolved_at is not None for lo in s.scalars(sa.select(Leftover)))
 
 
+def test_a_paused_copy_that_is_not_an_incoming_migration_is_never_destroyed(cloud):
+    # An operator suspended a copy on b (say, kept for forensics): it may hold
+    # the VM's newest state, so only an operator chooses which copy to keep.
+    _paused_copy(cloud, "b", incoming=False)
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["suspended-copy-of-vm-running-elsewhere"]
+    assert report.findings[0].action == "none" and report.remaining == report.findings
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+
+
+def test_an_incoming_copy_resumed_by_an_operator_before_the_repair_is_not_destroyed(cloud):
+    from livemig import reconciliation
+
+    _paused_copy(cloud, "b", incoming=True)
+    findings = reconciliation.compare(reconciliation.take_snapshot(services_for(cloud.settings), 0))
+    assert [f.action for f in findings] == ["destroy-copy"]
+    # Between the look and the repair the copy stopped being an incoming one
+    # (its migration was cancelled, and someone kept it, still paused).
+    dom = dict(cloud.domains_on("b")[cloud.vm])
+    dom.pop("incoming_from")
+    cloud.driver.update_host(cloud.uri("b"), domains={**cloud.domains_on("b"), cloud.vm: dom})
+    reconciliation.apply_findings(services_for(cloud.settings), findings)
+    assert findings[0].outcome == "skipped: the copy on b is paused, but not an incoming migration now"
+    assert cloud.vm in cloud.domains_on("b")
+
+
 def test_a_copy_that_starts_running_before_the_repair_is_not_destroyed(cloud, monkeypatch):
-    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    _paused_copy(cloud, "b", incoming=True)
     from livemig import reconciliation
 
     findings = reconciliation.compare(reconciliation.take_snapshot(services_for(cloud.settings), 0))
