@@ -17,7 +17,7 @@ from livemig.persistence.inventory import created_resources
 from livemig.services import services_for
 from livemig.tasks.cleanup import CleanUpSource, UpdateInstanceHost
 from livemig.tasks.lifecycle import RollBackOrTerminateInstance
-from livemig.tasks.migrate import DomainLost, MigrateDomain
+from livemig.tasks.migrate import DestinationHoldsCopy, DomainLost, MigrateDomain
 from livemig.tasks.network import NetworkMissing, SetUpNetworkOnDestination
 from livemig.tasks.precheck import CheckMigrationPrerequisites, MarkInstanceMigrating
 from livemig.tasks.reservation import ReleaseHosts, ReserveHosts
@@ -297,6 +297,57 @@ def test_migrate_revert_destroys_orphan_left_by_dead_destination(cloud, mig):
     task.revert(failure_of(info.value), flow_failures={"migrate-domain": failure_of(info.value)}, **mig)
     assert cloud.vm not in cloud.domains_on("b")
     assert cloud.running_on() == ["a"]
+
+
+def _copy_on_b(cloud, incoming):
+    """A paused copy of vm1 on b: an earlier attempt's incoming copy, or one
+    that an operator suspended there (not a migration's)."""
+    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    if incoming:
+        dom = {**cloud.domains_on("b")[cloud.vm], "incoming_from": cloud.uri("a")[len("fake://"):]}
+        cloud.driver.update_host(cloud.uri("b"), domains={**cloud.domains_on("b"), cloud.vm: dom})
+
+
+def test_migrate_replaces_a_stale_incoming_copy_on_the_destination(cloud, mig):
+    _prepare_destination(cloud, mig)
+    _copy_on_b(cloud, incoming=True)
+    make(MigrateDomain, cloud, "migrate-domain").execute(**mig)
+    assert cloud.running_on() == ["b"] and cloud.vm not in cloud.domains_on("a")
+
+
+def test_migrate_never_destroys_a_copy_on_the_destination_that_is_not_incoming(cloud, mig):
+    _prepare_destination(cloud, mig)
+    _copy_on_b(cloud, incoming=False)
+    task = make(MigrateDomain, cloud, "migrate-domain")
+    with pytest.raises(DestinationHoldsCopy, match="b holds a paused copy of the VM that is not an incoming"):
+        task.execute(**mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 0
+    failure = failure_of(DestinationHoldsCopy("x"))
+    task.revert(failure, flow_failures={"migrate-domain": failure}, **mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+    assert any("not an incoming migration; it is kept" in e.message for e in _events(cloud, mig))
+
+
+def test_migrate_revert_keeps_an_incoming_copy_that_a_source_job_still_feeds(cloud, mig, monkeypatch):
+    _prepare_destination(cloud, mig)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    cloud.driver._start_migration(cloud.uri("a"), cloud.uri("b"), cloud.vm)  # a job runs, and goes on running:
+    monkeypatch.setattr(type(cloud.driver), "abort_migration", lambda self, uri, uuid: False)  # the abort fails
+    task = make(MigrateDomain, cloud, "migrate-domain")
+    failure = failure_of(DriverError("x"))
+    task.revert(failure, flow_failures={"migrate-domain": failure}, **mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused"  # its migration job is not cut short
+
+
+def _events(cloud, mig):
+    import sqlalchemy as sa
+
+    from livemig.persistence.database import database_for
+    from livemig.persistence.models import Event
+
+    with database_for(cloud.settings.database_url).session() as s:
+        return list(s.scalars(sa.select(Event).where(Event.migration_id == mig["migration_id"])))
 
 
 def test_migrate_abort_request_stops_a_hanging_migration(cloud, mig):
