@@ -620,13 +620,17 @@ def _end(services: Services, migration_id: int, host: str | None, state: str | N
         migration = get_migration(session, migration_id)
         if MigrationStatus(migration.status).finished:
             raise _Skip(f"it ended ({migration.status})")
-        uuid = migration.instance_uuid
+        uuid, ends = migration.instance_uuid, (migration.source_host, migration.dest_host)
     detail = "the instance is left as it is"
     if host is not None:
         where = _locate_everywhere(services, uuid)
         if list(where) != [host]:
             raise _Skip(f"the VM is now on {', '.join(sorted(where)) or 'no host'}")
-        detail = f"the VM runs on {host}"
+        state = where[host].value
+        detail = f"the VM is {state} on {host}"
+        if host not in ends:
+            # Moved behind livemig's back: recorded where it is, never as gone.
+            detail += f", neither its source {ends[0]} nor its destination {ends[1]}; the inventory follows it"
     with services.db.session() as session:
         if host is not None:
             inst = session.get(Instance, uuid)

@@ -282,3 +282,31 @@ def test_unfinished_migration_whose_flow_is_gone_is_ended_by_an_operator_only(cl
     assert report.remaining == []
     assert cloud.migration(mid).status == "error" and "ended by reconcile" in cloud.migration(mid).error_reason
     assert (cloud.instance().host, cloud.instance().state) == ("a", "running") and cloud.running_on() == ["a"]
+
+
+def _unresumable_migration(cloud):
+    from livemig.persistence.models import Migration
+
+    mid = livemig.create_migration(CTX, "vm1", "a", "b", settings=cloud.settings).id
+    with database_for(cloud.settings.database_url).session() as s:
+        s.get(Migration, mid).logbook_id = None
+    return mid
+
+
+def test_ending_a_migration_whose_vm_is_on_a_third_host_records_it_there(cloud):
+    mid = _unresumable_migration(cloud)
+    # Moved behind livemig's back, to neither end of the migration.
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri("c"), domains={cloud.vm: dom})
+    report = reconcile(cloud, apply=True)
+    assert report.remaining == [], report.to_dict()
+    assert (cloud.instance().host, cloud.instance().state) == ("c", "running")
+    reason = cloud.migration(mid).error_reason
+    assert cloud.migration(mid).status == "error"
+    assert "the VM is running on c, neither its source a nor its destination b" in reason
+    with database_for(cloud.settings.database_url).session() as s:
+        from livemig.persistence.models import Event
+
+        notes = [e.message for e in s.scalars(sa.select(Event).where(Event.migration_id == mid, Event.kind == "note"))]
+    assert any("inventory follows it" in n for n in notes)

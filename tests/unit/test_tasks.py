@@ -73,6 +73,33 @@ def test_vm_on_no_host_is_terminated_by_default(cloud, mig):
     assert cloud.instance().state == "deleted" and cloud.instance().host is None
 
 
+def _move_behind_livemigs_back(cloud, host):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri(host), domains={**cloud.domains_on(host), cloud.vm: dom})
+
+
+def test_vm_found_on_a_third_host_is_recorded_there_not_deleted(cloud, mig):
+    _move_behind_livemigs_back(cloud, "c")  # neither the source (a) nor the destination (b)
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DomainLost("gone"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "failed" and "the VM keeps running on c" in m.error_reason
+    assert (cloud.instance().host, cloud.instance().state) == ("c", "running") and cloud.running_on() == ["c"]
+    assert any("neither the source nor the destination" in e.message for e in _events(cloud, mig))
+
+
+def test_vm_on_neither_end_while_a_third_host_cannot_be_asked_is_not_deleted(cloud, mig, monkeypatch):
+    monkeypatch.setattr("livemig.locator.DEFAULT_PATIENCE_S", 0.0)
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri("c"), reachable=False)
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DomainLost("gone"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "error" and "c: unknown" in m.error_reason
+    assert cloud.instance().state == "error"  # not "deleted": it may run on c
+
+
 def test_vm_on_both_hosts_is_terminated_everywhere(cloud, mig):
     import copy as _copy
     dom = cloud.domains_on("a")[cloud.vm]
