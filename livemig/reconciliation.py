@@ -46,7 +46,7 @@ from livemig.coordination.base import Holding
 from livemig.drivers.base import DomainInfo
 from livemig.errors import LivemigError
 from livemig.persistence.inventory import (
-    add_event, get_migration, record_leftover, set_migration_status, unfinished_migrations,
+    add_event, get_migration, raise_claim_epoch, record_leftover, set_migration_status, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Leftover, Migration, utcnow
 from livemig.services import Services
@@ -632,6 +632,9 @@ def _end(services: Services, migration_id: int, host: str | None, state: str | N
             # Moved behind livemig's back: recorded where it is, never as gone.
             detail += f", neither its source {ends[0]} nor its destination {ends[1]}; the inventory follows it"
     with services.db.session() as session:
+        # Ending it is a claim of its own: a conductor that ran it, froze and
+        # wakes later holds an older epoch, and is fenced (changes nothing).
+        raise_claim_epoch(session.connection(), migration_id)
         if host is not None:
             inst = session.get(Instance, uuid)
             if inst is not None:

@@ -310,3 +310,21 @@ def test_ending_a_migration_whose_vm_is_on_a_third_host_records_it_there(cloud):
 
         notes = [e.message for e in s.scalars(sa.select(Event).where(Event.migration_id == mid, Event.kind == "note"))]
     assert any("inventory follows it" in n for n in notes)
+
+
+def test_ending_a_migration_fences_a_stale_conductor_that_wakes_later(cloud):
+    import pytest
+
+    from livemig import fencing
+    from livemig.runner import claim_migration
+
+    mid = _unresumable_migration(cloud)
+    services = services_for(cloud.settings)
+    stale_epoch = claim_migration(services, mid)  # a conductor claimed it, then froze
+    report = reconcile(cloud, apply=True)
+    assert report.remaining == [] and cloud.migration(mid).status == "error"
+    assert cloud.migration(mid).claim_epoch > stale_epoch
+    # It wakes: the check it makes before any destructive action refuses.
+    with fencing.claimed(mid, stale_epoch), pytest.raises(fencing.Fenced):
+        fencing.ensure_current_claim(services.db, mid)
+    assert cloud.running_on() == ["a"]
