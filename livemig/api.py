@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
+from livemig import input_bounds
 from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.disk_sharing import normalized_shared_paths
@@ -62,8 +63,11 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
     shared = normalized_shared_paths(shared_paths)
     if not name or "/" in name or len(name) > 255:
         raise InvalidInput(f"invalid host name {name!r}")
-    if max_concurrent_migrations < 1:
-        raise InvalidInput("max concurrent migrations must be at least 1")
+    input_bounds.whole_number_in("max concurrent migrations", max_concurrent_migrations,
+                                 input_bounds.MIGRATIONS_PER_HOST)
+    for what, ratio in (("cpu", cpu_allocation_ratio), ("ram", ram_allocation_ratio),
+                        ("disk", disk_allocation_ratio)):
+        input_bounds.finite_number_in(f"the {what} allocation ratio", ratio, *input_bounds.ALLOCATION_RATIO)
     validate_uri(uri)
     services = _services(settings)
     with services.db.session() as session:
@@ -256,6 +260,7 @@ def list_migrations(status: str | None = None, instance: str | None = None, limi
                     settings: Settings | None = None) -> list[MigrationView]:
     if status is not None and status not in {s.value for s in MigrationStatus}:
         raise InvalidInput(f"unknown status {status!r}")
+    input_bounds.whole_number_in("the limit", limit, input_bounds.LIST_LIMIT)
     with _services(settings).db.reading() as session:
         query = sa.select(Migration).order_by(Migration.id.desc()).limit(limit)
         if status:
@@ -481,8 +486,8 @@ def reconcile(context: RequestContext, apply: bool = False, *, grace_s: float | 
 
     if apply:
         context.require_admin("reconciling (--apply)")
-    if grace_s is not None and grace_s < 0:
-        raise InvalidInput("the grace period must be 0 or more seconds")
+    if grace_s is not None:
+        input_bounds.finite_number_in("the grace period (seconds)", grace_s, 0.0)
     services = _services(settings)
     return reconciliation.reconcile(services, apply=apply,
                                     grace_s=reconciliation.DEFAULT_GRACE_S if grace_s is None else grace_s)

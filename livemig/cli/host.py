@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from livemig import api
+from livemig.cli import bounded
 from livemig.cli.common import State, emit, format_option, handle_errors, out
 
 HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"), ("VCPUS", "vcpus"),
@@ -23,11 +24,11 @@ def host() -> None:
 @click.argument("name")
 @click.option("--uri", required=True, help="Driver URI, e.g. qemu+tcp://10.0.0.5/system.")
 @click.option("--zone", default="default", show_default=True, help="Availability zone.")
-@click.option("--max-migrations", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-migrations", type=bounded.MIGRATIONS_PER_HOST, default=1, show_default=True,
               help="Concurrent migrations (in plus out) this host takes part in.")
-@click.option("--cpu-ratio", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
-@click.option("--ram-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
-@click.option("--disk-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option("--cpu-ratio", type=bounded.ALLOCATION_RATIO, default=4.0, show_default=True)
+@click.option("--ram-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
+@click.option("--disk-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
 @click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
 @format_option
 @click.pass_obj
