@@ -136,10 +136,10 @@ def sync_hosts(context: RequestContext, name: str | None = None,
             host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
             host.last_seen = utcnow()
-    where: dict[str, list[str]] = collections.defaultdict(list)
+    where: dict[str, dict[str, DomainState | None]] = collections.defaultdict(dict)
     for host_name, domains in listed.items():
         for dom in domains:
-            where[dom.uuid].append(host_name)
+            where[dom.uuid][host_name] = dom.state
     seen: dict[str, int] = {}
     with services.db.session() as session:
         busy = {m.instance_uuid for m in session.scalars(unfinished_migrations())}
@@ -161,45 +161,63 @@ def sync_hosts(context: RequestContext, name: str | None = None,
     return seen
 
 
-def _domains_on_two_hosts(services: Services, session, where: dict[str, list[str]],
+def _domains_on_two_hosts(services: Services, session, where: dict[str, dict[str, DomainState | None]],
                           busy: set[str]) -> dict[str, str | None]:
     """uuid -> the host the inventory keeps it on (None: marked `error`) for
-    each domain that more than one host runs, including the instance's
-    recorded host when only the others were synced."""
+    each domain that more than one host holds, including the instance's
+    recorded host when only the others were synced. One running copy whose
+    duplicates are all shut off wins (the shut-off ones are stale: a copy
+    defined again elsewhere, an old migration's leftover); otherwise the
+    recorded host keeps it if it still has it, else nobody does."""
     conflicts: dict[str, str | None] = {}
-    for uuid, hosts in where.items():
+    for uuid, seen_on in where.items():
         if uuid in busy:
             continue
         inst = session.get(Instance, uuid)
         current = inst.host if inst is not None else None
-        holders = list(hosts)
-        if current and current not in holders and _host_has_domain(services, session, current, uuid):
-            holders.append(current)
+        holders = dict(seen_on)
+        if current and current not in holders:
+            present, state = _domain_on_host(services, session, current, uuid)
+            if present:
+                holders[current] = state
         if len(holders) < 2:
             continue
-        keep = current if current in holders else None
-        for host in holders:
+        running = [h for h, state in holders.items() if state is DomainState.RUNNING]
+        if len(running) == 1 and all(state is DomainState.SHUTOFF for h, state in holders.items()
+                                     if h != running[0]):
+            keep: str | None = running[0]
+        else:
+            keep = current if current in holders else None
+        for host, state in holders.items():
             if host != keep:
-                reason = (f"domain {uuid} also runs on {', '.join(h for h in holders if h != host)}; "
+                others = ", ".join(f"{h} ({_state_name(s)})" for h, s in holders.items() if h != host)
+                reason = (f"domain {uuid} is {_state_name(state)} here and also on {others}; "
                           f"the inventory keeps it on {keep or 'no host (marked error)'}")
                 record_leftover(session, "duplicate-domain", uuid, reason, host=host)
         if inst is not None and keep is None:
             inst.state = InstanceState.ERROR.value
-        LOG.warning("instance %s runs on %s; the inventory keeps it on %s (recorded for reconcile)",
-                    uuid, " and ".join(holders), keep or "no host, marked error")
+        LOG.warning("instance %s is on %s; the inventory keeps it on %s (recorded for reconcile)", uuid,
+                    " and ".join(f"{h} ({_state_name(s)})" for h, s in holders.items()),
+                    keep or "no host, marked error")
         conflicts[uuid] = keep
     return conflicts
 
 
-def _host_has_domain(services: Services, session, host_name: str, uuid: str) -> bool:
-    """Unknown counts as present: a host that cannot be asked may still run it."""
+def _state_name(state: DomainState | None) -> str:
+    return "unknown" if state is None else state.value
+
+
+def _domain_on_host(services: Services, session, host_name: str, uuid: str) -> tuple[bool, DomainState | None]:
+    """(present, its state); a host that cannot be asked counts as present, in
+    an unknown state (None): it may still run the domain."""
     host = session.get(Host, host_name)
     if host is None:
-        return False
+        return False, None
     try:
-        return any(d.uuid == uuid for d in services.drivers.for_uri(host.uri).list_domains(host.uri))
+        dom = services.drivers.for_uri(host.uri).find_domain(host.uri, uuid)
     except LivemigError:
-        return True
+        return True, None
+    return dom is not None, dom.state if dom is not None else None
 
 
 _STATE_MAP = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
