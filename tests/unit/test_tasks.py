@@ -205,6 +205,29 @@ def test_precheck_passes_then_refuses_on_capacity_cpu_version_and_disabled(cloud
         task.execute(**mig)
 
 
+def _pause_on_a(cloud):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={**cloud.domains_on("a"), cloud.vm: {**dom, "state": "paused"}})
+
+
+def test_precheck_refuses_a_vm_paused_on_its_source_and_says_so(cloud, mig):
+    # Paused after the inventory last saw it (an operator's `virsh suspend`,
+    # an I/O error with werror=stop): the hypervisor's word decides.
+    _pause_on_a(cloud)
+    with pytest.raises(PrecheckFailed, match=r"vm1 is not running on a \(hypervisor says: paused\)"):
+        make(CheckMigrationPrerequisites, cloud).execute(**mig)
+    assert cloud.domains_on("a")[cloud.vm]["state"] == "paused" and cloud.vm not in cloud.domains_on("b")
+    assert cloud.instance().state == "running"  # the check changes nothing
+
+
+def test_a_vm_recorded_paused_is_refused_before_anything_is_recorded(cloud):
+    _pause_on_a(cloud)
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    with pytest.raises(PrecheckFailed, match="instance vm1 is paused, not running"):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert cloud.last_migration() is None and cloud.domains_on("a")[cloud.vm]["state"] == "paused"
+
+
 def test_mark_instance_migrating_and_revert(cloud, mig):
     task = make(MarkInstanceMigrating, cloud)
     previous = task.execute(mig["migration_id"], cloud.vm)
