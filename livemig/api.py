@@ -30,7 +30,7 @@ from livemig.prechecks import check_migration
 from livemig.private_files import prepare_sqlite_database
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
-from livemig.states import DomainState, InstanceState, MigrationStatus
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus
 from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
 
 LOG = logging.getLogger("livemig.api")
@@ -220,18 +220,13 @@ def _domain_on_host(services: Services, session, host_name: str, uuid: str) -> t
     return dom is not None, dom.state if dom is not None else None
 
 
-_STATE_MAP = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
-              DomainState.SHUTOFF: InstanceState.STOPPED, DomainState.CRASHED: InstanceState.ERROR,
-              DomainState.OTHER: InstanceState.ERROR}
-
-
 def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
     inst = session.get(Instance, dom.uuid)
     if inst is None:
-        inst = Instance(uuid=dom.uuid, name=dom.name, state=_STATE_MAP[dom.state].value)
+        inst = Instance(uuid=dom.uuid, name=dom.name, state=INSTANCE_STATE_OF_DOMAIN[dom.state].value)
         session.add(inst)
     inst.name, inst.project, inst.host = dom.name, dom.project, host_name
-    inst.state = _STATE_MAP[dom.state].value
+    inst.state = INSTANCE_STATE_OF_DOMAIN[dom.state].value
     inst.vcpus, inst.memory_mb, inst.disk_gb, inst.cpu_model = dom.vcpus, dom.memory_mb, dom.disk_gb, dom.cpu_model
     inst.volumes = [driver_dict(d) for d in dom.disks]
     inst.interfaces = [driver_dict(i) for i in dom.interfaces]

@@ -50,7 +50,7 @@ from livemig.persistence.inventory import (
 )
 from livemig.persistence.models import Event, Host, Instance, Leftover, Migration, utcnow
 from livemig.services import Services
-from livemig.states import DomainState, InstanceState, MigrationStatus
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus
 
 LOG = logging.getLogger("livemig.reconcile")
 
@@ -59,7 +59,7 @@ LOG = logging.getLogger("livemig.reconcile")
 DEFAULT_GRACE_S = 30.0
 
 # Domain states in which a host holds a live copy of a VM.
-LIVE_STATES = (DomainState.RUNNING, DomainState.PAUSED)
+LIVE_STATES = (DomainState.RUNNING, DomainState.PAUSED, DomainState.PMSUSPENDED)
 
 # Who runs an unfinished migration.
 RUNNING, WAITING, NOBODY, UNKNOWN = "running", "waiting-on-board", "nobody", "unknown"
@@ -369,7 +369,8 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
     inst = snapshot.instances.get(uuid)
     where = _where(snapshot, uuid)
     running = sorted(h for h, s in where.items() if s is DomainState.RUNNING)
-    paused = sorted(h for h, s in where.items() if s is DomainState.PAUSED)
+    # Live copies that do not run: paused (incoming, or suspended by someone) or pmsuspended.
+    held = sorted(h for h, s in where.items() if s is not DomainState.RUNNING)
     name = inst.name if inst else next((d.name for doms in snapshot.domains.values() for d in doms
                                         if d.uuid == uuid), uuid)
     subject = f"instance {name} ({uuid})"
@@ -378,17 +379,18 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                              "nothing: an operator must choose which copy to keep", False))
         return found
     if len(running) == 1:
-        for host in paused:
+        for host in held:
             leftovers = [lo.id for lo in snapshot.leftovers if lo.kind == "domain" and lo.host == host
                          and lo.name == uuid]
             leftover_done.update(leftovers)
             if not _incoming(snapshot, uuid, host):
-                # Paused by someone (an operator's suspend, an I/O error), not
-                # a migration's incoming copy: it may hold the VM's newest
-                # state, so which copy to keep is an operator's choice.
+                # Paused by someone (an operator's suspend, an I/O error) or
+                # by its guest, not a migration's incoming copy: it may hold
+                # the VM's newest state, so which copy to keep is an
+                # operator's choice.
                 found.append(Finding("suspended-copy-of-vm-running-elsewhere", f"{subject} on {host}",
-                                     f"a paused copy on {host} (not an incoming migration) while the VM runs "
-                                     f"on {running[0]}",
+                                     f"a {where[host].value} copy on {host} (not an incoming migration) while "
+                                     f"the VM runs on {running[0]}",
                                      "nothing: an operator must choose which copy to keep", False))
                 continue
             # The paused incoming copy a migration left behind (its migration
@@ -413,9 +415,9 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                                  {"uuid": uuid, "host": host, "name": name}))
         return found
     # Where the VM is, if that can be told for sure: every host answered and
-    # exactly one runs it (or, none running, exactly one holds it paused).
-    home = running[0] if running else (paused[0] if len(paused) == 1 else None)
-    state = (InstanceState.RUNNING if running else InstanceState.PAUSED).value
+    # exactly one runs it (or, none running, exactly one holds it paused or pmsuspended).
+    home = running[0] if running else (held[0] if len(held) == 1 else None)
+    state = INSTANCE_STATE_OF_DOMAIN[where[home]].value if home is not None else InstanceState.PAUSED.value
     if inst.state == InstanceState.MIGRATING.value:
         if not everywhere:
             found.append(Finding("instance-stuck-migrating", subject,
@@ -552,7 +554,7 @@ def _set_instance(services: Services, uuid: str, host: str | None, state: str, w
     if host != home or (host is not None and len(running) > 1):
         raise _Skip(f"the VM is now on {', '.join(sorted(where)) or 'no host'}")
     if host is not None:
-        state = (InstanceState.RUNNING if where[host] is DomainState.RUNNING else InstanceState.PAUSED).value
+        state = INSTANCE_STATE_OF_DOMAIN[where[host]].value
     with services.db.session() as session:
         inst = session.get(Instance, uuid)
         if inst is None:
@@ -639,8 +641,7 @@ def _end(services: Services, migration_id: int, host: str | None, state: str | N
             inst = session.get(Instance, uuid)
             if inst is not None:
                 inst.host = host
-                inst.state = InstanceState.RUNNING.value if state == DomainState.RUNNING.value \
-                    else InstanceState.PAUSED.value
+                inst.state = INSTANCE_STATE_OF_DOMAIN[DomainState(state)].value
         add_event(session, migration_id, "note", "reconcile", "", f"ended by reconcile: {detail}")
         set_migration_status(session, migration_id, MigrationStatus.ERROR,
                              f"ended by reconcile: nobody ran it and its flow cannot be resumed; {detail}")

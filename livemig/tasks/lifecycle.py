@@ -13,7 +13,7 @@ from livemig.errors import LivemigError, MigrationFailed
 from livemig.locator import Presence, Sighting, locate, locate_elsewhere, locate_on
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
 from livemig.persistence.models import Event, Instance
-from livemig.states import DomainState, InstanceState, MigrationStatus, UnrecoverablePolicy
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus, UnrecoverablePolicy
 from livemig.tasks.base import LOG, MigrationTask
 from livemig.tasks.undo import StillFailing, record_leftover_for_reconcile, with_backoff
 
@@ -31,10 +31,6 @@ def describe_failures(flow_failures: dict[str, Failure]) -> str:
 class MigrationCancelled(MigrationFailed):
     """An operator aborted the migration before the VM was touched (while queued)."""
 
-
-# A recovered VM's inventory state, from what its host reports.
-_INSTANCE_STATES = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
-                    DomainState.SHUTOFF: InstanceState.STOPPED}
 
 # How long the outcome's writes are retried: the outcome is the one thing a
 # reverted migration must end with.
@@ -147,7 +143,7 @@ class RollBackOrTerminateInstance(MigrationTask):
             instance = session.get(Instance, instance_uuid)
             if instance is not None:
                 instance.host = host
-                instance.state = _INSTANCE_STATES.get(state, InstanceState.ERROR).value
+                instance.state = INSTANCE_STATE_OF_DOMAIN.get(state, InstanceState.ERROR).value
             if note:
                 add_event(session, migration_id, "note", self.name, "", note)
             set_migration_status(session, migration_id, status, f"{reason} ({where})")

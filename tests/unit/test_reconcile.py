@@ -328,3 +328,11 @@ def test_ending_a_migration_fences_a_stale_conductor_that_wakes_later(cloud):
     with fencing.claimed(mid, stale_epoch), pytest.raises(fencing.Fenced):
         fencing.ensure_current_claim(services.db, mid)
     assert cloud.running_on() == ["a"]
+
+
+def test_a_pmsuspended_copy_of_a_vm_running_elsewhere_is_reported_as_such_and_kept(cloud):
+    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="pmsuspended")
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["suspended-copy-of-vm-running-elsewhere"]
+    assert "a pmsuspended copy on b" in report.findings[0].disagreement
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "pmsuspended"

@@ -63,3 +63,20 @@ def test_a_running_copy_does_not_win_over_a_paused_one(cloud):
     livemig.sync_hosts(CTX, settings=cloud.settings)
     assert (cloud.instance().host, cloud.instance().state) == ("a", "paused")
     assert leftovers(cloud) == [("duplicate-domain", "c", cloud.vm)]
+
+
+def test_a_guest_suspended_vm_is_pmsuspended_not_paused(cloud):
+    from livemig.errors import PrecheckFailed
+
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "pmsuspended"}})
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "pmsuspended")
+    view = {i.uuid: i for i in livemig.list_instances(settings=cloud.settings)}[cloud.vm]
+    assert view.state == "pmsuspended"
+    try:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    except PrecheckFailed as exc:
+        assert "is pmsuspended, not running" in str(exc)
+    else:
+        raise AssertionError("a pmsuspended VM was migrated")

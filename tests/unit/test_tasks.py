@@ -100,6 +100,17 @@ def test_vm_on_neither_end_while_a_third_host_cannot_be_asked_is_not_deleted(clo
     assert cloud.instance().state == "error"  # not "deleted": it may run on c
 
 
+def test_a_vm_pmsuspended_on_its_source_stays_there_recorded_pmsuspended(cloud, mig):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "pmsuspended"}})
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DriverError("not running"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "failed" and "the VM stays pmsuspended on a" in m.error_reason
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "pmsuspended")
+    assert cloud.domains_on("a")[cloud.vm]["state"] == "pmsuspended"
+
+
 def test_vm_on_both_hosts_is_terminated_everywhere(cloud, mig):
     import copy as _copy
     dom = cloud.domains_on("a")[cloud.vm]
