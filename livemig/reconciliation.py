@@ -309,6 +309,7 @@ def compare(snapshot: Snapshot) -> list[Finding]:
         if uuid in busy:
             continue
         findings += _instance_findings(snapshot, uuid, everywhere, leftover_done)
+        findings += _shut_off_duplicate_findings(snapshot, uuid, leftover_done)
     findings += _leftover_findings(snapshot, busy, leftover_done)
     return findings
 
@@ -444,6 +445,31 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                              f"recorded {recorded}, but its VM is {state} on {home}",
                              f"record it {state} on {home} (and keep a leftover note)", True, SET_INSTANCE,
                              {"uuid": uuid, "host": home, "state": state, "was": inst.host, "note": True}))
+    return found
+
+
+def _shut_off_duplicate_findings(snapshot: Snapshot, uuid: str, leftover_done: set[int]) -> list[Finding]:
+    """Shut-off copies of a known VM away from where it is (the one host with
+    a live copy, else its recorded host): stale definitions (an old
+    migration's, or defined again by hand) that a start would turn into a
+    second running VM. Reported only: whether one is stale is an operator's call."""
+    inst = snapshot.instances.get(uuid)
+    if inst is None:
+        return []
+    live = sorted(_where(snapshot, uuid))
+    home = live[0] if len(live) == 1 else inst.host
+    found = []
+    for host, doms in sorted(snapshot.domains.items()):
+        if host == home or not any(d.uuid == uuid and d.state is DomainState.SHUTOFF for d in doms):
+            continue
+        noted = [lo.id for lo in snapshot.leftovers if lo.kind in ("duplicate-domain", "domain")
+                 and lo.host == host and lo.name == uuid]
+        leftover_done.update(noted)
+        where = f"the VM is {_where(snapshot, uuid)[home].value} on {home}" if home in live else \
+            f"the inventory records it on {home or 'no host'}"
+        found.append(Finding("shut-off-duplicate", f"instance {inst.name} ({uuid}) on {host}",
+                             f"a shut-off copy on {host} while {where}",
+                             f"nothing: an operator decides (undefine it on {host} if it is stale)", False))
     return found
 
 

@@ -336,3 +336,16 @@ def test_a_pmsuspended_copy_of_a_vm_running_elsewhere_is_reported_as_such_and_ke
     assert kinds(report) == ["suspended-copy-of-vm-running-elsewhere"]
     assert "a pmsuspended copy on b" in report.findings[0].disagreement
     assert cloud.domains_on("b")[cloud.vm]["state"] == "pmsuspended"
+
+
+def test_a_shut_off_duplicate_is_reported_and_kept(cloud):
+    # A stale definition of vm1 on c (say, defined again by hand): starting it
+    # would run the VM twice.
+    cloud.driver.create_domain(cloud.uri("c"), "vm1", uuid=cloud.vm, state="shutoff")
+    with database_for(cloud.settings.database_url).session() as s:
+        record_leftover(s, "duplicate-domain", cloud.vm, "seen by host sync", host="c")
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["shut-off-duplicate"]  # the sync's leftover is that finding's
+    assert report.findings[0].disagreement == "a shut-off copy on c while the VM is running on a"
+    assert report.findings[0].action == "none" and report.remaining == report.findings
+    assert cloud.domains_on("c")[cloud.vm]["state"] == "shutoff" and cloud.instance().host == "a"
