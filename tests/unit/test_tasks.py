@@ -168,6 +168,20 @@ def test_reserve_then_second_migration_on_same_host_times_out(cloud, mig):
 
 # -- precheck ----------------------------------------------------------------------------------------
 
+def test_a_stale_controllers_reserve_revert_releases_nothing(cloud, mig):
+    from livemig import fencing
+    from livemig.runner import claim_migration
+
+    services = services_for(cloud.settings)
+    stale = claim_migration(services, mig["migration_id"])
+    with fencing.claimed(mig["migration_id"], stale):
+        make(ReserveHosts, cloud).execute(**mig)
+    claim_migration(services, mig["migration_id"])  # another controller took the migration over
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        make(ReserveHosts, cloud).revert(**mig)
+    assert sorted(cloud.reservations()) == [("a", mig["migration_id"]), ("b", mig["migration_id"])]
+
+
 def test_capacity_counts_unfinished_incoming_migrations_only(cloud, mig):
     from livemig.prechecks import placed_on
     from livemig.states import MigrationStatus
