@@ -13,6 +13,7 @@ import livemig
 from livemig import services as services_module
 from livemig.persistence.database import database_for
 from livemig.services import building_flows_with, configure, services_for
+from tests.unit.test_flow_contract import _atoms
 
 CTX = livemig.admin_context("tests")
 
@@ -62,13 +63,13 @@ def test_a_rebuilt_flow_runs_with_the_builders_settings_and_the_migrations_optio
     configure(conductor)
     flow = engines.flow_from_detail(detail)
     seen = {(t.services.settings.unrecoverable_policy, t.services.settings.bandwidth_mib_s,
-             t.services.settings.max_downtime_ms) for t in flow}
+             t.services.settings.max_downtime_ms) for t in _atoms(flow)}
     assert seen == {("terminate", 0, 42)}
-    assert {t.services.db for t in flow} == {services_for(conductor).db}
+    assert {t.services.db for t in _atoms(flow)} == {services_for(conductor).db}
     # A caller building the engine itself (runner.load_engine: an in-process run) says whose.
     with building_flows_with(services_for(poster)):
         flow = engines.flow_from_detail(detail)
-    assert {(t.services.settings.unrecoverable_policy, t.services.settings.bandwidth_mib_s) for t in flow} == \
+    assert {(t.services.settings.unrecoverable_policy, t.services.settings.bandwidth_mib_s) for t in _atoms(flow)} == \
         {("mark-error", 5)}
 
 
@@ -89,5 +90,5 @@ def test_a_logbook_saved_with_the_whole_settings_keeps_only_the_options(cloud):
     with building_flows_with(services_for(cloud.settings)):
         flow = get_live_migration_flow(legacy)
     assert {(t.services.settings.database_url, t.services.settings.unrecoverable_policy,
-             t.services.settings.max_downtime_ms) for t in flow} == \
+             t.services.settings.max_downtime_ms) for t in _atoms(flow)} == \
         {(cloud.settings.database_url, "terminate", 50)}
