@@ -296,9 +296,13 @@ def _with_queue_timeout(options: Mapping[str, Any] | None, queue_timeout_s: floa
 
 
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str, dest: str,
-                      options: Mapping[str, Any]) -> tuple[int, tuple[str, str]]:
+                      options: Mapping[str, Any], *, operation_id: int | None = None,
+                      on_recorded: Callable[[Any, int], None] | None = None) -> tuple[int, tuple[str, str]]:
     """The migration row and its logbook; returns the id and (logbook, flow)
-    uuids. `options`: the migration's own (config.MIGRATION_OPTIONS)."""
+    uuids. `options`: the migration's own (config.MIGRATION_OPTIONS).
+    `operation_id`: the fleet operation this migration is a move of;
+    `on_recorded(session, migration_id)` runs in the same transaction (an
+    operation marks its move submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
     book_id, flow_id = new_logbook_ids()
@@ -306,7 +310,7 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         inst = check_migration(session, services.drivers, instance, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
-                              logbook_id=book_id, flow_id=flow_id, options=options)
+                              logbook_id=book_id, flow_id=flow_id, options=options, operation_id=operation_id)
         session.add(migration)
         session.flush()
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
@@ -314,6 +318,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         migration_id, instance_uuid = migration.id, inst.uuid
         create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest),
                        book_id, flow_id, session.connection(), options)
+        if on_recorded is not None:
+            on_recorded(session, migration_id)
     return migration_id, (book_id, flow_id)
 
 
