@@ -75,7 +75,7 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
                     cpu_allocation_ratio=cpu_allocation_ratio, ram_allocation_ratio=ram_allocation_ratio,
                     disk_allocation_ratio=disk_allocation_ratio, vcpus=facts.vcpus, memory_mb=facts.memory_mb,
                     disk_gb=facts.disk_gb, cpu_model=facts.cpu_model, hypervisor_version=facts.hypervisor_version,
-                    shared_paths=shared, last_seen=utcnow())
+                    shared_paths=shared, networks=sorted(facts.networks), last_seen=utcnow())
         session.add(host)
         session.flush()
         return HostView.of(host)
@@ -131,6 +131,7 @@ def sync_hosts(context: RequestContext, name: str | None = None,
             host = get_host(session, host_name)
             host.vcpus, host.memory_mb, host.disk_gb = facts.vcpus, facts.memory_mb, facts.disk_gb
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
+            host.networks = sorted(facts.networks)
             host.last_seen = utcnow()
     where: dict[str, list[str]] = collections.defaultdict(list)
     for host_name, domains in listed.items():
@@ -211,6 +212,7 @@ def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
     inst.name, inst.project, inst.host = dom.name, dom.project, host_name
     inst.state = _STATE_MAP[dom.state].value
     inst.vcpus, inst.memory_mb, inst.disk_gb, inst.cpu_model = dom.vcpus, dom.memory_mb, dom.disk_gb, dom.cpu_model
+    inst.group = dom.group
     inst.volumes = [driver_dict(d) for d in dom.disks]
     inst.interfaces = [driver_dict(i) for i in dom.interfaces]
 

@@ -73,6 +73,8 @@ class DomainInfo:
     disk_gb: int = 0
     project: str = "default"
     cpu_model: str | None = None
+    # The anti-affinity group label of the domain's livemig metadata.
+    group: str | None = None
     disks: list[DiskInfo] = dataclasses.field(default_factory=list)
     interfaces: list[InterfaceInfo] = dataclasses.field(default_factory=list)
     # A migration job (outgoing or incoming) runs; other jobs (backup, dump)
@@ -96,6 +98,8 @@ class HostFacts:
     arch: str
     hypervisor_version: int
     libvirt_version: int = 0
+    # The bridges and libvirt networks the host offers guests.
+    networks: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -65,6 +65,12 @@ def parse_project(root: ET.Element) -> str:
     return project.text.strip() if project is not None and project.text else "default"
 
 
+def parse_group(root: ET.Element) -> str | None:
+    """The anti-affinity group label: <livemig:group> in the livemig metadata."""
+    group = root.find(f"./metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}group")
+    return group.text.strip() if group is not None and group.text and group.text.strip() else None
+
+
 def parse_cpu_model(root: ET.Element) -> str | None:
     model = root.find("./cpu/model")
     if model is not None and model.text:

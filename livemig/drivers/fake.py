@@ -193,14 +193,14 @@ class FakeDriver(Driver):
     def create_domain(self, uri: str, name: str, *, vcpus: int = 1, memory_mb: int = 512, disk_gb: int = 1,
                       project: str = "default", cpu_model: str = "qemu64", uuid: str | None = None,
                       disks: list[DiskInfo] | None = None, interfaces: list[InterfaceInfo] | None = None,
-                      state: str = "running") -> str:
+                      state: str = "running", group: str | None = None) -> str:
         import dataclasses
 
         uuid = uuid or str(uuidlib.uuid4())
         with self.world(uri) as (world, path):
             world.host(path)["domains"][uuid] = {
                 "uuid": uuid, "name": name, "state": state, "vcpus": vcpus, "memory_mb": memory_mb,
-                "disk_gb": disk_gb, "project": project, "cpu_model": cpu_model,
+                "disk_gb": disk_gb, "project": project, "cpu_model": cpu_model, "group": group,
                 "disks": [dataclasses.asdict(d) for d in disks or []],
                 "interfaces": [dataclasses.asdict(i) for i in interfaces or []],
             }
@@ -266,7 +266,7 @@ class FakeDriver(Driver):
         return DomainInfo(
             uuid=dom["uuid"], name=dom["name"], state=DomainState(dom["state"]), vcpus=dom["vcpus"],
             memory_mb=dom["memory_mb"], disk_gb=dom["disk_gb"], project=dom["project"],
-            cpu_model=dom.get("cpu_model"), disks=[DiskInfo(**d) for d in dom["disks"]],
+            cpu_model=dom.get("cpu_model"), group=dom.get("group"), disks=[DiskInfo(**d) for d in dom["disks"]],
             interfaces=[InterfaceInfo(**i) for i in dom["interfaces"]],
             migration_job_active=bool(dom.get("job")), incoming=bool(dom.get("incoming_from")),
         )
@@ -278,7 +278,8 @@ class FakeDriver(Driver):
             self._enter(world, path, "host_facts")
             return HostFacts(hostname=host["hostname"], vcpus=host["vcpus"], memory_mb=host["memory_mb"],
                              disk_gb=host["disk_gb"], cpu_model=host["cpu_models"][-1], arch=host["arch"],
-                             hypervisor_version=host["hypervisor_version"], libvirt_version=9000000)
+                             hypervisor_version=host["hypervisor_version"], libvirt_version=9000000,
+                             networks=sorted(set(host["bridges"]) | set(host["networks"])))
 
     def list_domains(self, uri: str) -> list[DomainInfo]:
         with self.world(uri) as (world, path):

@@ -17,7 +17,7 @@ from livemig.drivers.base import (
     SourcePaused,
 )
 from livemig.drivers.domain_xml import (
-    parse_cpu_model, parse_disks, parse_interfaces, parse_project, strip_uuid,
+    parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_project, strip_uuid,
 )
 from livemig.errors import HostUnreachable, LivemigError
 from livemig.states import DomainState
@@ -121,6 +121,22 @@ class _PauseWatch:
         return _PAUSE_REASONS.get(reason, f"paused (reason {reason})")
 
 
+def _guest_networks(conn: libvirt.virConnect) -> list[str]:
+    """The active host interfaces (bridges among them) and libvirt networks:
+    what a guest interface may name as its bridge or network."""
+    names: set[str] = set()
+    try:
+        names.update(i.name() for i in conn.listAllInterfaces(libvirt.VIR_CONNECT_LIST_INTERFACES_ACTIVE))
+    except libvirt.libvirtError:
+        pass  # no interface backend on this host: its bridges stay unknown
+    try:
+        for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
+            names.add(net.name())
+    except libvirt.libvirtError:
+        pass
+    return sorted(names)
+
+
 def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
     return DriverError(f"{what}: {exc.get_error_message()}", code=exc.get_error_code())
 
@@ -206,7 +222,7 @@ class LibvirtDriver(Driver):
                 pass
             return HostFacts(hostname=conn.getHostname(), vcpus=info[2], memory_mb=info[1], disk_gb=disk_gb,
                              cpu_model=model, arch=arch, hypervisor_version=conn.getVersion(),
-                             libvirt_version=conn.getLibVersion())
+                             libvirt_version=conn.getLibVersion(), networks=_guest_networks(conn))
 
         return self._call(uri, "reading host facts", facts)
 
@@ -235,7 +251,7 @@ class LibvirtDriver(Driver):
                     and not dom.isPersistent())
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=state, vcpus=int(root.findtext("vcpu", "1")),
                           memory_mb=int(dom.maxMemory() / 1024), disk_gb=disk_gb, project=parse_project(root),
-                          cpu_model=parse_cpu_model(root), disks=disks, interfaces=parse_interfaces(root),
+                          cpu_model=parse_cpu_model(root), group=parse_group(root), disks=disks, interfaces=parse_interfaces(root),
                           migration_job_active=job_active, incoming=incoming)
 
     def list_domains(self, uri: str) -> list[DomainInfo]:
