@@ -177,7 +177,7 @@ class MoveExecutor:
                 return
             check_operation_claim(session, self.operation_id)
             if status is MigrationStatus.COMPLETED:
-                move.status, move.reason = MoveStatus.COMPLETED.value, None
+                move.status = MoveStatus.COMPLETED.value  # a retry's reason stays: how it got there
                 move.dest_host = migration.dest_host
                 add_operation_event(session, self.operation_id, "move-completed",
                                     f"{move.instance_name}: {move.source_host} -> {migration.dest_host} "
