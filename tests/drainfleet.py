@@ -31,23 +31,30 @@ class Fleet:
     def build(cls, tmp_path: Path, settings: Settings, *, source: str = "src", count: int = 20,
               dests: dict[str, dict] | None = None, limits: dict[str, int] | None = None,
               memory_mb: int = 1024, migration_seconds: float = 0.05, sizes: list[int] | None = None,
-              source_limit: int = 3) -> "Fleet":
+              source_limit: int = 3, sources: dict[str, int] | None = None) -> "Fleet":
+        """`sources`: host -> how many instances it runs (default {source: count})."""
         directory = tmp_path / "fleet"
         fleet = cls(settings, directory, FakeDriver(), {})
         dests = dests if dests is not None else {f"d{i}": {} for i in range(1, 6)}
+        sources = sources or {source: count}
         limits = limits or {}
-        for name, host in [(source, {}), *dests.items()]:
+        for name, host in [*((s, {}) for s in sources), *dests.items()]:
             fleet.driver.create_host(fleet.uri(name), migration_seconds=migration_seconds, **host)
             livemig.add_host(CTX, name, fleet.uri(name), settings=settings,
-                             max_concurrent_migrations=source_limit if name == source else limits.get(name, 2))
-        for i in range(count):
-            size = sizes[i] if sizes else memory_mb
-            name = f"vm{i:02d}"
-            uuid = fleet.driver.create_domain(fleet.uri(source), name, memory_mb=size, interfaces=[
-                InterfaceInfo(mac=f"52:54:00:00:01:{i:02x}", bridge="br-guests")])
-            fleet.instances[uuid] = name
+                             max_concurrent_migrations=source_limit if name in sources else limits.get(name, 2))
+        i = 0
+        for host, how_many in sources.items():
+            for _ in range(how_many):
+                fleet.add_instance(host, f"vm{i:02d}", sizes[i] if sizes else memory_mb, i)
+                i += 1
         livemig.sync_hosts(CTX, settings=settings)
         return fleet
+
+    def add_instance(self, host: str, name: str, memory_mb: int = 1024, index: int = 0) -> str:
+        uuid = self.driver.create_domain(self.uri(host), name, memory_mb=memory_mb, interfaces=[
+            InterfaceInfo(mac=f"52:54:00:00:{index // 256:02x}:{index % 256:02x}", bridge="br-guests")])
+        self.instances[uuid] = name
+        return uuid
 
     def uri(self, host: str) -> str:
         return fake_uri(self.directory, host)

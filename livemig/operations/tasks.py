@@ -44,6 +44,8 @@ class RecordOperationFailure(OperationTask):
     def revert(self, operation_id: int, flow_failures: dict[str, Failure], **kwargs: Any) -> None:
         reason = "; ".join(f"{atom}: {failure.exception_str}" for atom, failure in flow_failures.items())
         with self.services.db.session() as session:
+            # A runner whose claim was superseded records nothing: the new owner runs it.
+            check_operation_claim(session, operation_id)
             set_operation_status(session, operation_id, OperationStatus.FAILED, reason or "the flow was reverted")
 
 
@@ -92,18 +94,21 @@ class RunMoves(OperationTask):
     """
 
     def execute(self, operation_id: int) -> None:
-        runner = self._runner()
-        try:
-            MoveExecutor(self.services, operation_id, runner).run()
-        finally:
-            runner.close()
+        run_moves(self.services, operation_id)
 
-    def _runner(self) -> MoveRunner:
-        if self.services.settings.zookeeper_hosts:
-            from livemig.operations.jobs import JobMoveRunner
 
-            return JobMoveRunner(self.services)
-        return LocalMoveRunner(self.services)
+def run_moves(services: Services, operation_id: int) -> None:
+    runner: MoveRunner
+    if services.settings.zookeeper_hosts:
+        from livemig.operations.jobs import JobMoveRunner
+
+        runner = JobMoveRunner(services)
+    else:
+        runner = LocalMoveRunner(services)
+    try:
+        MoveExecutor(services, operation_id, runner).run()
+    finally:
+        runner.close()
 
 
 class EndOperation(OperationTask):
@@ -119,6 +124,13 @@ class EndOperation(OperationTask):
             operation = get_operation(session, operation_id)
             if OperationStatus(operation.status).finished:
                 return
+            unfinished = any(not MoveStatus(m.status).finished for m in operation_moves(session, operation_id))
+        if unfinished:
+            # Only after a runner's claim was superseded mid-step (its stale
+            # step end is in the logbook): follow what is left first.
+            run_moves(self.services, operation_id)
+        with self.services.db.session() as session:
+            operation = get_operation(session, operation_id)
             check_operation_claim(session, operation_id)
             moves = operation_moves(session, operation_id)
             stayed = [f"{m.instance_name}: {m.status}: {m.reason or 'no reason recorded'}"
