@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from livemig.config import Settings, check_migration_options
 from livemig.context import RequestContext
-from livemig.errors import Conflict, InvalidInput
+from livemig.errors import Conflict, InvalidInput, QueueTimeout
 from livemig.operations.claims import OperationEnded
 from livemig.operations.records import (
     add_operation_event, create_operation, get_operation, operation_moves, set_operation_status,
@@ -23,7 +23,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.operations.views import MoveView, OperationView, UndrainView
 from livemig.persistence.inventory import get_host
-from livemig.persistence.models import Migration, Operation, OperationEvent, OperationMove, utcnow
+from livemig.persistence.models import Migration, Operation, OperationEvent, utcnow
 from livemig.services import Services
 from livemig.views import HostView
 
@@ -175,15 +175,22 @@ def _run(services: Services, operation_id: int, wait: bool, progress: OperationP
         post_operation_job(services, operation_id)
         if not wait:
             return show_operation(operation_id, settings=services.settings)
-        return _follow(services, operation_id, progress, runner=None)
+        return _follow(services, operation_id, progress, runner=None, unclaimed_epoch=0)
     from livemig.operations.runner import run_operation
 
     return _follow(services, operation_id, progress, runner=lambda: run_operation(services, operation_id))
 
 
 def _follow(services: Services, operation_id: int, progress: OperationProgress | None,
-            runner: Callable[[], None] | None) -> OperationView:
+            runner: Callable[[], None] | None, unclaimed_epoch: int | None = None) -> OperationView:
+    """Run (if a runner is given) while reporting progress; then the view. A
+    posted job (`unclaimed_epoch`: its claim epoch when posted) that no
+    conductor claims within the setting's deadline raises QueueTimeout; it
+    stays on the board."""
     errors: list[BaseException] = []
+    claim_deadline = None
+    if runner is None and unclaimed_epoch is not None:
+        claim_deadline = time.monotonic() + services.settings.unclaimed_job_timeout_s
 
     def target() -> None:
         try:
@@ -207,6 +214,16 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
             break
         if thread is None and OperationStatus(view.status).finished:
             break
+        if claim_deadline is not None:
+            with services.db.reading() as session:
+                epoch = get_operation(session, operation_id).claim_epoch
+            if epoch != unclaimed_epoch:
+                claim_deadline = None
+            elif time.monotonic() >= claim_deadline:
+                timeout = services.settings.unclaimed_job_timeout_s
+                raise QueueTimeout(f"no conductor has claimed operation {operation_id} in {timeout:g} s; is one "
+                                   f"running? (it stays on the board; `livemig operation abort {operation_id}` "
+                                   f"cancels it)")
     if errors and not OperationStatus(view.status).finished:
         raise errors[0]
     return view
@@ -276,10 +293,13 @@ def resume_operation(context: RequestContext, operation_id: int, *, wait: bool =
     if services.settings.zookeeper_hosts:
         from livemig.operations.jobs import resume_operation_job
 
-        resume_operation_job(services, operation_id)
+        with services.db.reading() as session:
+            epoch = get_operation(session, operation_id).claim_epoch
+        posted = resume_operation_job(services, operation_id)
         if not wait:
             return show_operation(operation_id, settings=services.settings)
-        return _follow(services, operation_id, progress, runner=None)
+        # A job still on the board may be running, however long it takes.
+        return _follow(services, operation_id, progress, runner=None, unclaimed_epoch=epoch if posted else None)
     from livemig.operations.runner import run_operation
 
     return _follow(services, operation_id, progress,

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from livemig.context import RequestContext
 from livemig.errors import Conflict, LivemigError, PrecheckFailed
-from livemig.operations.claims import check_operation_claim
+from livemig.operations.claims import OperationFenced, check_operation_claim
 from livemig.operations.planning import replan_move
 from livemig.operations.records import (
     add_operation_event, get_operation, hosts_tried, move_migrations, operation_moves,
@@ -313,6 +313,8 @@ class MoveExecutor:
             migration_id, _ids = api._record_migration(
                 context, self.services, move.instance_uuid, move.source_host, move.dest_host, options,
                 operation_id=self.operation_id, on_recorded=mark_submitted)
+        except OperationFenced:
+            raise
         except Conflict as exc:
             if "already in migration" in str(exc):
                 return None  # another migration moves it now: look again later

@@ -41,15 +41,17 @@ def post_operation_job(services: Services, operation_id: int) -> str:
     return job.uuid
 
 
-def resume_operation_job(services: Services, operation_id: int) -> None:
+def resume_operation_job(services: Services, operation_id: int) -> bool:
     """A job still on the board is resumed by a conductor once its claim
-    lapses; otherwise post the persisted flow again."""
+    lapses; otherwise post the persisted flow again (returns True)."""
     from livemig.jobs import job_on_board
 
     with services.db.reading() as session:
         job_id = get_operation(session, operation_id).job_id
-    if not job_on_board(services, job_id):
-        post_operation_job(services, operation_id)
+    if job_on_board(services, job_id):
+        return False
+    post_operation_job(services, operation_id)
+    return True
 
 
 def dispatch_operation_job(conductor, job, operation_id: int, dispatch: Callable) -> bool:

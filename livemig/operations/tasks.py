@@ -133,15 +133,7 @@ class EndOperation(OperationTask):
             operation = get_operation(session, operation_id)
             check_operation_claim(session, operation_id)
             moves = operation_moves(session, operation_id)
-            stayed = [f"{m.instance_name}: {m.status}: {m.reason or 'no reason recorded'}"
-                      for m in moves if m.status != MoveStatus.COMPLETED.value]
-            if operation.kind == OperationKind.DRAIN.value:
-                planned = {m.instance_uuid for m in moves}
-                for instance in session.scalars(sa.select(Instance).where(
-                        Instance.host == operation.host, Instance.state != InstanceState.DELETED.value)):
-                    if instance.uuid not in planned:
-                        stayed.append(f"{instance.name}: not in the plan (it appeared on {operation.host} "
-                                      f"after planning)")
+            stayed = _who_stayed(session, operation, moves)
             moved = sum(1 for m in moves if m.status == MoveStatus.COMPLETED.value)
             if operation.abort_requested:
                 status, reason = OperationStatus.ABORTED, f"aborted: {moved} moved; " + "; ".join(stayed)
@@ -152,3 +144,23 @@ class EndOperation(OperationTask):
                 if operation.kind == OperationKind.DRAIN.value:
                     reason += f"; {operation.host} is empty"
             set_operation_status(session, operation_id, status, reason)
+
+
+def _who_stayed(session, operation, moves) -> list[str]:
+    """"name: why" for each instance the operation did not move where it
+    should be. A drain's are those still on its host (an instance that left
+    the host by other means is not among them); a return's, the moves that
+    did not complete."""
+    if operation.kind != OperationKind.DRAIN.value:
+        return [f"{m.instance_name}: {m.status}: {m.reason or 'no reason recorded'}"
+                for m in moves if m.status != MoveStatus.COMPLETED.value]
+    by_uuid = {m.instance_uuid: m for m in moves}
+    stayed = []
+    for instance in session.scalars(sa.select(Instance).where(
+            Instance.host == operation.host, Instance.state != InstanceState.DELETED.value).order_by(Instance.name)):
+        move = by_uuid.get(instance.uuid)
+        if move is None:
+            stayed.append(f"{instance.name}: not in the plan (it came to {operation.host} after planning)")
+        else:
+            stayed.append(f"{instance.name}: {move.status}: {move.reason or 'no reason recorded'}")
+    return stayed

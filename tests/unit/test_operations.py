@@ -237,6 +237,7 @@ def test_cli_bad_input_is_one_line_and_changes_nothing(tmp_path, settings):
         (["host", "drain", "src", "--to", "nosuch", "--yes"], "livemig: error: host 'nosuch' is not in the inventory"),
         (["host", "drain", "src"], "livemig: error: draining src moves 2 instance(s): pass --yes to confirm"),
         (["host", "undrain", "src"], "livemig: error: host src is not in maintenance"),
+        (["host", "drain", "src", "--yes", "--no-wait"], "livemig: error: --no-wait needs ZooKeeper"),
         (["operation", "show", "7"], "livemig: error: operation 7 does not exist"),
         (["operation", "abort", "7"], "livemig: error: operation 7 does not exist"),
         (["operation", "resume", "7"], "livemig: error: operation 7 does not exist"),

@@ -96,3 +96,55 @@ def test_resume_of_a_finished_operation_is_refused(tmp_path, settings):
     view = livemig.drain_host(CTX, "src", settings=settings)
     with pytest.raises(livemig.LivemigError, match="already ended"):
         livemig.resume_operation(CTX, view.id, settings=settings)
+
+
+def test_a_migration_recorded_but_not_marked_is_found_again_not_submitted_twice(tmp_path, settings):
+    from livemig import api
+
+    fleet = Fleet.build(tmp_path, settings, count=4)
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    # As if a runner died between recording a move's migration and marking the move.
+    move = moves[0]
+    lost, _ids = api._record_migration(CTX, api._services(settings), move.instance_uuid, move.source_host,
+                                       move.dest_host, {}, operation_id=operation.id)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "completed", view.reason
+    assert view.moves[0].migration_id == lost
+    assert "move-adopted" in [e.kind for e in view.events]
+    _op, _moves, migrations = _state(fleet)
+    assert collections.Counter(m.instance_uuid for m in migrations) == collections.Counter(list(fleet.instances))
+    fleet.assert_invariants()
+
+
+def test_an_instance_moved_meanwhile_by_someone_else_is_not_moved_again(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=3, dests={"d1": {}, "d2": {}})
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    moved = moves[1]
+    single = livemig.migrate(CTX, moved.instance_uuid, "src", "d2", settings=settings)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "completed", view.reason
+    skipped = view.moves[1]
+    assert skipped.status == "skipped" and skipped.reason.startswith("already on d2, not on src")
+    _op, _moves, migrations = _state(fleet)
+    assert [m.id for m in migrations if m.instance_uuid == moved.instance_uuid] == [single.id]
+    fleet.assert_invariants()
+
+
+def test_a_runner_whose_claim_was_superseded_submits_nothing(tmp_path, settings):
+    from livemig import api
+    from livemig.operations.claims import OperationFenced, operation_claimed
+    from livemig.operations.executor import LocalMoveRunner, MoveExecutor
+    from livemig.operations.runner import claim_operation
+
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    _drain_and_die(settings, "planned", 1)
+    operation, _moves, _ = _state(fleet)
+    services = api._services(settings)
+    with operation_claimed(operation.id, operation.claim_epoch):  # the dead runner's claim
+        claim_operation(services, operation.id, "another runner")  # ... is superseded
+        with pytest.raises(OperationFenced, match="superseded"):
+            MoveExecutor(services, operation.id, LocalMoveRunner(services)).step()
+    _op, moves, migrations = _state(fleet)
+    assert migrations == [] and all(m.status == "planned" for m in moves)
