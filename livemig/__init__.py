@@ -18,14 +18,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "livemig.api": ("abort", "add_host", "close", "create_migration", "host_resources", "list_hosts",
+    "livemig.api": ("abort", "add_host", "choose_destination", "close", "create_migration", "host_resources", "list_hosts",
                     "list_instances", "list_migrations", "migrate", "reconcile", "resume", "set_host_enabled", "show_migration",
                     "sync_hosts"),
     "livemig.operations.api": ("abort_operation", "drain_host", "list_operations", "resume_operation",
                                "show_operation", "undrain_host"),
     "livemig.config": ("Settings", "load_settings"),
     "livemig.context": ("RequestContext", "admin_context"),
-    "livemig.errors": ("LivemigError", "MigrationFailed"),
+    "livemig.errors": ("LivemigError", "MigrationFailed", "NoValidHost"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -33,7 +33,7 @@ __all__ = list(_MODULE_OF)
 
 if TYPE_CHECKING:
     from livemig.api import (
-        abort, add_host, close, create_migration, host_resources, list_hosts, list_instances, list_migrations, migrate,
+        abort, add_host, choose_destination, close, create_migration, host_resources, list_hosts, list_instances, list_migrations, migrate,
         reconcile, resume, set_host_enabled, show_migration, sync_hosts,
     )
     from livemig.config import Settings, load_settings
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
         abort_operation, drain_host, list_operations, resume_operation, show_operation, undrain_host,
     )
     from livemig.context import RequestContext, admin_context
-    from livemig.errors import LivemigError, MigrationFailed
+    from livemig.errors import LivemigError, MigrationFailed, NoValidHost
 
 
 def __getattr__(name: str) -> Any:

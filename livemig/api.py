@@ -19,14 +19,19 @@ from livemig.context import RequestContext
 from livemig.disk_sharing import normalized_shared_paths
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
-from livemig.errors import Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, QueueTimeout
+from livemig.errors import (
+    Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, NoValidHost, PrecheckFailed, QueueTimeout,
+    ServiceUnavailable,
+)
 from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
-    add_event, get_host, get_migration, record_leftover, unfinished_migrations,
+    add_event, find_instance, get_host, get_migration, record_leftover, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.prechecks import check_migration
 from livemig.private_files import prepare_sqlite_database
+from livemig.scheduler.inventory import snapshot as scheduler_snapshot
+from livemig.scheduler.select import Refusal, Selection, choose_with_slots
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import DomainState, InstanceState, MigrationStatus
@@ -279,14 +284,15 @@ def show_migration(migration_id: int, settings: Settings | None = None) -> Migra
         return MigrationView.of(migration, events)
 
 
-def create_migration(context: RequestContext, instance: str, source: str, dest: str,
+def create_migration(context: RequestContext, instance: str, source: str | None = None, dest: str | None = None,
                      settings: Settings | None = None, queue_timeout_s: float | None = None,
-                     options: Mapping[str, Any] | None = None) -> MigrationView:
+                     options: Mapping[str, Any] | None = None, weigher: str | None = None) -> MigrationView:
     """Check the request and record it (status `queued`) with its persisted
-    flow; nothing runs yet. Bad input raises and records nothing."""
+    flow; nothing runs yet. Without `dest` the scheduler chooses it. Bad
+    input raises and records nothing."""
     services = _services(settings)
-    migration_id, _ids = _record_migration(context, services, instance, source, dest,
-                                           _with_queue_timeout(options, queue_timeout_s))
+    migration_id, _ids, _hosts = _record_migration(context, services, instance, source, dest,
+                                                   _with_queue_timeout(options, queue_timeout_s), weigher=weigher)
     return show_migration(migration_id, settings=services.settings)
 
 
@@ -297,38 +303,132 @@ def _with_queue_timeout(options: Mapping[str, Any] | None, queue_timeout_s: floa
     return merged
 
 
-def _record_migration(context: RequestContext, services: Services, instance: str, source: str, dest: str,
-                      options: Mapping[str, Any], *, operation_id: int | None = None,
-                      on_recorded: Callable[[Any, int], None] | None = None) -> tuple[int, tuple[str, str]]:
-    """The migration row and its logbook; returns the id and (logbook, flow)
-    uuids. `options`: the migration's own (config.MIGRATION_OPTIONS).
-    `operation_id`: the fleet operation this migration is a move of;
-    `on_recorded(session, migration_id)` runs in the same transaction (an
-    operation marks its move submitted there: never submitted twice)."""
+def choose_destination(instance: str, to: str | None = None, *, source: str | None = None,
+                       exclude: Iterable[str] = (), weigher: str | None = None,
+                       settings: Settings | None = None) -> Selection:
+    """Where `migrate` would move INSTANCE (name or uuid) now, changing
+    nothing: the scheduler's best host that also passes the precheck (the
+    chosen), the other acceptable hosts after it, and for every other host
+    the first filter (or "precheck") that refused it. `to` limits the choice
+    to that host; `source`, if given, must be the instance's host. A host
+    whose migration slots are busy is chosen only if no host has one free
+    (its migration would queue)."""
+    services = _services(settings)
+    with services.db.reading() as session:
+        inst = find_instance(session, instance)
+        if to is not None:
+            get_host(session, to)
+        source = _source_of(inst, source)
+        return _schedule(session, services, inst, source, to, weigher or services.settings.weigher, exclude)
+
+
+def _source_of(inst: Instance, source: str | None) -> str:
+    """The instance's host, which a given SOURCE must be."""
+    if inst.host is None:
+        raise PrecheckFailed(f"instance {inst.name} runs on no host")
+    if source is not None and inst.host != source:
+        raise PrecheckFailed(f"instance {inst.name} runs on {inst.host}, not on {source} "
+                             f"(leave the source out and livemig uses the inventory's)")
+    return inst.host
+
+
+def _schedule(session, services: Services, inst: Instance, source: str, to: str | None, weigher: str,
+              exclude: Iterable[str] = ()) -> Selection:
+    """The scheduler's selection, its ranked hosts prechecked in order until
+    one passes: that one is chosen, those before it join the refusals. So a
+    host the scheduler chooses has passed the precheck too."""
+    if inst.state != InstanceState.RUNNING.value:
+        raise PrecheckFailed(f"instance {inst.name} is {inst.state}, not running")
+    selection = choose_with_slots(scheduler_snapshot(session), inst.uuid, weigher, exclude=exclude,
+                                  candidates=None if to is None else [to])
+    refused = list(selection.refusals)
+    for index, host in enumerate(selection.ranked):
+        try:
+            check_migration(session, services.drivers, inst.uuid, source, host)
+        except (Conflict, InvalidInput):
+            raise  # about the instance, not the host: no other host helps
+        except (PrecheckFailed, ServiceUnavailable) as exc:
+            refused.append(Refusal(host, "precheck", str(exc)))
+            continue
+        return Selection(inst.uuid, host, selection.ranked[index:], tuple(sorted(refused, key=_by_host)))
+    return Selection(inst.uuid, None, (), tuple(sorted(refused, key=_by_host)))
+
+
+def _by_host(refusal: Refusal) -> str:
+    return refusal.host
+
+
+def no_valid_host(name: str, selection: Selection) -> NoValidHost:
+    return NoValidHost(f"no host can take {name}: {'; '.join(selection.explain()) or 'no host in the inventory'}")
+
+
+def _record_migration(context: RequestContext, services: Services, instance: str, source: str | None,
+                      dest: str | None, options: Mapping[str, Any], *, to: str | None = None,
+                      weigher: str | None = None, operation_id: int | None = None,
+                      on_recorded: Callable[[Any, int], None] | None = None,
+                      ) -> tuple[int, tuple[str, str], tuple[str, str]]:
+    """The migration row and its logbook; returns the id, the (logbook, flow)
+    uuids and the (source, destination). `options`: the migration's own
+    (config.MIGRATION_OPTIONS). Without `dest`, the scheduler chooses it
+    (among `to` only, if given); a chosen destination that fails later
+    before switchover is retried on the next host. `operation_id`: the
+    fleet operation this migration is a move of; `on_recorded(session,
+    migration_id)` runs in the same transaction (an operation marks its move
+    submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
+    weigher = weigher or services.settings.weigher
+    if dest is not None and to is not None and dest != to:
+        raise InvalidInput(f"two destinations given ({dest} and --to {to})")
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
-        inst = check_migration(session, services.drivers, instance, source, dest)
+        inst = find_instance(session, instance)
+        if dest is None:
+            source = _source_of(inst, source)
+        elif source is None:
+            source = _source_of(inst, None)
+        # else: the precheck below says if SOURCE is not the instance's host.
+        scheduled = dest is None and to is None
+        how = "requested destination"
+        refused: list[str] = []
+        if dest is None:
+            selection = _schedule(session, services, inst, source, to, weigher)
+            if selection.chosen is None:
+                raise no_valid_host(inst.name, selection)
+            dest, refused = selection.chosen, selection.explain()
+            how = f"chosen by the scheduler ({weigher})" if scheduled else f"--to {to}, accepted by the scheduler"
+        else:
+            check_migration(session, services.drivers, inst.uuid, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
-                              logbook_id=book_id, flow_id=flow_id, options=options, operation_id=operation_id)
+                              logbook_id=book_id, flow_id=flow_id, options=options, scheduled=scheduled,
+                              operation_id=operation_id)
         session.add(migration)
         session.flush()
+        detail = f" ({how}" + (f"; refused: {'; '.join(refused)}" if refused and scheduled else "") + ")"
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
-                  f"requested by {context.user}: {inst.name} {source} -> {dest}")
+                  f"requested by {context.user}: {inst.name} {source} -> {dest}{detail}")
         migration_id, instance_uuid = migration.id, inst.uuid
         create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest),
                        book_id, flow_id, session.connection(), options)
         if on_recorded is not None:
             on_recorded(session, migration_id)
-    return migration_id, (book_id, flow_id)
+    return migration_id, (book_id, flow_id), (source, dest)
 
 
-def migrate(context: RequestContext, instance: str, source: str, dest: str, *, wait: bool = True,
-            queue: bool = True, queue_timeout_s: float | None = None, settings: Settings | None = None,
-            progress: ProgressHook | None = None, options: Mapping[str, Any] | None = None) -> MigrationView:
-    """Live-migrate INSTANCE (name or uuid) from SOURCE to DEST.
+def migrate(context: RequestContext, instance: str, source: str | None = None, dest: str | None = None, *,
+            to: str | None = None, wait: bool = True, queue: bool = True, queue_timeout_s: float | None = None,
+            settings: Settings | None = None, progress: ProgressHook | None = None,
+            options: Mapping[str, Any] | None = None, weigher: str | None = None) -> MigrationView:
+    """Live-migrate INSTANCE (name or uuid) off the host it runs on.
+
+    `source`, if given, must be the inventory's host of the instance. With
+    `dest` (or `to`, the same, checked by the scheduler's filters first) the
+    migration goes there and nowhere else; without either, livemig's
+    scheduler chooses (`weigher`: "spread" or "pack", default the setting),
+    and a destination that fails before switchover is replaced by the next
+    best host, up to the max_retries setting. The old positional form
+    migrate(context, instance, source, dest) still works.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
     posted as a job for the conductors and, if `wait`, followed to its end
@@ -337,27 +437,29 @@ def migrate(context: RequestContext, instance: str, source: str, dest: str, *, w
     with `queue=False` it fails at once if they are busy. `options`: this
     migration's own choices among config.MIGRATION_OPTIONS (max_downtime_ms,
     bandwidth_mib_s, queue_timeout_s); the rest are the runner's settings.
-    Returns the completed migration; raises MigrationFailed if it failed."""
+    Returns the completed migration; raises MigrationFailed if it failed,
+    NoValidHost (saying per host why) if no host may take it."""
     # Before anything is opened: a refused caller leaves no trace (not even
     # a new, empty SQLite database).
     context.require_admin("live migration")
     if not queue:
         queue_timeout_s = 0.0
     services = _services(settings)
+    options = _with_queue_timeout(options, queue_timeout_s)
     if services.settings.zookeeper_hosts:
         from livemig.jobs import post_migration_job
 
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
-        migration_id, ids = _record_migration(context, services, instance, source, dest,
-                                               _with_queue_timeout(options, queue_timeout_s))
-        post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=(source, dest))
+        migration_id, ids, hosts = _record_migration(context, services, instance, source, dest, options, to=to,
+                                                     weigher=weigher)
+        post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=hosts)
         if not wait:
             return show_migration(migration_id, settings=services.settings)
         return _follow(services, migration_id, progress, runner=None, unclaimed_epoch=0)
-    migration_id, _ids = _record_migration(context, services, instance, source, dest,
-                                           _with_queue_timeout(options, queue_timeout_s))
+    migration_id, _ids, _hosts = _record_migration(context, services, instance, source, dest, options, to=to,
+                                                   weigher=weigher)
     return _follow(services, migration_id, progress, runner=lambda: run_migration(services, migration_id))
 
 

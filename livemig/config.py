@@ -65,6 +65,12 @@ class Settings:
     # Migrations one conductor runs at once (each waits on its hypervisors;
     # host limits, not this, bound the load on a host).
     conductor_max_migrations: int = 16
+    # How the scheduler ranks the hosts that may take an instance: "spread"
+    # (the most free room) or "pack" (the least that still fits).
+    weigher: str = "spread"
+    # A migration whose destination livemig chose tries up to this many other
+    # hosts when a destination fails before switchover (0: never).
+    max_retries: int = 3
     poll_interval_s: float = 0.2
     # Where local reservations live when ZooKeeper is not configured.
     data_dir: str = ""
@@ -183,6 +189,8 @@ SPECS: dict[str, Spec] = {
     "queue_timeout_s": Spec(float, 0.0, 7 * DAY_S),
     "unclaimed_job_timeout_s": Spec(float, 0.1, 7 * DAY_S),
     "conductor_max_migrations": Spec(int, 1, 1024),
+    "weigher": Spec(str, choices=("spread", "pack")),
+    "max_retries": Spec(int, 0, 100),
     "poll_interval_s": Spec(float, 0.01, 60.0),
     "data_dir": Spec(str, check=_absolute_path_or_empty),
     "credential_key_file": Spec(str, check=_absolute_path_or_empty),

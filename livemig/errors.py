@@ -68,6 +68,10 @@ class Conflict(PrecheckFailed):
     pass
 
 
+class NoValidHost(PrecheckFailed):
+    """No host may take the instance; the message says, per host, why."""
+
+
 class NotAuthorized(LivemigError):
     exit_code = 5
 

@@ -99,6 +99,10 @@ class MigrationView(View):
     finished_at: str | None
     duration_s: float | None
     events: list[EventView] = dataclasses.field(default_factory=list)
+    # Whether livemig chose the destination, and each destination tried
+    # ({"attempt", "host", "outcome", "reason", ...}, the current one last).
+    scheduled: bool = False
+    attempts: list[dict] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, m: Migration, events: list[Event] | None = None) -> "MigrationView":
@@ -107,7 +111,7 @@ class MigrationView(View):
                    m.memory_total, m.memory_processed, m.memory_remaining, m.memory_bps, m.iteration,
                    m.expected_downtime_ms, m.downtime_ms, m.error_reason, m.requested_by, _iso(m.created_at),
                    _iso(m.started_at), _iso(m.finished_at), duration,
-                   [EventView.of(e) for e in events or []])
+                   [EventView.of(e) for e in events or []], bool(m.scheduled), [dict(a) for a in m.attempts or []])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,22 +92,29 @@ class Fleet:
             limits = dict(s.execute(sa.select(Host.name, Host.max_concurrent_migrations)).all())
             migrations = {m.id: m for m in s.scalars(sa.select(Migration))}
             events = list(s.scalars(sa.select(Event).order_by(Event.id)))
-        held: dict[int, list] = {}
+        # Per migration, one holding per attempt (a scheduled migration
+        # retried on the next host holds each attempt's destination in turn).
+        held: dict[int, list[list]] = collections.defaultdict(list)
         for e in events:
+            holdings = held[e.migration_id]
             if e.kind == "step" and e.name == "reserve-hosts" and e.state == "SUCCESS":
-                held.setdefault(e.migration_id, [e.at, None])
-            elif e.migration_id in held and held[e.migration_id][1] is None and (
+                if not holdings or holdings[-1][1] is not None:
+                    holdings.append([e.at, None])
+            elif holdings and holdings[-1][1] is None and (
                     (e.kind == "step" and e.name == "release-hosts" and e.state == "RUNNING")
                     or (e.kind == "step" and e.name == "reserve-hosts" and e.state == "REVERTING")
                     or (e.kind == "status" and e.state in ("completed", "failed", "cancelled", "error"))):
-                held[e.migration_id][1] = e.at
+                holdings[-1][1] = e.at
         points = []
-        for mid, (start, end) in held.items():
+        for mid, holdings in held.items():
             m = migrations[mid]
-            assert end is not None, f"migration {mid} still holds its hosts"
-            for host in (m.source_host, m.dest_host):
-                points.append((start, 1, host))
-                points.append((end, -1, host))
+            hosts_of_attempts = [a["host"] for a in m.attempts or [] if isinstance(a, dict) and a.get("host")]
+            for number, (start, end) in enumerate(holdings):
+                assert end is not None, f"migration {mid} still holds its hosts"
+                dest = hosts_of_attempts[number] if number < len(hosts_of_attempts) else m.dest_host
+                for host in (m.source_host, dest):
+                    points.append((start, 1, host))
+                    points.append((end, -1, host))
         # At one instant, releases before acquisitions (either order is inside the real holdings).
         points.sort(key=lambda p: (p[0], p[1]))
         current: collections.Counter = collections.Counter()

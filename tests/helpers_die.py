@@ -16,6 +16,7 @@ from livemig.drivers.fake import FakeDriver
 from livemig.flows.live_migration import get_live_migration_flow
 from livemig.runner import run_migration
 from livemig.services import building_flows_with, services_for
+from tests.unit.test_flow_contract import _atoms
 
 
 def die() -> None:
@@ -32,7 +33,7 @@ def die() -> None:
 def install_kill_point(settings: Settings, step: str, when: str) -> None:
     """Patch this process so that it SIGKILLs itself at STEP/WHEN."""
     with building_flows_with(services_for(settings)):
-        classes = {a.name: type(a) for a in get_live_migration_flow()}
+        classes = {a.name: type(a) for a in _atoms(get_live_migration_flow())}
     cls = classes[step]
     if when == "revert":
         original_revert = cls.revert

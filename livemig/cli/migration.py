@@ -1,6 +1,7 @@
 """`livemig migrate --live ...` and `livemig migration ...`"""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -9,6 +10,7 @@ from livemig import api
 from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out, outcome_reported_here
 from livemig.cli.progress import MigrationProgress
 from livemig.errors import InvalidInput, MigrationFailed
+from livemig.scheduler.select import Selection
 from livemig.views import MigrationView
 
 LIST_COLUMNS = [("ID", "id"), ("INSTANCE", "instance_name"), ("SOURCE", "source_host"), ("DEST", "dest_host"),
@@ -20,7 +22,7 @@ SHOW_FIELDS = [("id", "id"), ("instance", "instance_name"), ("instance uuid", "i
                ("iteration", "iteration"), ("expected downtime ms", "expected_downtime_ms"),
                ("downtime ms", "downtime_ms"), ("requested by", "requested_by"), ("created", "created_at"),
                ("started", "started_at"), ("finished", "finished_at"), ("duration s", "duration_s"),
-               ("reason", "error_reason")]
+               ("reason", "error_reason"), ("scheduled", "scheduled")]
 
 
 def _report(view: MigrationView, output_format: str) -> None:
@@ -34,32 +36,97 @@ def _report(view: MigrationView, output_format: str) -> None:
                f"{view.status}{took}{downtime}")
 
 
+FORMS = ("livemig migrate --live INSTANCE (livemig chooses the destination), "
+         "livemig migrate --live INSTANCE --to HOST, or livemig migrate --live SRC INSTANCE DST")
+
+
+def _parse_forms(arguments: tuple[str, ...], to: str | None) -> tuple[str | None, str, str | None]:
+    """(source, instance, dest) from the positional arguments: one (INSTANCE)
+    or three (SRC INSTANCE DST), told apart by their count alone."""
+    if len(arguments) == 1:
+        return None, arguments[0], None
+    if len(arguments) == 3:
+        if to is not None:
+            raise InvalidInput(f"--to and a DST argument both name the destination; use one ({FORMS})")
+        return arguments[0], arguments[1], arguments[2]
+    given = "no arguments" if not arguments else f"{len(arguments)} arguments"
+    raise InvalidInput(f"migrate takes INSTANCE or SRC INSTANCE DST, not {given}: {FORMS}")
+
+
+def _report_choice(name: str, source: str, selection: Selection, weigher: str, explicit: str | None,
+                   output_format: str) -> None:
+    if output_format == "json":
+        click.echo(json.dumps({
+            "instance": name, "instance_uuid": selection.instance, "source": source, "chosen": selection.chosen,
+            "ranked": list(selection.ranked), "weigher": None if explicit else weigher,
+            "refusals": [dataclasses.asdict(r) for r in selection.refusals]}, indent=2))
+        return
+    how = f"--to {explicit}" if explicit else f"weigher {weigher}"
+    if selection.chosen is not None:
+        click.echo(f"{name}: {source} -> {selection.chosen} (dry run, {how}; nothing changed)")
+    else:
+        click.echo(f"{name}: on {source}, no host can take it (dry run, {how}; nothing changed)")
+    others = selection.ranked[1:]
+    if others:
+        click.echo(f"  also possible, in order: {', '.join(others)}")
+    for line in selection.explain():
+        click.echo(f"  {line}")
+
+
 @click.command()
 @click.option("--live", is_flag=True, help="Live migration (the only kind livemig does; required).")
+@click.option("--to", "to", metavar="HOST", default=None,
+              help="The destination (checked by the scheduler's filters; never retried elsewhere).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the destination livemig would choose and, per other host, why it was refused; "
+                   "change nothing.")
+@click.option("--weigher", type=click.Choice(["spread", "pack"]), default=None,
+              help="How the scheduler ranks hosts (default: the weigher setting).")
 @click.option("--no-wait", is_flag=True,
               help="With ZooKeeper: return once the migration is recorded and posted (it still queues for busy "
                    "hosts); follow it with `livemig migration show`.")
 @click.option("--no-queue", is_flag=True, help="Fail at once if a host is busy instead of waiting in `queued`.")
 @click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
 @format_option
-@click.argument("source")
-@click.argument("instance")
-@click.argument("dest")
+@click.argument("arguments", nargs=-1, metavar="INSTANCE | SRC INSTANCE DST")
 @click.pass_obj
 @handle_errors
-def migrate(state: State, live: bool, no_wait: bool, no_queue: bool, quiet: bool, output_format: str, source: str,
-            instance: str, dest: str) -> None:
-    """Live-migrate INSTANCE (name or uuid) from host SOURCE to host DEST."""
+def migrate(state: State, live: bool, to: str | None, dry_run: bool, weigher: str | None, no_wait: bool,
+            no_queue: bool, quiet: bool, output_format: str, arguments: tuple[str, ...]) -> None:
+    """Live-migrate INSTANCE (name or uuid) off the host it runs on.
+
+    \b
+    livemig migrate --live INSTANCE            livemig chooses the destination
+    livemig migrate --live INSTANCE --to HOST  to HOST
+    livemig migrate --live SRC INSTANCE DST    SRC must be the instance's host
+
+    A destination livemig chose that fails before switchover is replaced by
+    the next best host (up to the max_retries setting); a named one is not."""
     if not live:
         raise InvalidInput("only live migration is supported: pass --live")
+    source, instance, dest = _parse_forms(arguments, to)
+    if dry_run:
+        if dest is not None:
+            to = dest
+        weigher = weigher or state.settings.weigher
+        # Read-only: prechecks and the inventory only, no admin rights needed.
+        selection = api.choose_destination(instance, to, source=source, weigher=weigher, settings=state.settings)
+        shown = api.list_instances(settings=state.settings)
+        view = next((i for i in shown if i.uuid == selection.instance), None)
+        name = view.name if view is not None else instance
+        on = view.host if view is not None and view.host else (source or "?")
+        _report_choice(name, on, selection, weigher, to, output_format)
+        if selection.chosen is None:
+            raise api.no_valid_host(name, selection)
+        return
     if no_wait and not state.settings.zookeeper_hosts:
         # Without conductors the flow runs in this process: nothing would run it after we return.
         raise InvalidInput("--no-wait needs ZooKeeper and a conductor; without them the migration runs in this "
                            "command")
     with outcome_reported_here(), MigrationProgress(enabled=not quiet and output_format == "table") as progress:
         try:
-            view = api.migrate(state.context(), instance, source, dest, wait=not no_wait, queue=not no_queue,
-                               settings=state.settings, progress=progress)
+            view = api.migrate(state.context(), instance, source, dest, to=to, wait=not no_wait,
+                               queue=not no_queue, settings=state.settings, progress=progress, weigher=weigher)
         except MigrationFailed as exc:
             if exc.migration_id is not None and output_format == "json":
                 _report(api.show_migration(exc.migration_id, settings=state.settings), output_format)
@@ -96,6 +163,11 @@ def show(state: State, migration_id: int, output_format: str) -> None:
         click.echo(json.dumps(view.to_dict(), indent=2, default=str))
         return
     emit_one(output_format, view, SHOW_FIELDS)
+    for attempt in view.attempts:
+        reason = f": {attempt['reason']}" if attempt.get("reason") else ""
+        # Plain text: rich would read brackets in a reason as markup.
+        click.echo(f"{'attempt ' + str(attempt.get('attempt')):<20} {attempt.get('host')} "
+                   f"{attempt.get('outcome')}{reason}")
     out.print()
     emit(output_format, view.events, [("AT", "at"), ("KIND", "kind"), ("NAME", "name"), ("STATE", "state"),
                                       ("MESSAGE", "message"), ("CONTROLLER", "controller")])

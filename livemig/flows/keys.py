@@ -6,6 +6,7 @@ SOURCE_HOST = "source_host"
 DEST_HOST = "dest_host"
 
 # Provided by tasks.
+ATTEMPT_DEST_HOST = "attempt_dest_host"
 VOLUME_SETUP = "volume_setup"
 NETWORK_SETUP = "network_setup"
 MIGRATION_RESULT = "migration_result"

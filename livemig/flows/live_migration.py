@@ -8,6 +8,7 @@ from taskflow.patterns import linear_flow
 from livemig.config import MIGRATION_OPTIONS, check_migration_options
 from livemig.flows import keys
 from livemig.services import flow_services
+from livemig.tasks.attempts import ChooseDestination, RetryOnNextDestination
 from livemig.tasks.cleanup import CleanUpSource, UpdateInstanceHost
 from livemig.tasks.lifecycle import MIGRATE_STEP, MarkMigrationCompleted, RollBackOrTerminateInstance
 from livemig.tasks.migrate import MigrateDomain
@@ -17,7 +18,15 @@ from livemig.tasks.reservation import MarkMigrationPreparing, ReleaseHosts, Rese
 from livemig.tasks.volumes import SetUpVolumesOnDestination
 
 # The store a caller provides; every other value is provided by a task.
+# DEST_HOST is the requested (or first chosen) destination; each attempt's
+# own comes from choose-destination (ATTEMPT_DEST_HOST).
 REQUIRED_STORE_KEYS = frozenset({keys.MIGRATION_ID, keys.INSTANCE_UUID, keys.SOURCE_HOST, keys.DEST_HOST})
+ATTEMPTS_FLOW = "destination-attempts"
+RETRY_NAME = "retry-on-next-destination"
+
+
+# Tasks that work on the current attempt's destination read it here.
+ON_ATTEMPT_DEST = {keys.DEST_HOST: keys.ATTEMPT_DEST_HOST}
 
 
 def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_flow.Flow:
@@ -25,17 +34,24 @@ def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_
 
     1. rollback-or-terminate: nothing; its revert, the last to run, decides
        between leaving the VM on the host it runs on and terminating it.
-    2. reserve-hosts: hold both hosts within their limits (waits in `queued`).
-    3. mark-migration-preparing.
-    4. check-migration-prerequisites: hosts, zone, capacity, CPU, versions.
-    5. mark-instance-migrating.
-    6. set-up-volumes-on-destination: reachability and disk secrets.
-    7. set-up-network-on-destination: bridges/networks and filters.
-    8. migrate-domain: live migration with progress, verified.
-    9. update-instance-host: the inventory follows the VM.
-    10. clean-up-source: best effort, never rolls back.
-    11. release-hosts.
-    12. mark-migration-completed.
+    2. destination-attempts: a subflow under the retry controller
+       retry-on-next-destination; a failed attempt is reverted (everything
+       it did on its destination undone, its reservations released) and,
+       if livemig chose the destination and the VM is intact on its source,
+       tried again on the next host, up to max_retries times:
+       2.1 choose-destination: this attempt's host (from the database).
+       2.2 reserve-hosts: hold both hosts within their limits (waits in `queued`).
+       2.3 mark-migration-preparing.
+       2.4 check-migration-prerequisites: hosts, zone, capacity, CPU, versions.
+       2.5 mark-instance-migrating.
+       2.6 set-up-volumes-on-destination: reachability and disk secrets.
+       2.7 set-up-network-on-destination: bridges/networks and filters.
+       2.8 migrate-domain: live migration with progress, verified.
+    3. update-instance-host: the inventory follows the VM (past switchover:
+       nothing from here on is retried elsewhere).
+    4. clean-up-source: best effort, never rolls back.
+    5. release-hosts.
+    6. mark-migration-completed.
 
     `options` are the migration's own (config.MIGRATION_OPTIONS), saved in
     its logbook; everything else comes from the settings of the process that
@@ -43,18 +59,22 @@ def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_
     poster's database URL, hosts or policies.
     """
     services = flow_services(check_migration_options(_options_only(options or {})))
+    attempts = linear_flow.Flow(ATTEMPTS_FLOW, retry=RetryOnNextDestination(services, name=RETRY_NAME)).add(
+        ChooseDestination(services, name="choose-destination"),
+        ReserveHosts(services, name="reserve-hosts", rebind=ON_ATTEMPT_DEST),
+        MarkMigrationPreparing(services, name="mark-migration-preparing"),
+        CheckMigrationPrerequisites(services, name="check-migration-prerequisites", rebind=ON_ATTEMPT_DEST),
+        MarkInstanceMigrating(services, name="mark-instance-migrating"),
+        SetUpVolumesOnDestination(services, name="set-up-volumes-on-destination", rebind=ON_ATTEMPT_DEST),
+        SetUpNetworkOnDestination(services, name="set-up-network-on-destination", rebind=ON_ATTEMPT_DEST),
+        MigrateDomain(services, name=MIGRATE_STEP, rebind=ON_ATTEMPT_DEST),
+    )
     return linear_flow.Flow(keys.FLOW_NAME).add(
         RollBackOrTerminateInstance(services, name="rollback-or-terminate"),
-        ReserveHosts(services, name="reserve-hosts"),
-        MarkMigrationPreparing(services, name="mark-migration-preparing"),
-        CheckMigrationPrerequisites(services, name="check-migration-prerequisites"),
-        MarkInstanceMigrating(services, name="mark-instance-migrating"),
-        SetUpVolumesOnDestination(services, name="set-up-volumes-on-destination"),
-        SetUpNetworkOnDestination(services, name="set-up-network-on-destination"),
-        MigrateDomain(services, name=MIGRATE_STEP),
-        UpdateInstanceHost(services, name="update-instance-host"),
-        CleanUpSource(services, name="clean-up-source"),
-        ReleaseHosts(services, name="release-hosts"),
+        attempts,
+        UpdateInstanceHost(services, name="update-instance-host", rebind=ON_ATTEMPT_DEST),
+        CleanUpSource(services, name="clean-up-source", rebind=ON_ATTEMPT_DEST),
+        ReleaseHosts(services, name="release-hosts", rebind=ON_ATTEMPT_DEST),
         MarkMigrationCompleted(services, name="mark-migration-completed"),
     )
 

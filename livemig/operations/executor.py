@@ -310,7 +310,7 @@ class MoveExecutor:
         context = RequestContext(user=requested_by or "livemig", roles=frozenset({"admin"}))
         options = dict(arguments.get("migration_options") or {})
         try:
-            migration_id, _ids = api._record_migration(
+            migration_id, _ids, _hosts = api._record_migration(
                 context, self.services, move.instance_uuid, move.source_host, move.dest_host, options,
                 operation_id=self.operation_id, on_recorded=mark_submitted)
         except OperationFenced:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from livemig.disk_sharing import judge_disks, refusal
 from livemig.scheduler.state import HostState, InstanceRequest
 
 
@@ -145,6 +146,18 @@ class NetworksFilter:
         return None
 
 
+class StorageFilter:
+    """Every disk may migrate without copying it: a network disk, or a local
+    one under a path both hosts share (the prechecks' rule, disk_sharing)."""
+
+    name = "storage"
+
+    def why_not(self, host: HostState, request: Request) -> str | None:
+        if request.source is None or not request.instance.disks:
+            return None
+        return refusal(judge_disks(request.instance.disks, request.source, host))
+
+
 class AntiAffinityFilter:
     """Instances that share a group label never share a host."""
 
@@ -172,7 +185,7 @@ class SlotsFilter:
 # In the order they are asked: the first refusal is the one reported.
 FILTERS: tuple[Filter, ...] = (
     SourceHostFilter(), EnabledFilter(), MaintenanceFilter(), ZoneFilter(), VcpusFilter(), MemoryFilter(),
-    DiskFilter(), CpuModelFilter(), HypervisorVersionFilter(), NetworksFilter(), AntiAffinityFilter(),
+    DiskFilter(), CpuModelFilter(), HypervisorVersionFilter(), NetworksFilter(), StorageFilter(), AntiAffinityFilter(),
     SlotsFilter(),
 )
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from livemig.persistence.inventory import unfinished
 from livemig.persistence.models import Host, Instance, Migration
 from livemig.prechecks import NO_MIGRATION
-from livemig.scheduler.state import HostState, InstanceRequest, Snapshot
+from livemig.scheduler.state import Disk, HostState, InstanceRequest, Snapshot
 from livemig.states import InstanceState
 
 
@@ -26,10 +26,16 @@ def instance_networks(interfaces: Iterable[Any] | None) -> frozenset[str]:
     return frozenset(names)
 
 
+def instance_disks(volumes: Iterable[Any] | None) -> tuple[Disk, ...]:
+    return tuple(Disk(target=str(v.get("target", "?")), kind=str(v.get("kind", "file")), source=v.get("source") or "")
+                 for v in volumes or () if isinstance(v, dict))
+
+
 def instance_request(instance: Instance) -> InstanceRequest:
     return InstanceRequest(uuid=instance.uuid, name=instance.name, host=instance.host, vcpus=instance.vcpus,
                            memory_mb=instance.memory_mb, disk_gb=instance.disk_gb, cpu_model=instance.cpu_model,
-                           networks=instance_networks(instance.interfaces), group=instance.group)
+                           networks=instance_networks(instance.interfaces), group=instance.group,
+                           disks=instance_disks(instance.volumes))
 
 
 def snapshot(session: Session, *, exclude_migration: int | None = None) -> Snapshot:
@@ -81,5 +87,5 @@ def snapshot(session: Session, *, exclude_migration: int | None = None) -> Snaps
             vcpus_used=vcpus, memory_mb_used=memory_mb, disk_gb_used=disk_gb, cpu_model=host.cpu_model,
             hypervisor_version=host.hypervisor_version, networks=frozenset(host.networks or ()),
             slots=host.max_concurrent_migrations, busy=busy[host.name], groups=frozenset(groups[host.name]),
-            disabled_reason=host.disabled_reason, maintenance_reason=host.maintenance_reason)
+            shared_paths=tuple(host.shared_paths or ()), disabled_reason=host.disabled_reason, maintenance_reason=host.maintenance_reason)
     return Snapshot(hosts=hosts, instances=instances)

@@ -76,6 +76,21 @@ def select(snapshot: Snapshot, instance_uuid: str, *, candidates: Iterable[str] 
                      refusals=tuple(refusals))
 
 
+def choose_with_slots(snap: Snapshot, instance_uuid: str, weigher: str, exclude: Iterable[str] = (),
+                      candidates: Iterable[str] | None = None) -> Selection:
+    """The best host with a migration slot free now; failing that, the best
+    one whose slots are busy (the migration queues for it). The refusals are
+    the first selection's, so a host refused only for its slots says so."""
+    exclude = tuple(exclude)
+    candidates = None if candidates is None else tuple(candidates)
+    free = select(snap, instance_uuid, candidates=candidates, exclude=exclude, weigher=weigher)
+    if free.chosen is not None:
+        return free
+    queued = select(snap, instance_uuid, candidates=candidates, exclude=exclude, weigher=weigher,
+                    ignore_slots=True)
+    return queued if queued.chosen is not None else free
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
     instance_uuid: str

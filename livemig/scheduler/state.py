@@ -32,6 +32,8 @@ class HostState:
     busy: int
     # The anti-affinity group labels of the instances placed there.
     groups: frozenset[str] = frozenset()
+    # Paths this host shares with the others (Host.shared_paths).
+    shared_paths: tuple[str, ...] = ()
     disabled_reason: str | None = None
     maintenance_reason: str | None = None
 
@@ -49,6 +51,15 @@ class HostState:
 
 
 @dataclasses.dataclass(frozen=True)
+class Disk:
+    """What the storage filter needs of a disk (see livemig.disk_sharing)."""
+
+    target: str
+    kind: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
 class InstanceRequest:
     """An instance to place: what it needs of a host."""
 
@@ -62,6 +73,7 @@ class InstanceRequest:
     # The bridges and libvirt networks its interfaces use.
     networks: frozenset[str]
     group: str | None = None
+    disks: tuple[Disk, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,6 +71,8 @@ class RollBackOrTerminateInstance(MigrationTask):
 
     def _decide(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
                 flow_failures: dict[str, Failure]) -> None:
+        from livemig.tasks.attempts import attempts_reason
+
         reason = describe_failures(flow_failures)
         with self.services.db.session() as session:
             migration = get_migration(session, migration_id)
@@ -78,6 +80,10 @@ class RollBackOrTerminateInstance(MigrationTask):
                                     MigrationStatus.ERROR.value):
                 return  # decided before a crash; a resumed revert must not decide twice
             abort_requested = migration.abort_requested
+            # The current attempt's destination (the store's is the first):
+            # earlier attempts' hosts were cleared before the next was tried.
+            dest_host = migration.dest_host
+            reason = attempts_reason(list(migration.attempts or []), reason)
             migrate_started = session.scalar(sa.select(sa.func.count()).select_from(Event).where(
                 Event.migration_id == migration_id, Event.kind == "step", Event.name == MIGRATE_STEP)) > 0
         cancelled = abort_requested and any(f.check(MigrationAborted, MigrationCancelled)
@@ -177,4 +183,7 @@ class MarkMigrationCompleted(MigrationTask):
     """
 
     def execute(self, migration_id: int) -> None:
+        from livemig.tasks.attempts import COMPLETED, close_attempt
+
+        close_attempt(self.services, migration_id, COMPLETED, None, self.name)
         self.services.db.set_migration_status(migration_id, MigrationStatus.COMPLETED, progress=1.0)

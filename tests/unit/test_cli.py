@@ -50,7 +50,7 @@ BAD_INPUT = [
     ("resume unknown migration", ["migration", "resume", "999"], 3, "migration 999 does not exist"),
     ("unknown host resources", ["resources", "zz"], 3, "host 'zz' is not in the inventory"),
     ("unknown option", ["migrate", "--bogus"], 2, "No such option '--bogus'"),
-    ("missing argument", ["migrate", "--live", "a", "vm1"], 2, "Missing argument 'DEST'"),
+    ("two arguments", ["migrate", "--live", "a", "vm1"], 2, "migrate takes INSTANCE or SRC INSTANCE DST, not 2"),
     ("out-of-range option", ["host", "add", "d", "--uri", "fake:///tmp/x/d.json", "--max-migrations", "0"], 2,
      "0 is not in the range x>=1"),
     ("unknown command", ["migrat"], 2, "No such command 'migrat'"),

@@ -106,7 +106,7 @@ def test_a_migration_recorded_but_not_marked_is_found_again_not_submitted_twice(
     operation, moves, _ = _state(fleet)
     # As if a runner died between recording a move's migration and marking the move.
     move = moves[0]
-    lost, _ids = api._record_migration(CTX, api._services(settings), move.instance_uuid, move.source_host,
+    lost, _ids, _hosts = api._record_migration(CTX, api._services(settings), move.instance_uuid, move.source_host,
                                        move.dest_host, {}, operation_id=operation.id)
     view = livemig.resume_operation(CTX, operation.id, settings=settings)
     assert view.status == "completed", view.reason

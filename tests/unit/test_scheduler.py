@@ -13,7 +13,7 @@ from livemig.drivers.base import InterfaceInfo
 from livemig.errors import InvalidInput
 from livemig.persistence.database import database_for
 from livemig.persistence.models import Host, Instance, Migration
-from livemig.scheduler import HostState, InstanceRequest, Snapshot, plan, select
+from livemig.scheduler import Disk, HostState, InstanceRequest, Snapshot, plan, select
 from livemig.scheduler.inventory import snapshot as read_snapshot
 from livemig.states import MigrationStatus
 
@@ -110,6 +110,19 @@ def test_a_newer_hypervisor_is_fine():
 def test_networks_filter_names_every_missing_one():
     snap = fleet(host("d", networks=frozenset()), instances=(vm(networks=frozenset({"br1", "br0"})),))
     assert refusal_of(select(snap, "uuid-vm1"), "d") == "d: networks: lacks br0, br1"
+
+
+def test_storage_filter_takes_a_local_disk_only_where_both_hosts_share_it():
+    disk = Disk(target="vda", kind="file", source="/srv/shared/vm1.qcow2")
+    snap = fleet(host("src", shared_paths=("/srv/shared",)), host("d1"), host("d2", shared_paths=("/srv/shared",)),
+                 host("d3", shared_paths=("/srv/other",)),
+                 instances=(vm(disks=(disk, Disk("vdb", "network", "iscsi://x:3260/iqn/1"))),))
+    selection = select(snap, "uuid-vm1")
+    assert selection.chosen == "d2"
+    assert refusal_of(selection, "d1") == (
+        "d1: storage: disk vda (/srv/shared/vm1.qcow2) is a local file not on storage shared by src and d1; "
+        "block migration is not supported yet")
+    assert refusal_of(selection, "d3").startswith("d3: storage: disk vda")
 
 
 def test_ignore_slots_skips_the_slots_filter():
