@@ -129,6 +129,9 @@ class MoveExecutor:
         # migration recorded): not tried again by this runner.
         self._refused: dict[int, set[str]] = {}
         self._aborted_in_flight: set[int] = set()
+        # Planned moves already checked for a migration a crash left unmarked:
+        # this runner's own submissions mark theirs in the same transaction.
+        self._looked_for_lost: set[int] = set()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -153,12 +156,19 @@ class MoveExecutor:
             arguments = dict(operation.arguments or {})
             requested_by = operation.requested_by
             moves = operation_moves(session, self.operation_id)
+            ids = [m.migration_id for m in moves if MoveStatus(m.status).in_flight]
+            statuses = dict(session.execute(sa.select(Migration.id, Migration.status)
+                                            .where(Migration.id.in_(ids))).all()) if ids else {}
         if abort:
             self._cancel_planned(moves)
             if abort_now:
                 self._abort_in_flight(moves, requested_by)
         for move in moves:
-            if MoveStatus(move.status).in_flight:
+            if not MoveStatus(move.status).in_flight:
+                continue
+            status = MigrationStatus(statuses[move.migration_id])
+            # Write only on a change (one read above for every move in flight).
+            if status.finished or move.status != _MOVE_OF_MIGRATION[status].value:
                 self._follow_move(move, arguments, abort)
         return self._submit_planned(arguments, requested_by, abort)
 
@@ -238,7 +248,8 @@ class MoveExecutor:
         for move in moves:
             if move.status != MoveStatus.PLANNED.value or abort:
                 continue
-            adopted = self._adopt(move)
+            adopted = self._adopt(move) if move.id not in self._looked_for_lost else None
+            self._looked_for_lost.add(move.id)
             if adopted is not None:
                 tally.in_flight.append(adopted)
                 continue

@@ -269,3 +269,43 @@ def test_cli_drain_dry_run_drain_and_show(tmp_path, settings):
     assert [e["kind"] for e in data["events"]][-1] == "completed"
     again = _cli(settings, "operation", "resume", "1")
     assert again.returncode != 0 and "operation 1 already ended (completed)" in again.stderr
+
+
+def test_to_limits_the_destinations(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=6)
+    view = livemig.drain_host(CTX, "src", to=["d2", "d4"], settings=settings)
+    assert view.status == "completed", view.reason
+    assert {m.dest_host for m in view.moves} == {"d2", "d4"}
+    assert {m.dest_host for m in fleet.migrations()} == {"d2", "d4"}
+    fleet.assert_invariants()
+
+
+def test_a_host_in_maintenance_takes_no_new_placement(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=2, sources={"src": 2, "other": 2}, dests={"d1": {}})
+    # d1 is preferred by spread (empty); in maintenance it is refused with the reason.
+    with fleet.db().session() as s:
+        host = s.get(Host, "d1")
+        host.maintenance, host.maintenance_reason = True, "disk swap"
+    view = livemig.drain_host(CTX, "src", dry_run=True, settings=settings)
+    assert {m.dest_host for m in view.moves} == {"other"}
+    view = livemig.drain_host(CTX, "src", to=["d1"], dry_run=True, settings=settings)
+    assert all(m.dest_host is None and "d1: maintenance" in m.reason for m in view.moves)
+
+
+def test_the_operation_flow_is_a_contract():
+    from oslo_utils import reflection
+
+    from livemig.operations import flow as operation_flow
+    from livemig.services import building_flows_with, services_for
+    from livemig.config import Settings
+
+    import tempfile
+
+    with building_flows_with(services_for(Settings(data_dir=tempfile.mkdtemp()))):
+        built = operation_flow.get_operation_flow()
+    names = [atom.name for atom in built]
+    assert names == ["record-operation-failure", "plan-operation", "run-moves", "end-operation"]
+    assert len(set(names)) == len(names)
+    assert set(built.requires) == operation_flow.REQUIRED_STORE_KEYS
+    factory = reflection.get_callable_name(operation_flow.get_operation_flow)
+    assert factory == operation_flow.FACTORY_NAME
