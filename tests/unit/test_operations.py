@@ -309,3 +309,23 @@ def test_the_operation_flow_is_a_contract():
     assert set(built.requires) == operation_flow.REQUIRED_STORE_KEYS
     factory = reflection.get_callable_name(operation_flow.get_operation_flow)
     assert factory == operation_flow.FACTORY_NAME
+
+
+def test_the_timeline_check_sees_an_overlap(tmp_path, settings):
+    """The limit check used above can fail: two migrations whose holdings
+    of a limit-1 host overlap in their event timeline are reported."""
+    import datetime as dt
+
+    from livemig.persistence.models import Event
+
+    fleet = Fleet.build(tmp_path, settings, count=2, dests={"d1": {}}, limits={"d1": 1})
+    t0 = dt.datetime(2026, 1, 1)
+    with fleet.db().session() as s:
+        for mid, (start, end) in {1: (0, 10), 2: (5, 15)}.items():
+            s.add(Migration(id=mid, instance_uuid=f"u{mid}", instance_name=f"vm{mid}", source_host="src",
+                            dest_host="d1", status="completed"))
+            s.add(Event(migration_id=mid, kind="step", name="reserve-hosts", state="SUCCESS",
+                        at=t0 + dt.timedelta(seconds=start)))
+            s.add(Event(migration_id=mid, kind="step", name="release-hosts", state="RUNNING",
+                        at=t0 + dt.timedelta(seconds=end)))
+    assert fleet.max_concurrency()["d1"] == (2, 1)
