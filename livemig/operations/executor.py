@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from livemig.context import RequestContext
-from livemig.errors import Conflict, LivemigError, PrecheckFailed
+from livemig.errors import Conflict, HostUnreachable, LivemigError, PrecheckFailed, ServiceUnavailable
 from livemig.operations.claims import OperationFenced, check_operation_claim
 from livemig.operations.planning import replan_move
 from livemig.operations.records import (
@@ -35,6 +35,9 @@ from livemig.services import Services
 from livemig.states import InstanceState, MigrationStatus
 
 LOG = logging.getLogger("livemig.operations")
+
+# How long the loop rides out a database or ZooKeeper that does not answer.
+TRANSIENT_PATIENCE_S = 120.0
 
 # How many migrations one move may submit (its first and the re-plans after
 # failures) when the settings have no `max_retries`.
@@ -137,8 +140,20 @@ class MoveExecutor:
 
     def run(self) -> None:
         first = True
+        failing_since: float | None = None
         while True:
-            tally = self.step()
+            try:
+                tally = self.step()
+                failing_since = None
+            except ServiceUnavailable as exc:
+                # A database or ZooKeeper blip must not end the operation
+                # (`failed` is final): every step is safe to run again.
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > TRANSIENT_PATIENCE_S:
+                    raise
+                LOG.warning("operation %s: %s; trying again", self.operation_id, exc)
+                time.sleep(1.0)
+                continue
             if not tally.planned and not tally.in_flight:
                 return
             if first or tally.in_flight:
@@ -332,6 +347,10 @@ class MoveExecutor:
             return self._refused_at_submit(move, str(exc), arguments)
         except PrecheckFailed as exc:
             return self._refused_at_submit(move, str(exc), arguments)
+        except HostUnreachable as exc:
+            return self._refused_at_submit(move, str(exc), arguments)
+        except ServiceUnavailable:
+            raise  # the database or ZooKeeper: nothing recorded, submitted when it is back
         except LivemigError as exc:
             return self._refused_at_submit(move, f"{type(exc).__name__}: {exc}", arguments)
         self.runner.submitted(migration_id)

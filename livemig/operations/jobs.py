@@ -97,7 +97,11 @@ class JobMoveRunner:
     def submitted(self, migration_id: int) -> None:
         from livemig.jobs import post_migration_job
 
-        post_migration_job(self._services, migration_id, board=self._services.jobboard)
+        try:
+            post_migration_job(self._services, migration_id, board=self._services.jobboard)
+        except Exception as exc:  # noqa: BLE001 - recorded already: follow() posts it again
+            LOG.warning("migration %s: cannot post its job now (%s); trying again", migration_id, exc)
+            return
         self._checked.add(migration_id)
 
     def follow(self, migration_ids: Iterable[int]) -> None:

@@ -329,3 +329,13 @@ def test_the_timeline_check_sees_an_overlap(tmp_path, settings):
             s.add(Event(migration_id=mid, kind="step", name="release-hosts", state="RUNNING",
                         at=t0 + dt.timedelta(seconds=end)))
     assert fleet.max_concurrency()["d1"] == (2, 1)
+
+
+def test_a_destination_that_does_not_answer_at_submission_is_replaced(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=3, dests={"d1": {"memory_mb": 65536}, "d2": {}})
+    fleet.driver.update_host(fleet.uri("d1"), reachable=False)
+    view = livemig.drain_host(CTX, "src", settings=settings)
+    assert view.status == "completed", view.reason
+    assert {m.dest_host for m in fleet.migrations()} == {"d2"}  # nothing was recorded towards d1
+    assert any(m.reason and m.reason.startswith("refused by d1: ") for m in view.moves)
+    fleet.assert_invariants()
