@@ -382,12 +382,17 @@ def no_valid_host(name: str, selection: Selection) -> NoValidHost:
 
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str | None,
                       dest: str | None, options: Mapping[str, Any], *, to: str | None = None,
-                      weigher: str | None = None) -> tuple[int, tuple[str, str], tuple[str, str]]:
+                      weigher: str | None = None, operation_id: int | None = None,
+                      on_recorded: Callable[[Any, int], None] | None = None,
+                      ) -> tuple[int, tuple[str, str], tuple[str, str]]:
     """The migration row and its logbook; returns the id, the (logbook, flow)
     uuids and the (source, destination). `options`: the migration's own
     (config.MIGRATION_OPTIONS). Without `dest`, the scheduler chooses it
     (among `to` only, if given); a chosen destination that fails later
-    before switchover is retried on the next host."""
+    before switchover is retried on the next host. `operation_id`: the
+    fleet operation this migration is a move of; `on_recorded(session,
+    migration_id)` runs in the same transaction (an operation marks its move
+    submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
     weigher = weigher or services.settings.weigher
@@ -414,7 +419,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
             check_migration(session, services.drivers, inst.uuid, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
-                              logbook_id=book_id, flow_id=flow_id, options=options, scheduled=scheduled)
+                              logbook_id=book_id, flow_id=flow_id, options=options, scheduled=scheduled,
+                              operation_id=operation_id)
         session.add(migration)
         session.flush()
         detail = f" ({how}" + (f"; refused: {'; '.join(refused)}" if refused and scheduled else "") + ")"
@@ -423,6 +429,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         migration_id, instance_uuid = migration.id, inst.uuid
         create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest),
                        book_id, flow_id, session.connection(), options)
+        if on_recorded is not None:
+            on_recorded(session, migration_id)
     return migration_id, (book_id, flow_id), (source, dest)
 
 
