@@ -62,7 +62,7 @@ class MigrateDomain(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
-        options = self._options(instance_uuid)
+        options = self._options(migration_id, instance_uuid)
         self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
 
@@ -93,6 +93,7 @@ class MigrateDomain(MigrationTask):
                 raise DestinationHoldsCopy(f"not migrating: {kept}")
 
         options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
+        fencing.ensure_current_claim(self.services.db, migration_id)  # right before starting the job
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
         after_src = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
         after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
@@ -130,7 +131,7 @@ class MigrateDomain(MigrationTask):
         self.note(migration_id, f"destroyed a stale {sighting.state} copy on {dest_host}")
         return None
 
-    def _options(self, instance_uuid: str) -> MigrationOptions:
+    def _options(self, migration_id: int, instance_uuid: str) -> MigrationOptions:
         settings = self.services.settings
         with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
@@ -140,7 +141,10 @@ class MigrateDomain(MigrationTask):
             timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
             poll_interval_s=settings.poll_interval_s,
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
-                                                settings.downtime_step_delay_s_per_gib * memory_gib))
+                                                settings.downtime_step_delay_s_per_gib * memory_gib),
+            # A controller frozen mid-job wakes to find another owner: it
+            # must not abort the job or change its downtime.
+            before_job_change=lambda: fencing.ensure_current_claim(self.services.db, migration_id))
 
     def _finish(self, migration_id: int, result: MigrationResult) -> dict[str, Any]:
         downtime_ms, elapsed_ms = result.downtime_ms, result.elapsed_ms
@@ -161,6 +165,9 @@ class MigrateDomain(MigrationTask):
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
         source = locate_on(self.services, source_host, instance_uuid, REVERT_HOST_WAIT_S)
         if source.domain is not None and source.domain.migration_job_active:
+            # Outside the try: a stale controller stops here (never_raises
+            # lets Fenced through) rather than aborting its successor's job.
+            fencing.ensure_current_claim(self.services.db, migration_id)
             try:
                 src_driver, src_uri = self.driver_and_uri(source_host)
                 with_backoff(lambda: src_driver.abort_migration(src_uri, instance_uuid),

@@ -445,6 +445,42 @@ def test_migrate_timeout_aborts(cloud, mig):
     assert cloud.running_on() == ["a"]
 
 
+def test_a_stale_controllers_monitor_neither_aborts_nor_retunes_the_job(cloud, mig, monkeypatch):
+    from livemig import fencing
+    from livemig.runner import claim_migration
+    from livemig.tasks import migrate
+
+    # It would abort the job on its timeout, and raise the downtime on its
+    # schedule, but another controller claims the migration while it runs.
+    settings = cloud.settings.replace(completion_timeout_min_s=0.6, completion_timeout_s_per_gib=0.0,
+                                      downtime_steps=3, downtime_step_delay_s_per_gib=1.0)
+    _prepare_destination(cloud, mig)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    services = services_for(settings)
+    stale = claim_migration(services, mig["migration_id"])
+    report = migrate._ProgressReporter.__call__
+    taken = []
+
+    def taken_over_once_the_job_runs(self, progress):
+        if not taken:  # another controller (thread) claims it
+            claimer = threading.Thread(target=lambda: taken.append(claim_migration(services, mig["migration_id"])))
+            claimer.start()
+            claimer.join()
+        report(self, progress)
+
+    monkeypatch.setattr(migrate._ProgressReporter, "__call__", taken_over_once_the_job_runs)
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        MigrateDomain(services, name="migrate-domain").execute(**mig)
+    assert taken
+    job = cloud.domains_on("a")[cloud.vm]["job"]  # still running, for its new owner to follow
+    assert job["max_downtime_ms"] == 100 and "job_outcome" not in cloud.domains_on("a")[cloud.vm]
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused"
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        MigrateDomain(services, name="migrate-domain").revert(
+            None, flow_failures={"migrate-domain": failure_of(DriverError("x"))}, **mig)
+    assert cloud.domains_on("a")[cloud.vm]["job"] and cloud.vm in cloud.domains_on("b")
+
+
 def test_migrate_vm_gone_everywhere_is_domain_lost(cloud, mig):
     cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
     with pytest.raises(DomainLost):
