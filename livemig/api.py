@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
+from livemig import input_bounds
 from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.disk_sharing import normalized_shared_paths
@@ -35,7 +36,7 @@ from livemig.scheduler.inventory import snapshot as scheduler_snapshot
 from livemig.scheduler.select import Refusal, Selection, choose_with_slots
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
-from livemig.states import DomainState, InstanceState, MigrationStatus
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus
 from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
 
 LOG = logging.getLogger("livemig.api")
@@ -68,8 +69,11 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
     shared = normalized_shared_paths(shared_paths)
     if not name or "/" in name or len(name) > 255:
         raise InvalidInput(f"invalid host name {name!r}")
-    if max_concurrent_migrations < 1:
-        raise InvalidInput("max concurrent migrations must be at least 1")
+    input_bounds.whole_number_in("max concurrent migrations", max_concurrent_migrations,
+                                 input_bounds.MIGRATIONS_PER_HOST)
+    for what, ratio in (("cpu", cpu_allocation_ratio), ("ram", ram_allocation_ratio),
+                        ("disk", disk_allocation_ratio)):
+        input_bounds.finite_number_in(f"the {what} allocation ratio", ratio, *input_bounds.ALLOCATION_RATIO)
     validate_uri(uri)
     services = _services(settings)
     with services.db.session() as session:
@@ -139,10 +143,10 @@ def sync_hosts(context: RequestContext, name: str | None = None,
             host.cpu_model, host.hypervisor_version = facts.cpu_model, facts.hypervisor_version
             host.networks = sorted(facts.networks)
             host.last_seen = utcnow()
-    where: dict[str, list[str]] = collections.defaultdict(list)
+    where: dict[str, dict[str, DomainState | None]] = collections.defaultdict(dict)
     for host_name, domains in listed.items():
         for dom in domains:
-            where[dom.uuid].append(host_name)
+            where[dom.uuid][host_name] = dom.state
     seen: dict[str, int] = {}
     with services.db.session() as session:
         busy = {m.instance_uuid for m in session.scalars(unfinished_migrations())}
@@ -164,59 +168,72 @@ def sync_hosts(context: RequestContext, name: str | None = None,
     return seen
 
 
-def _domains_on_two_hosts(services: Services, session, where: dict[str, list[str]],
+def _domains_on_two_hosts(services: Services, session, where: dict[str, dict[str, DomainState | None]],
                           busy: set[str]) -> dict[str, str | None]:
     """uuid -> the host the inventory keeps it on (None: marked `error`) for
-    each domain that more than one host runs, including the instance's
-    recorded host when only the others were synced."""
+    each domain that more than one host holds, including the instance's
+    recorded host when only the others were synced. One running copy whose
+    duplicates are all shut off wins (the shut-off ones are stale: a copy
+    defined again elsewhere, an old migration's leftover); otherwise the
+    recorded host keeps it if it still has it, else nobody does."""
     conflicts: dict[str, str | None] = {}
-    for uuid, hosts in where.items():
+    for uuid, seen_on in where.items():
         if uuid in busy:
             continue
         inst = session.get(Instance, uuid)
         current = inst.host if inst is not None else None
-        holders = list(hosts)
-        if current and current not in holders and _host_has_domain(services, session, current, uuid):
-            holders.append(current)
+        holders = dict(seen_on)
+        if current and current not in holders:
+            present, state = _domain_on_host(services, session, current, uuid)
+            if present:
+                holders[current] = state
         if len(holders) < 2:
             continue
-        keep = current if current in holders else None
-        for host in holders:
+        running = [h for h, state in holders.items() if state is DomainState.RUNNING]
+        if len(running) == 1 and all(state is DomainState.SHUTOFF for h, state in holders.items()
+                                     if h != running[0]):
+            keep: str | None = running[0]
+        else:
+            keep = current if current in holders else None
+        for host, state in holders.items():
             if host != keep:
-                reason = (f"domain {uuid} also runs on {', '.join(h for h in holders if h != host)}; "
+                others = ", ".join(f"{h} ({_state_name(s)})" for h, s in holders.items() if h != host)
+                reason = (f"domain {uuid} is {_state_name(state)} here and also on {others}; "
                           f"the inventory keeps it on {keep or 'no host (marked error)'}")
                 record_leftover(session, "duplicate-domain", uuid, reason, host=host)
         if inst is not None and keep is None:
             inst.state = InstanceState.ERROR.value
-        LOG.warning("instance %s runs on %s; the inventory keeps it on %s (recorded for reconcile)",
-                    uuid, " and ".join(holders), keep or "no host, marked error")
+        LOG.warning("instance %s is on %s; the inventory keeps it on %s (recorded for reconcile)", uuid,
+                    " and ".join(f"{h} ({_state_name(s)})" for h, s in holders.items()),
+                    keep or "no host, marked error")
         conflicts[uuid] = keep
     return conflicts
 
 
-def _host_has_domain(services: Services, session, host_name: str, uuid: str) -> bool:
-    """Unknown counts as present: a host that cannot be asked may still run it."""
+def _state_name(state: DomainState | None) -> str:
+    return "unknown" if state is None else state.value
+
+
+def _domain_on_host(services: Services, session, host_name: str, uuid: str) -> tuple[bool, DomainState | None]:
+    """(present, its state); a host that cannot be asked counts as present, in
+    an unknown state (None): it may still run the domain."""
     host = session.get(Host, host_name)
     if host is None:
-        return False
+        return False, None
     try:
-        return any(d.uuid == uuid for d in services.drivers.for_uri(host.uri).list_domains(host.uri))
+        dom = services.drivers.for_uri(host.uri).find_domain(host.uri, uuid)
     except LivemigError:
-        return True
-
-
-_STATE_MAP = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
-              DomainState.SHUTOFF: InstanceState.STOPPED, DomainState.CRASHED: InstanceState.ERROR,
-              DomainState.OTHER: InstanceState.ERROR}
+        return True, None
+    return dom is not None, dom.state if dom is not None else None
 
 
 def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
     inst = session.get(Instance, dom.uuid)
     if inst is None:
-        inst = Instance(uuid=dom.uuid, name=dom.name, state=_STATE_MAP[dom.state].value)
+        inst = Instance(uuid=dom.uuid, name=dom.name, state=INSTANCE_STATE_OF_DOMAIN[dom.state].value)
         session.add(inst)
     inst.name, inst.project, inst.host = dom.name, dom.project, host_name
-    inst.state = _STATE_MAP[dom.state].value
+    inst.state = INSTANCE_STATE_OF_DOMAIN[dom.state].value
     inst.vcpus, inst.memory_mb, inst.disk_gb, inst.cpu_model = dom.vcpus, dom.memory_mb, dom.disk_gb, dom.cpu_model
     inst.group = dom.group
     inst.volumes = [driver_dict(d) for d in dom.disks]
@@ -264,6 +281,7 @@ def list_migrations(status: str | None = None, instance: str | None = None, limi
                     settings: Settings | None = None) -> list[MigrationView]:
     if status is not None and status not in {s.value for s in MigrationStatus}:
         raise InvalidInput(f"unknown status {status!r}")
+    input_bounds.whole_number_in("the limit", limit, input_bounds.LIST_LIMIT)
     with _services(settings).db.reading() as session:
         query = sa.select(Migration).order_by(Migration.id.desc()).limit(limit)
         if status:
@@ -368,11 +386,15 @@ def no_valid_host(name: str, selection: Selection) -> NoValidHost:
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str | None,
                       dest: str | None, options: Mapping[str, Any], *, to: str | None = None,
                       weigher: str | None = None, candidates: Iterable[str] | None = None,
-                      retry_elsewhere: bool = False,
-                      operation_id: int | None = None) -> tuple[int, tuple[str, str], tuple[str, str]]:
+                      retry_elsewhere: bool = False, operation_id: int | None = None,
+                      on_recorded: Callable[[Any, int], None] | None = None,
+                      ) -> tuple[int, tuple[str, str], tuple[str, str]]:
     """The migration row and its logbook; returns the id, the (logbook, flow)
     uuids and the (source, destination). `options`: the migration's own
-    (config.MIGRATION_OPTIONS); the other arguments as for `migrate`."""
+    (config.MIGRATION_OPTIONS); `to`, `weigher`, `candidates`,
+    `retry_elsewhere` and `operation_id` as for `migrate`.
+    `on_recorded(session, migration_id)` runs in the same transaction (an
+    operation marks its move submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
     weigher = weigher or services.settings.weigher
@@ -417,6 +439,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         if candidates is not None and scheduled:
             store[keys.CANDIDATE_HOSTS] = candidates  # retries choose among these too
         create_logbook(services, migration_id, store, book_id, flow_id, session.connection(), options)
+        if on_recorded is not None:
+            on_recorded(session, migration_id)
     return migration_id, (book_id, flow_id), (source, dest)
 
 
@@ -601,8 +625,8 @@ def reconcile(context: RequestContext, apply: bool = False, *, grace_s: float | 
 
     if apply:
         context.require_admin("reconciling (--apply)")
-    if grace_s is not None and grace_s < 0:
-        raise InvalidInput("the grace period must be 0 or more seconds")
+    if grace_s is not None:
+        input_bounds.finite_number_in("the grace period (seconds)", grace_s, 0.0)
     services = _services(settings)
     return reconciliation.reconcile(services, apply=apply,
                                     grace_s=reconciliation.DEFAULT_GRACE_S if grace_s is None else grace_s)

@@ -193,6 +193,12 @@ class MigrationConductor(NonBlockingConductor):
 
     def _dispatch_job(self, job):
         """Returns whether the board should consume the job (else it is handed back)."""
+        operation_id = (job.details or {}).get("operation_id")
+        if operation_id is not None:
+            # A fleet operation (livemig.operations): its own claim and flow.
+            from livemig.operations.jobs import dispatch_operation_job
+
+            return dispatch_operation_job(self, job, operation_id, super()._dispatch_job)
         migration_id = (job.details or {}).get("migration_id")
         LOG.info("conductor %s: claimed %s (migration %s)", self._name, job.name, migration_id)
         if migration_id is None:

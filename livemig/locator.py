@@ -11,6 +11,7 @@ not check (undo.record_leftover_for_reconcile) for reconcile.
 Public API:
   locate_on(services, host, uuid, patience_s)  -> Sighting   (one host)
   locate(services, uuid, hosts, patience_s)    -> Location   (several hosts)
+  locate_elsewhere(services, uuid, besides)    -> Location   (every other inventory host)
   Sighting.presence: Presence.PRESENT / ABSENT / UNKNOWN, .domain, .error
   Location: .running, .present, .absent, .unknown, .crashed (host lists),
             .on(host) -> Sighting, .describe()
@@ -136,6 +137,21 @@ def locate(services: Any, instance_uuid: str, hosts: Iterable[str],
            patience_s: float | None = None) -> Location:
     """Ask each host about the domain (see locate_on)."""
     return Location(instance_uuid, tuple(locate_on(services, host, instance_uuid, patience_s) for host in hosts))
+
+
+def locate_elsewhere(services: Any, instance_uuid: str, besides: Iterable[str],
+                     patience_s: float | None = None) -> Location:
+    """Ask every other host of the inventory about the domain: a VM that is
+    on neither end of its migration may have been moved behind livemig's
+    back, and is recorded where it is, never as gone."""
+    import sqlalchemy as sa
+
+    from livemig.persistence.models import Host
+
+    skip = set(besides)
+    with services.db.reading() as session:
+        hosts = [name for name in session.scalars(sa.select(Host.name).order_by(Host.name)) if name not in skip]
+    return locate(services, instance_uuid, hosts, patience_s)
 
 
 def require_known(sighting: Sighting) -> DomainInfo | None:

@@ -46,11 +46,11 @@ from livemig.coordination.base import Holding
 from livemig.drivers.base import DomainInfo
 from livemig.errors import LivemigError
 from livemig.persistence.inventory import (
-    add_event, get_migration, record_leftover, set_migration_status, unfinished_migrations,
+    add_event, get_migration, raise_claim_epoch, record_leftover, set_migration_status, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Leftover, Migration, utcnow
 from livemig.services import Services
-from livemig.states import DomainState, InstanceState, MigrationStatus
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus
 
 LOG = logging.getLogger("livemig.reconcile")
 
@@ -59,7 +59,7 @@ LOG = logging.getLogger("livemig.reconcile")
 DEFAULT_GRACE_S = 30.0
 
 # Domain states in which a host holds a live copy of a VM.
-LIVE_STATES = (DomainState.RUNNING, DomainState.PAUSED)
+LIVE_STATES = (DomainState.RUNNING, DomainState.PAUSED, DomainState.PMSUSPENDED)
 
 # Who runs an unfinished migration.
 RUNNING, WAITING, NOBODY, UNKNOWN = "running", "waiting-on-board", "nobody", "unknown"
@@ -284,6 +284,11 @@ def _where(snapshot: Snapshot, uuid: str) -> dict[str, DomainState]:
             if d.uuid == uuid and d.state in LIVE_STATES}
 
 
+def _incoming(snapshot: Snapshot, uuid: str, host: str) -> bool:
+    """Whether `host`'s copy of the VM is a migration's paused incoming copy."""
+    return any(d.uuid == uuid and d.incoming for d in snapshot.domains.get(host, ()))
+
+
 def compare(snapshot: Snapshot) -> list[Finding]:
     """Everything that disagrees, in the order repairs should run."""
     findings: list[Finding] = []
@@ -304,6 +309,7 @@ def compare(snapshot: Snapshot) -> list[Finding]:
         if uuid in busy:
             continue
         findings += _instance_findings(snapshot, uuid, everywhere, leftover_done)
+        findings += _shut_off_duplicate_findings(snapshot, uuid, leftover_done)
     findings += _leftover_findings(snapshot, busy, leftover_done)
     return findings
 
@@ -364,7 +370,8 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
     inst = snapshot.instances.get(uuid)
     where = _where(snapshot, uuid)
     running = sorted(h for h, s in where.items() if s is DomainState.RUNNING)
-    paused = sorted(h for h, s in where.items() if s is DomainState.PAUSED)
+    # Live copies that do not run: paused (incoming, or suspended by someone) or pmsuspended.
+    held = sorted(h for h, s in where.items() if s is not DomainState.RUNNING)
     name = inst.name if inst else next((d.name for doms in snapshot.domains.values() for d in doms
                                         if d.uuid == uuid), uuid)
     subject = f"instance {name} ({uuid})"
@@ -373,15 +380,25 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                              "nothing: an operator must choose which copy to keep", False))
         return found
     if len(running) == 1:
-        for host in paused:
-            # A paused second copy while the VM runs elsewhere: an incoming
-            # copy that a migration left behind.
+        for host in held:
             leftovers = [lo.id for lo in snapshot.leftovers if lo.kind == "domain" and lo.host == host
                          and lo.name == uuid]
             leftover_done.update(leftovers)
+            if not _incoming(snapshot, uuid, host):
+                # Paused by someone (an operator's suspend, an I/O error) or
+                # by its guest, not a migration's incoming copy: it may hold
+                # the VM's newest state, so which copy to keep is an
+                # operator's choice.
+                found.append(Finding("suspended-copy-of-vm-running-elsewhere", f"{subject} on {host}",
+                                     f"a {where[host].value} copy on {host} (not an incoming migration) while "
+                                     f"the VM runs on {running[0]}",
+                                     "nothing: an operator must choose which copy to keep", False))
+                continue
+            # The paused incoming copy a migration left behind (its migration
+            # has ended: an unfinished one's copies are its own).
             found.append(Finding("paused-copy-of-vm-running-elsewhere", f"{subject} on {host}",
-                                 f"a paused copy on {host} while the VM runs on {running[0]}",
-                                 f"destroy the paused copy on {host}", False, DESTROY_COPY,
+                                 f"a paused incoming copy on {host} while the VM runs on {running[0]}",
+                                 f"destroy the paused incoming copy on {host}", False, DESTROY_COPY,
                                  {"uuid": uuid, "host": host, "running_on": running[0], "leftovers": leftovers}))
     if inst is None:
         if where:
@@ -399,9 +416,9 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                                  {"uuid": uuid, "host": host, "name": name}))
         return found
     # Where the VM is, if that can be told for sure: every host answered and
-    # exactly one runs it (or, none running, exactly one holds it paused).
-    home = running[0] if running else (paused[0] if len(paused) == 1 else None)
-    state = (InstanceState.RUNNING if running else InstanceState.PAUSED).value
+    # exactly one runs it (or, none running, exactly one holds it paused or pmsuspended).
+    home = running[0] if running else (held[0] if len(held) == 1 else None)
+    state = INSTANCE_STATE_OF_DOMAIN[where[home]].value if home is not None else InstanceState.PAUSED.value
     if inst.state == InstanceState.MIGRATING.value:
         if not everywhere:
             found.append(Finding("instance-stuck-migrating", subject,
@@ -428,6 +445,31 @@ def _instance_findings(snapshot: Snapshot, uuid: str, everywhere: bool, leftover
                              f"recorded {recorded}, but its VM is {state} on {home}",
                              f"record it {state} on {home} (and keep a leftover note)", True, SET_INSTANCE,
                              {"uuid": uuid, "host": home, "state": state, "was": inst.host, "note": True}))
+    return found
+
+
+def _shut_off_duplicate_findings(snapshot: Snapshot, uuid: str, leftover_done: set[int]) -> list[Finding]:
+    """Shut-off copies of a known VM away from where it is (the one host with
+    a live copy, else its recorded host): stale definitions (an old
+    migration's, or defined again by hand) that a start would turn into a
+    second running VM. Reported only: whether one is stale is an operator's call."""
+    inst = snapshot.instances.get(uuid)
+    if inst is None:
+        return []
+    live = sorted(_where(snapshot, uuid))
+    home = live[0] if len(live) == 1 else inst.host
+    found = []
+    for host, doms in sorted(snapshot.domains.items()):
+        if host == home or not any(d.uuid == uuid and d.state is DomainState.SHUTOFF for d in doms):
+            continue
+        noted = [lo.id for lo in snapshot.leftovers if lo.kind in ("duplicate-domain", "domain")
+                 and lo.host == host and lo.name == uuid]
+        leftover_done.update(noted)
+        where = f"the VM is {_where(snapshot, uuid)[home].value} on {home}" if home in live else \
+            f"the inventory records it on {home or 'no host'}"
+        found.append(Finding("shut-off-duplicate", f"instance {inst.name} ({uuid}) on {host}",
+                             f"a shut-off copy on {host} while {where}",
+                             f"nothing: an operator decides (undefine it on {host} if it is stale)", False))
     return found
 
 
@@ -538,7 +580,7 @@ def _set_instance(services: Services, uuid: str, host: str | None, state: str, w
     if host != home or (host is not None and len(running) > 1):
         raise _Skip(f"the VM is now on {', '.join(sorted(where)) or 'no host'}")
     if host is not None:
-        state = (InstanceState.RUNNING if where[host] is DomainState.RUNNING else InstanceState.PAUSED).value
+        state = INSTANCE_STATE_OF_DOMAIN[where[host]].value
     with services.db.session() as session:
         inst = session.get(Instance, uuid)
         if inst is None:
@@ -565,12 +607,14 @@ def _destroy_copy(services: Services, uuid: str, host: str, running_on: str, lef
         raise _Skip(f"cannot check: {exc}") from None
     if elsewhere is None or elsewhere.state is not DomainState.RUNNING:
         raise _Skip(f"the VM no longer runs on {running_on}")
-    if copy is None or copy.state is not DomainState.PAUSED:
-        raise _Skip(f"the copy on {host} is {copy.state.value if copy else 'gone'} now")
+    if copy is None or copy.state is not DomainState.PAUSED or not copy.incoming:
+        now = "gone" if copy is None else copy.state.value if copy.state is not DomainState.PAUSED \
+            else "paused, but not an incoming migration"
+        raise _Skip(f"the copy on {host} is {now} now")
     services.drivers.for_uri(uris[host]).destroy_domain(uris[host], uuid)
     with services.db.session() as session:
-        _resolve(session, leftovers, f"paused copy destroyed by reconcile (the VM runs on {running_on})")
-    return f"destroyed the paused copy on {host}"
+        _resolve(session, leftovers, f"paused incoming copy destroyed by reconcile (the VM runs on {running_on})")
+    return f"destroyed the paused incoming copy on {host}"
 
 
 def _resume(services: Services, migration_id: int) -> str:
@@ -604,20 +648,26 @@ def _end(services: Services, migration_id: int, host: str | None, state: str | N
         migration = get_migration(session, migration_id)
         if MigrationStatus(migration.status).finished:
             raise _Skip(f"it ended ({migration.status})")
-        uuid = migration.instance_uuid
+        uuid, ends = migration.instance_uuid, (migration.source_host, migration.dest_host)
     detail = "the instance is left as it is"
     if host is not None:
         where = _locate_everywhere(services, uuid)
         if list(where) != [host]:
             raise _Skip(f"the VM is now on {', '.join(sorted(where)) or 'no host'}")
-        detail = f"the VM runs on {host}"
+        state = where[host].value
+        detail = f"the VM is {state} on {host}"
+        if host not in ends:
+            # Moved behind livemig's back: recorded where it is, never as gone.
+            detail += f", neither its source {ends[0]} nor its destination {ends[1]}; the inventory follows it"
     with services.db.session() as session:
+        # Ending it is a claim of its own: a conductor that ran it, froze and
+        # wakes later holds an older epoch, and is fenced (changes nothing).
+        raise_claim_epoch(session.connection(), migration_id)
         if host is not None:
             inst = session.get(Instance, uuid)
             if inst is not None:
                 inst.host = host
-                inst.state = InstanceState.RUNNING.value if state == DomainState.RUNNING.value \
-                    else InstanceState.PAUSED.value
+                inst.state = INSTANCE_STATE_OF_DOMAIN[DomainState(state)].value
         add_event(session, migration_id, "note", "reconcile", "", f"ended by reconcile: {detail}")
         set_migration_status(session, migration_id, MigrationStatus.ERROR,
                              f"ended by reconcile: nobody ran it and its flow cannot be resumed; {detail}")

@@ -7,6 +7,9 @@ import enum
 class InstanceState(str, enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
+    # Suspended by its guest (ACPI S3/S4): not migratable, woken by the guest
+    # or `virsh dompmwakeup`, unlike a paused VM (`virsh resume`).
+    PMSUSPENDED = "pmsuspended"
     STOPPED = "stopped"
     MIGRATING = "migrating"
     ERROR = "error"
@@ -45,10 +48,18 @@ class DomainState(str, enum.Enum):
 
     RUNNING = "running"
     PAUSED = "paused"
+    PMSUSPENDED = "pmsuspended"
     SHUTOFF = "shutoff"
     CRASHED = "crashed"
     OTHER = "other"
 
+
+# The inventory's state for a domain a host reports.
+INSTANCE_STATE_OF_DOMAIN = {
+    DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
+    DomainState.PMSUSPENDED: InstanceState.PMSUSPENDED, DomainState.SHUTOFF: InstanceState.STOPPED,
+    DomainState.CRASHED: InstanceState.ERROR, DomainState.OTHER: InstanceState.ERROR,
+}
 
 # TaskFlow's state changes that go into a migration's audit trail.
 AUDITED_ATOM_STATES = frozenset({"RUNNING", "SUCCESS", "FAILURE", "REVERTING", "REVERTED", "REVERT_FAILURE"})

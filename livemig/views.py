@@ -31,11 +31,16 @@ class HostView(View):
     max_concurrent_migrations: int
     last_seen: str | None
     shared_paths: list[str] = dataclasses.field(default_factory=list)
+    # In maintenance: no new placements (a drain puts it there).
+    maintenance: bool = False
+    maintenance_reason: str | None = None
+    maintenance_since: str | None = None
 
     @classmethod
     def of(cls, h: Host) -> "HostView":
         return cls(h.name, h.uri, h.zone, h.enabled, h.disabled_reason, h.vcpus, h.memory_mb, h.disk_gb,
-                   h.max_concurrent_migrations, _iso(h.last_seen), list(h.shared_paths or []))
+                   h.max_concurrent_migrations, _iso(h.last_seen), list(h.shared_paths or []),
+                   bool(h.maintenance), h.maintenance_reason, _iso(h.maintenance_since))
 
 
 @dataclasses.dataclass(frozen=True)

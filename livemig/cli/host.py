@@ -4,9 +4,11 @@ from __future__ import annotations
 import click
 
 from livemig import api
+from livemig.cli import bounded
 from livemig.cli.common import State, emit, format_option, handle_errors, out
 
-HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"), ("VCPUS", "vcpus"),
+HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"),
+                ("MAINTENANCE", "maintenance_text"), ("VCPUS", "vcpus"),
                 ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"), ("MAX_MIGRATIONS", "max_concurrent_migrations"),
                 ("SHARED_PATHS", "shared_paths"), ("LAST_SEEN", "last_seen")]
 
@@ -23,11 +25,11 @@ def host() -> None:
 @click.argument("name")
 @click.option("--uri", required=True, help="Driver URI, e.g. qemu+tcp://10.0.0.5/system.")
 @click.option("--zone", default="default", show_default=True, help="Availability zone.")
-@click.option("--max-migrations", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-migrations", type=bounded.MIGRATIONS_PER_HOST, default=1, show_default=True,
               help="Concurrent migrations (in plus out) this host takes part in.")
-@click.option("--cpu-ratio", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
-@click.option("--ram-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
-@click.option("--disk-ratio", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option("--cpu-ratio", type=bounded.ALLOCATION_RATIO, default=4.0, show_default=True)
+@click.option("--ram-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
+@click.option("--disk-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
 @click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
 @format_option
 @click.pass_obj
@@ -61,8 +63,23 @@ def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths
 @click.pass_obj
 @handle_errors
 def list_(state: State, output_format: str) -> None:
-    """List hosts."""
-    emit(output_format, api.list_hosts(settings=state.settings), HOST_COLUMNS)
+    """List hosts (in maintenance: since when, and why)."""
+    views = api.list_hosts(settings=state.settings)
+    if output_format == "json":
+        emit(output_format, views, HOST_COLUMNS)
+        return
+    emit(output_format, [_HostRow(v) for v in views], HOST_COLUMNS)
+
+
+class _HostRow:
+    def __init__(self, view):
+        self._view = view
+
+    def to_dict(self) -> dict:
+        data = self._view.to_dict()
+        data["maintenance_text"] = (f"yes: {data['maintenance_reason'] or 'no reason given'}"
+                                    if data.get("maintenance") else "no")
+        return data
 
 
 @host.command()
@@ -94,3 +111,85 @@ def sync(state: State, name: str | None) -> None:
     """Discover the domains on NAME (or every host) and update the instances."""
     for host_name, count in api.sync_hosts(state.context(), name, settings=state.settings).items():
         out.print(f"{host_name}: {count} instance(s)", markup=False)
+
+
+# -- drain / undrain (fleet operations: livemig.operations) ------------------------------------------
+
+@host.command()
+@click.argument("name")
+@click.option("--to", "to", multiple=True, metavar="HOST", help="Only these destinations (repeatable).")
+@click.option("--parallel", type=int, default=None, help="At most N moves in flight at once (default: as many "
+              "as the hosts' limits allow).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
+@click.option("--reason", default=None, help="Why (shown in `host list`).")
+@click.option("--no-wait", is_flag=True, help="With ZooKeeper: return once the operation is posted.")
+@format_option
+@click.pass_obj
+@handle_errors
+def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, yes: bool, dry_run: bool,
+          reason: str | None, no_wait: bool, output_format: str) -> None:
+    """Empty host NAME: maintenance, a plan, then live migrations of its instances."""
+    import sys
+
+    from livemig.cli.operation import OperationProgress, finish, print_operation
+    from livemig.errors import InvalidInput
+    from livemig.operations import api as operations
+
+    context = state.context()
+    plan = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, dry_run=True,
+                                 wait=not no_wait, settings=state.settings)
+    if dry_run:
+        print_operation(plan, output_format)
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput(f"draining {name} moves {len(plan.moves)} instance(s): pass --yes to confirm "
+                               f"(not a terminal, cannot ask)")
+        print_operation(plan, "table", title="plan")
+        if not click.confirm(f"Put {name} in maintenance and move these instances?", default=False):
+            out.print("nothing changed", markup=False)
+            return
+    elif output_format == "table":
+        print_operation(plan, "table", title="plan")
+    with OperationProgress(enabled=output_format == "table") as progress:
+        view = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, wait=not no_wait,
+                                     settings=state.settings, progress=progress)
+    if no_wait:
+        print_operation(view, output_format, events=False)
+        return
+    finish(view, output_format)
+
+
+@host.command()
+@click.argument("name")
+@click.option("--return", "return_instances", is_flag=True,
+              help="Move the instances its last drain moved back to it (an operation of its own).")
+@click.option("--parallel", type=int, default=None, help="At most N moves in flight at once.")
+@click.option("--no-wait", is_flag=True, help="With ZooKeeper: return once the operation is posted.")
+@format_option
+@click.pass_obj
+@handle_errors
+def undrain(state: State, name: str, return_instances: bool, parallel: int | None, no_wait: bool,
+            output_format: str) -> None:
+    """End NAME's maintenance; with --return, move its drained instances back."""
+    from livemig.cli.operation import OperationProgress, finish
+
+    from livemig.operations import api as operations
+
+    with OperationProgress(enabled=output_format == "table" and return_instances) as progress:
+        view = operations.undrain_host(state.context(), name, return_instances=return_instances,
+                                       parallel=parallel, wait=not no_wait, settings=state.settings,
+                                       progress=progress)
+    if output_format == "table":
+        out.print(f"host {name}: maintenance ended", markup=False)
+    if view.operation is None:
+        if output_format == "json":
+            emit("json", [view.host], HOST_COLUMNS)
+        return
+    if no_wait:
+        from livemig.cli.operation import print_operation
+
+        print_operation(view.operation, output_format, events=False)
+        return
+    finish(view.operation, output_format)

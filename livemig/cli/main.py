@@ -13,6 +13,7 @@ from livemig.cli.credential import credential
 from livemig.cli.host import host
 from livemig.cli.instance import instance
 from livemig.cli.migration import migrate, migration
+from livemig.cli.operation import operation
 from livemig.cli.reconcile import reconcile
 
 
@@ -50,6 +51,7 @@ cli.add_command(migration)
 cli.add_command(host)
 cli.add_command(instance)
 cli.add_command(reconcile)
+cli.add_command(operation)
 
 
 cli.add_command(credential)

@@ -7,6 +7,7 @@ import json
 import click
 
 from livemig import api
+from livemig.cli import bounded
 from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out, outcome_reported_here
 from livemig.cli.progress import MigrationProgress
 from livemig.errors import InvalidInput, MigrationFailed
@@ -142,7 +143,7 @@ def migration() -> None:
 @migration.command("list")
 @click.option("--status", default=None, help="Only migrations in this status.")
 @click.option("--instance", default=None, help="Only migrations of this instance (name or uuid).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=bounded.LIST_LIMIT, default=50, show_default=True)
 @format_option
 @click.pass_obj
 @handle_errors
@@ -152,7 +153,7 @@ def list_(state: State, status: str | None, instance: str | None, limit: int, ou
 
 
 @migration.command()
-@click.argument("migration_id", type=int)
+@click.argument("migration_id", type=bounded.MIGRATION_ID)
 @format_option
 @click.pass_obj
 @handle_errors
@@ -174,7 +175,7 @@ def show(state: State, migration_id: int, output_format: str) -> None:
 
 
 @migration.command()
-@click.argument("migration_id", type=int)
+@click.argument("migration_id", type=bounded.MIGRATION_ID)
 @click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
 @format_option
 @click.pass_obj
@@ -187,7 +188,7 @@ def resume(state: State, migration_id: int, quiet: bool, output_format: str) -> 
 
 
 @migration.command()
-@click.argument("migration_id", type=int)
+@click.argument("migration_id", type=bounded.MIGRATION_ID)
 @click.pass_obj
 @handle_errors
 def abort(state: State, migration_id: int) -> None:

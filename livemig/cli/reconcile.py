@@ -7,6 +7,7 @@ import sys
 import click
 
 from livemig import api
+from livemig.cli import bounded
 from livemig.cli.common import State, format_option, handle_errors
 
 # Exit code when disagreements remain: any finding in a dry run; after
@@ -17,7 +18,7 @@ FINDINGS_REMAIN = 8
 @click.command()
 @click.option("--apply/--dry-run", "apply", default=False,
               help="Repair what disagrees (default: --dry-run, which changes nothing).")
-@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=None,
+@click.option("--grace", "grace_s", type=bounded.SECONDS, default=None,
               help="Leave alone an unfinished migration active this recently (seconds, default 30).")
 @format_option
 @click.pass_obj

@@ -126,6 +126,16 @@ class MigrationOptions:
     # (seconds into the job, allowed downtime in ms), ascending; empty: the
     # maximum from the start.
     downtime_schedule: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    # Called immediately before the driver changes a running job (raises its
+    # allowed downtime, aborts it); raises (livemig.fencing.Fenced) when the
+    # caller may no longer act on the job because another controller has
+    # claimed the migration since. The driver then stops following the job
+    # and leaves it alone: its new owner follows it.
+    before_job_change: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def may_change_job(self) -> None:
+        if self.before_job_change is not None:
+            self.before_job_change()
 
     def initial_downtime_ms(self) -> int:
         return self.downtime_schedule[0][1] if self.downtime_schedule else int(self.max_downtime_ms)

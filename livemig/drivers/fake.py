@@ -470,7 +470,9 @@ class FakeDriver(Driver):
     def _poll(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
               should_abort: AbortCheck | None) -> None:
         # As the libvirt driver: the schedule and the timeout run on the job's
-        # own clock, so a job followed after a restart keeps both.
+        # own clock, so a job followed after a restart keeps both; every
+        # change of the job is preceded by options.may_change_job().
+        allowed = None
         while True:
             progress = self._job_progress(source_uri, uuid)
             if progress is None:
@@ -479,17 +481,24 @@ class FakeDriver(Driver):
                 on_progress(progress)
             state, reason, _ = self._source_state(source_uri, uuid)
             if state == "paused" and reason != "migration":
+                options.may_change_job()
                 self.abort_migration(source_uri, uuid)
                 raise SourcePaused(f"the VM was paused on its source ({reason}) during the migration; "
                                    f"the migration was aborted")
             if should_abort and should_abort():
+                options.may_change_job()
                 self.abort_migration(source_uri, uuid)
                 raise MigrationAborted("migration aborted by request", code=78)
             elapsed_s = progress.elapsed_ms / 1000.0
             if elapsed_s > options.timeout_s:
+                options.may_change_job()
                 self.abort_migration(source_uri, uuid)
                 raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
-            self._set_max_downtime(source_uri, uuid, options.downtime_at(elapsed_s))
+            wanted = options.downtime_at(elapsed_s)
+            if wanted != allowed:
+                options.may_change_job()
+                self._set_max_downtime(source_uri, uuid, wanted)
+                allowed = wanted
             time.sleep(min(options.poll_interval_s, 0.05))
 
     def _completed(self, source_uri: str, dest_uri: str, uuid: str) -> MigrationResult | None:

@@ -26,7 +26,7 @@ _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING, libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
     libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED, libvirt.VIR_DOMAIN_SHUTDOWN: DomainState.RUNNING,
     libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF, libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
 }
 _SECRET_USAGE = {"iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, "ceph": libvirt.VIR_SECRET_USAGE_TYPE_CEPH,
                  "volume": libvirt.VIR_SECRET_USAGE_TYPE_VOLUME}
@@ -497,6 +497,10 @@ class LibvirtDriver(Driver):
             elapsed_s = max(time.monotonic() - started, (progress.elapsed_ms / 1000.0) if progress else 0.0)
             wanted = options.downtime_at(elapsed_s)
             if wanted != allowed:
+                # Raises (Fenced) if another controller owns the migration
+                # now: this monitor stops, the job and its worker thread are
+                # left to run, followed by the new owner.
+                options.may_change_job()
                 self._raise_downtime(source_uri, uuid, wanted)
                 allowed = wanted
             if reason is None and latest[1] is not None:
@@ -506,6 +510,7 @@ class LibvirtDriver(Driver):
             elif reason is None and elapsed_s > options.timeout_s:
                 reason = "timeout"
             if reason is not None:
+                options.may_change_job()
                 try:
                     self.abort_migration(source_uri, uuid)
                 except LivemigError:
@@ -631,10 +636,12 @@ class LibvirtDriver(Driver):
                 reason = (pause if pause is not None else "abort" if should_abort is not None and should_abort()
                           else "timeout" if elapsed_s > options.timeout_s else None)
                 if reason is not None:
+                    options.may_change_job()
                     self.abort_migration(source_uri, uuid)
                     raise self._aborted_error(reason, options, "aborted by request", None)
                 wanted = options.downtime_at(elapsed_s)
                 if wanted != allowed:
+                    options.may_change_job()
                     try:
                         dom.migrateSetMaxDowntime(wanted, 0)
                         allowed = wanted

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from livemig.errors import HostNotFound, InstanceNotFound, InvalidInput, MigrationEnded, MigrationNotFound
 from livemig.fencing import Claim, current_claim, epoch_matches, fence_params, stale
+from livemig.input_bounds import is_migration_id
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
 from livemig.states import FINISHED_MIGRATION_STATUSES, InstanceState, MigrationStatus
 
@@ -63,7 +64,9 @@ def find_instance(session: Session, ref: str) -> Instance:
 
 
 def get_migration(session: Session, migration_id: int) -> Migration:
-    migration = session.get(Migration, migration_id)
+    # An id the database cannot hold (SQLite raises OverflowError for it) is
+    # simply not a migration.
+    migration = session.get(Migration, migration_id) if is_migration_id(migration_id) else None
     if migration is None:
         raise MigrationNotFound(f"migration {migration_id} does not exist")
     return migration

@@ -10,10 +10,10 @@ from taskflow.types.failure import Failure
 from livemig import fencing
 from livemig.drivers.base import MigrationAborted
 from livemig.errors import LivemigError, MigrationFailed
-from livemig.locator import Presence, Sighting, locate, locate_on
+from livemig.locator import Presence, Sighting, locate, locate_elsewhere, locate_on
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
 from livemig.persistence.models import Event, Instance
-from livemig.states import DomainState, InstanceState, MigrationStatus, UnrecoverablePolicy
+from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus, UnrecoverablePolicy
 from livemig.tasks.base import LOG, MigrationTask
 from livemig.tasks.undo import StillFailing, record_leftover_for_reconcile, with_backoff
 
@@ -32,10 +32,6 @@ class MigrationCancelled(MigrationFailed):
     """An operator aborted the migration before the VM was touched (while queued)."""
 
 
-# A recovered VM's inventory state, from what its host reports.
-_INSTANCE_STATES = {DomainState.RUNNING: InstanceState.RUNNING, DomainState.PAUSED: InstanceState.PAUSED,
-                    DomainState.SHUTOFF: InstanceState.STOPPED}
-
 # How long the outcome's writes are retried: the outcome is the one thing a
 # reverted migration must end with.
 DECIDE_PATIENCE_S = 120.0
@@ -47,7 +43,9 @@ class RollBackOrTerminateInstance(MigrationTask):
     Reversion strategy: if the VM is on exactly one host, in any state short
     of crashed (running, paused, suspended, migrating in), it stays there and
     the migration is `failed` (or `cancelled`), the reason saying its state;
-    if it runs on two hosts at once or on none, apply the unrecoverable policy
+    a VM on neither host but on exactly one other is recorded there (its
+    inventory follows, with a note); if it runs on two hosts at once or on
+    none, apply the unrecoverable policy
     (terminate, or mark the instance `error`); when a host cannot be asked,
     or the copies cannot be told apart, nothing is terminated: the instance is
     marked `error` and recorded for reconcile. The outcome's writes are
@@ -120,14 +118,29 @@ class RollBackOrTerminateInstance(MigrationTask):
         elif len(running) == 2:
             why, terminate = f"the VM runs on both {source_host} and {dest_host}", True
         elif not present:
-            why, terminate = "the VM runs on no host", True
+            elsewhere = locate_elsewhere(self.services, instance_uuid, (source_host, dest_host))
+            if len(elsewhere.present) == 1 and not elsewhere.unknown and not elsewhere.crashed:
+                third = elsewhere.present[0]
+                self._end_recoverable(migration_id, instance_uuid, third, elsewhere.on(third), cancelled, reason,
+                                      note=f"the VM is {elsewhere.on(third).state} on {third}, neither the source "
+                                           f"nor the destination; the inventory follows it there")
+                return
+            if elsewhere.present or elsewhere.unknown:
+                # Terminating would destroy nothing on these two hosts and
+                # record a VM that still exists (or may) as deleted.
+                why = f"the VM is on neither {source_host} nor {dest_host} ({elsewhere.describe()})"
+                for host in elsewhere.unknown:
+                    record_leftover_for_reconcile(self.services, "instance", instance_uuid,
+                                                  f"could not ask {host} where the VM is", host, migration_id)
+            else:
+                why, terminate = "the VM runs on no host", True
         else:
             why = f"cannot tell which copy is the VM ({location.describe()})"
         self._end_unrecoverable(migration_id, instance_uuid, [source_host, dest_host], terminate,
                                 f"{why}; {reason}")
 
     def _end_recoverable(self, migration_id: int, instance_uuid: str, host: str, sighting: Sighting | None,
-                         cancelled: bool, reason: str) -> None:
+                         cancelled: bool, reason: str, note: str | None = None) -> None:
         status = MigrationStatus.CANCELLED if cancelled else MigrationStatus.FAILED
         state = sighting.domain.state if sighting is not None and sighting.domain is not None else DomainState.RUNNING
         where = (f"the VM keeps running on {host}" if state is DomainState.RUNNING
@@ -136,7 +149,9 @@ class RollBackOrTerminateInstance(MigrationTask):
             instance = session.get(Instance, instance_uuid)
             if instance is not None:
                 instance.host = host
-                instance.state = _INSTANCE_STATES.get(state, InstanceState.ERROR).value
+                instance.state = INSTANCE_STATE_OF_DOMAIN.get(state, InstanceState.ERROR).value
+            if note:
+                add_event(session, migration_id, "note", self.name, "", note)
             set_migration_status(session, migration_id, status, f"{reason} ({where})")
         LOG.warning("migration %s %s: %s: %s", migration_id, status.value, where, reason,
                     extra={"migration_outcome": migration_id})

@@ -36,6 +36,12 @@ class DomainNotRunning(DriverError):
     it is not migrated, and it stays where it is."""
 
 
+class DestinationHoldsCopy(DriverError):
+    """The destination holds a copy of the VM that is not this migration's
+    paused incoming copy (an operator's suspended VM, a defined shut-off
+    one): it is kept, and the VM is not migrated over it."""
+
+
 class MigrateDomain(MigrationTask):
     """Live-migrates the VM and verifies it runs on the destination only.
 
@@ -44,9 +50,9 @@ class MigrateDomain(MigrationTask):
     its downtime schedule and timeout), and a second migration is never
     started while one runs.
 
-    Reversion strategy: abort a migration job still running; destroy a paused
+    Reversion strategy: abort a migration job still running; destroy the paused
     incoming copy left on the destination while the VM runs on the source,
-    after re-reading its state. A host that cannot be asked is retried, then
+    after re-reading its state (any other copy there is kept). A host that cannot be asked is retried, then
     recorded as a leftover for reconcile, never taken as empty. A VM that
     already runs on the destination is left alone (the first task decides).
     """
@@ -56,7 +62,7 @@ class MigrateDomain(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
-        options = self._options(instance_uuid)
+        options = self._options(migration_id, instance_uuid)
         self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
 
@@ -80,10 +86,14 @@ class MigrateDomain(MigrationTask):
             raise DomainNotRunning(f"the VM is {source.state.value} on {source_host}; a VM that is not running "
                                    f"is not migrated")
         if dest is not None:
-            # A paused incoming copy from an earlier attempt blocks a new one.
-            self._destroy_stale_copy(migration_id, instance_uuid, dest_host)
+            # A paused incoming copy from an earlier attempt blocks a new one;
+            # any other copy is not ours to destroy.
+            kept = self._destroy_incoming_copy(migration_id, instance_uuid, source_host, dest_host)
+            if kept is not None:
+                raise DestinationHoldsCopy(f"not migrating: {kept}")
 
         options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
+        fencing.ensure_current_claim(self.services.db, migration_id)  # right before starting the job
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
         after_src = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
         after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
@@ -94,19 +104,34 @@ class MigrateDomain(MigrationTask):
             raise DriverError(f"the VM still runs on {source_host} after migrating")
         return self._finish(migration_id, result)
 
-    def _destroy_stale_copy(self, migration_id: int, instance_uuid: str, host: str) -> bool:
-        """Destroy the VM's copy on `host` if, read again just now, it is not
-        running there; False if it was kept."""
-        fencing.ensure_current_claim(self.services.db, migration_id)
-        sighting = locate_on(self.services, host, instance_uuid, EXECUTE_PATIENCE_S)
-        if sighting.presence is not Presence.PRESENT or sighting.running:
-            return False
-        driver, uri = self.driver_and_uri(host)
-        driver.destroy_domain(uri, instance_uuid)
-        self.note(migration_id, f"destroyed a stale {sighting.state} copy on {host}")
-        return True
+    def _destroy_incoming_copy(self, migration_id: int, instance_uuid: str, source_host: str,
+                               dest_host: str) -> str | None:
+        """Destroy the VM's copy on `dest_host` if, read again just now, it is
+        this migration's paused incoming copy; else say why it was kept.
 
-    def _options(self, instance_uuid: str) -> MigrationOptions:
+        THIS migration's: the claim is still current (nobody took the
+        migration over), the copy is a migration's incoming one (paused for
+        migration, not yet defined), and no migration job on the source feeds
+        it (one that runs is followed or aborted first, never cut short)."""
+        fencing.ensure_current_claim(self.services.db, migration_id)
+        sighting = locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S)
+        if sighting.presence is not Presence.PRESENT:
+            return f"cannot tell what is on {dest_host} ({sighting.error})" \
+                if sighting.presence is Presence.UNKNOWN else None
+        if not sighting.domain.incoming:
+            return (f"{dest_host} holds a {sighting.state} copy of the VM that is not an incoming migration; "
+                    f"it is kept")
+        source = locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S)
+        if source.presence is Presence.UNKNOWN or (source.domain is not None and source.domain.migration_job_active):
+            why = f"{source_host} cannot be asked" if source.presence is Presence.UNKNOWN else \
+                f"a migration job on {source_host} still feeds it"
+            return f"kept the incoming copy on {dest_host}: {why}"
+        driver, uri = self.driver_and_uri(dest_host)
+        driver.destroy_domain(uri, instance_uuid)
+        self.note(migration_id, f"destroyed a stale {sighting.state} copy on {dest_host}")
+        return None
+
+    def _options(self, migration_id: int, instance_uuid: str) -> MigrationOptions:
         settings = self.services.settings
         with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
@@ -116,7 +141,10 @@ class MigrateDomain(MigrationTask):
             timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
             poll_interval_s=settings.poll_interval_s,
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
-                                                settings.downtime_step_delay_s_per_gib * memory_gib))
+                                                settings.downtime_step_delay_s_per_gib * memory_gib),
+            # A controller frozen mid-job wakes to find another owner: it
+            # must not abort the job or change its downtime.
+            before_job_change=lambda: fencing.ensure_current_claim(self.services.db, migration_id))
 
     def _finish(self, migration_id: int, result: MigrationResult) -> dict[str, Any]:
         downtime_ms, elapsed_ms = result.downtime_ms, result.elapsed_ms
@@ -137,6 +165,9 @@ class MigrateDomain(MigrationTask):
                flow_failures: dict[str, Failure], **kwargs: Any) -> None:
         source = locate_on(self.services, source_host, instance_uuid, REVERT_HOST_WAIT_S)
         if source.domain is not None and source.domain.migration_job_active:
+            # Outside the try: a stale controller stops here (never_raises
+            # lets Fenced through) rather than aborting its successor's job.
+            fencing.ensure_current_claim(self.services.db, migration_id)
             try:
                 src_driver, src_uri = self.driver_and_uri(source_host)
                 with_backoff(lambda: src_driver.abort_migration(src_uri, instance_uuid),
@@ -158,8 +189,10 @@ class MigrateDomain(MigrationTask):
         if dest.presence is Presence.PRESENT and not dest.running:
             if source.running:
                 try:
-                    if self._destroy_stale_copy(migration_id, instance_uuid, dest_host):
+                    kept = self._destroy_incoming_copy(migration_id, instance_uuid, source_host, dest_host)
+                    if kept is None:
                         return
+                    self.note(migration_id, kept)
                 except LivemigError as exc:
                     if isinstance(exc, fencing.Fenced):
                         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from livemig import fencing
 from livemig.coordination.base import HostLimit
 from livemig.errors import QueueTimeout
 from livemig.persistence.inventory import get_hosts, get_migration
@@ -18,7 +19,8 @@ class ReserveHosts(MigrationTask):
     waiting in `queued` up to the queue timeout.
 
     Reversion strategy: release this migration's reservations (idempotent),
-    retrying a ZooKeeper or database error; reservations that still cannot be
+    only while this controller's claim is current, retrying a ZooKeeper or
+    database error; reservations that still cannot be
     released are recorded as leftovers for reconcile.
     """
 
@@ -49,9 +51,16 @@ class ReserveHosts(MigrationTask):
     @never_raises
     def revert(self, migration_id: int, source_host: str, dest_host: str, **kwargs: Any) -> None:
         hosts = [source_host, dest_host]
+
+        def release() -> None:
+            # The reservations are the migration's, not this controller's: a
+            # stale one (frozen while another claimed the migration) would
+            # free hosts the new owner holds for it.
+            fencing.ensure_current_claim(self.services.db, migration_id)
+            self.services.reservations.release(migration_id, hosts)
+
         try:
-            with_backoff(lambda: self.services.reservations.release(migration_id, hosts),
-                         f"releasing the hosts of migration {migration_id}")
+            with_backoff(release, f"releasing the hosts of migration {migration_id}")
         except StillFailing as exc:
             for host in hosts:
                 record_leftover_for_reconcile(self.services, "reservation", str(migration_id),

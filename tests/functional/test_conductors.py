@@ -2,10 +2,8 @@
 SIGSTOP, host reservations under load (fake hypervisor)."""
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,39 +17,10 @@ from livemig.persistence.database import database_for
 from livemig.persistence.models import Event, Migration
 from livemig.services import services_for
 from tests.fakecloud import FakeCloud
+from tests.helpers_freeze import ROOT, Conductors, flow_rows, freeze, migration_fields
 from tests.unit.test_flow_contract import EXPECTED_STEPS
 
 CTX = livemig.admin_context("tests")
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class Conductors:
-    def __init__(self, settings):
-        self.settings = settings
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def env(self):
-        s = self.settings
-        env = dict(os.environ, PYTHONPATH=ROOT, LIVEMIG_DATA_DIR=s.data_dir, LIVEMIG_ZOOKEEPER_HOSTS=s.zookeeper_hosts,
-                   LIVEMIG_ZOOKEEPER_ROOT=s.zookeeper_root,
-                   LIVEMIG_ZOOKEEPER_SESSION_TIMEOUT=str(s.zookeeper_session_timeout),
-                   LIVEMIG_POLL_INTERVAL_S=str(s.poll_interval_s), LIVEMIG_QUEUE_TIMEOUT_S=str(s.queue_timeout_s))
-        env.pop("LIVEMIG_DATABASE_URL", None)
-        return env
-
-    def start(self, name, step=None, when=None, env=None):
-        args = [sys.executable, "-m", "tests.helpers_conductor", name] + ([step, when] if step else [])
-        log = open(os.path.join(self.settings.data_dir, f"{name}.log"), "w")
-        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env={**self.env(), **(env or {})}, stdout=log,
-                                            stderr=subprocess.STDOUT)
-        return self.procs[name]
-
-    def stop_all(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-            p.wait()
 
 
 @pytest.fixture
@@ -91,56 +60,6 @@ def step_events(settings, migration_id, state=None):
         q = sa.select(Event).where(Event.migration_id == migration_id, Event.kind == "step").order_by(Event.id)
         rows = list(s.scalars(q))
     return [e for e in rows if state is None or e.state == state]
-
-
-def _nobody_holds(cloud, settings) -> bool:
-    """Whether, right now, no process holds a fake hypervisor's file lock
-    or the SQLite database's write lock (tried without waiting)."""
-    for lock_path in cloud.directory.glob(".*.lock"):
-        with open(lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # closing the file releases a lock we took
-    db_file = sa.engine.make_url(settings.database_url).database
-    conn = sqlite3.connect(db_file, timeout=0, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        conn.close()
-    return True
-
-
-def freeze(proc, cloud, settings, timeout=30.0):
-    """SIGSTOP a conductor at a moment it holds no lock but its claim. The
-    fake hypervisors live in lock-guarded files and the embedded database is
-    one SQLite file: a conductor frozen inside one of those locks would
-    freeze every other process with it (a real hypervisor is its own
-    daemon; PostgreSQL locks rows, not the database), which is not the
-    freeze under test. Stopped, it cannot take a lock: if none is held
-    once it has stopped, none will be until SIGCONT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.send_signal(signal.SIGSTOP)
-        _wait_stopped(proc)
-        if _nobody_holds(cloud, settings):
-            return
-        proc.send_signal(signal.SIGCONT)
-        assert time.monotonic() < deadline, "the conductor never let go of its locks"
-        time.sleep(0.02)
-
-
-def _wait_stopped(proc, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            if f.read().rpartition(")")[2].split()[0] == "T":
-                return
-        assert time.monotonic() < deadline, f"process {proc.pid} did not stop"
-        time.sleep(0.005)
 
 
 def holders(settings, host):
@@ -189,7 +108,7 @@ def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conduc
     frozen = conductors.start("frozen")
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     wait_running(zk_settings, view.id)
-    freeze(frozen, cloud, zk_settings)
+    freeze(frozen, zk_settings, cloud.directory.glob(".*.lock"))
     frozen_at = time.monotonic()
     conductors.start("rescuer")
     (done,) = wait_finished(zk_settings, [view.id])
@@ -206,25 +125,6 @@ def test_frozen_conductor_is_fenced_after_takeover(tmp_path, zk_settings, conduc
     assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 1
 
 
-def _flow_rows(settings, migration_id):
-    """TaskFlow's own rows of the migration's flow: the flow and each atom."""
-    db = database_for(settings.database_url)
-    with db.session() as s:
-        flow_id = s.get(Migration, migration_id).flow_id
-    with db.engine.connect() as conn:
-        flow = conn.execute(sa.text("SELECT state, meta FROM flowdetails WHERE uuid = :u"), {"u": flow_id}).one()
-        atoms = conn.execute(sa.text("SELECT name, state, intention, results, failure, revert_results, "
-                                     "revert_failure, version FROM atomdetails WHERE parent_uuid = :u "
-                                     "ORDER BY name"), {"u": flow_id}).all()
-    return tuple(flow), [tuple(a) for a in atoms]
-
-
-def _migration_row(settings, migration_id):
-    with database_for(settings.database_url).session() as s:
-        m = s.get(Migration, migration_id)
-        return (m.status, m.progress, m.error_reason, m.claim_epoch, m.memory_processed, m.finished_at)
-
-
 def test_frozen_conductor_changes_nothing_after_it_wakes(tmp_path, zk_settings, conductors):
     """SIGSTOP a conductor mid-migration past its session timeout; another
     takes over (a newer claim epoch) and finishes; SIGCONT: the stale one
@@ -234,23 +134,23 @@ def test_frozen_conductor_changes_nothing_after_it_wakes(tmp_path, zk_settings, 
     view = livemig.migrate(CTX, "vm1", "a", "b", wait=False, settings=zk_settings)
     wait_running(zk_settings, view.id)
     time.sleep(0.5)  # into the hypervisor job
-    freeze(frozen, cloud, zk_settings)
+    freeze(frozen, zk_settings, cloud.directory.glob(".*.lock"))
     conductors.start("rescuer")
     (done,) = wait_finished(zk_settings, [view.id])
     assert done.status == "completed", done.error_reason
     deadline = time.monotonic() + 30
-    while _flow_rows(zk_settings, view.id)[0][0] != "SUCCESS":
+    while flow_rows(zk_settings, view.id)[0][0] != "SUCCESS":
         assert time.monotonic() < deadline, "the rescuer's flow never ended"
         time.sleep(0.1)
-    flow_before = _flow_rows(zk_settings, view.id)
-    row_before = _migration_row(zk_settings, view.id)
+    flow_before = flow_rows(zk_settings, view.id)
+    row_before = migration_fields(zk_settings, view.id)
     assert row_before[3] == 2  # the frozen conductor's claim, then the rescuer's
     with database_for(zk_settings.database_url).session() as s:
         last_event = s.scalar(sa.select(sa.func.max(Event.id)))
     frozen.send_signal(signal.SIGCONT)
     time.sleep(8.0)  # its hypervisor job's remaining seconds, its step's end, and more
-    assert _flow_rows(zk_settings, view.id) == flow_before
-    assert _migration_row(zk_settings, view.id) == row_before
+    assert flow_rows(zk_settings, view.id) == flow_before
+    assert migration_fields(zk_settings, view.id) == row_before
     with database_for(zk_settings.database_url).session() as s:
         later = list(s.scalars(sa.select(Event).where(Event.id > last_event)))
     assert later == [], [(e.kind, e.name, e.state, e.controller) for e in later]

@@ -55,6 +55,27 @@ def defined_on(lab, uuid, hosts=(1, 2)) -> list[str]:
     return _hosts_with(lab, uuid, hosts, running_only=False)
 
 
+def guest(lab, index=0):
+    return lab.state()["guests"][index]
+
+
+def where(lab, lab_settings, g=None):
+    """The one host that runs the guest (the first by default), checked against the inventory."""
+    g = g or guest(lab)
+    hosts = active_on(lab, g["uuid"])
+    assert len(hosts) == 1, hosts
+    assert inventory_host(lab_settings, g["uuid"]) == hosts[0]
+    return hosts[0]
+
+
+def other(lab, host):
+    return lab.host_name(2) if host == lab.host_name(1) else lab.host_name(1)
+
+
+def index_of(lab, host):
+    return 1 if host == lab.host_name(1) else 2
+
+
 def has_filter(lab, index, name) -> bool:
     c = conn(lab, index)
     try:
@@ -118,3 +139,63 @@ def qemu_processes_for(uuid) -> list[int]:
             if "qemu-system" in cmd and uuid in cmd:
                 found.append(int(entry))
     return found
+
+
+def _console_size(guest) -> int:
+    try:
+        return os.path.getsize(guest["console"])
+    except OSError:
+        return 0
+
+
+def guests_restored(lab, settings, homes: dict[str, str] | None = None) -> None:
+    """The lab as tests expect it: every guest running on its home host (the
+    first host, unless `homes` names another), paused ones resumed, and the
+    inventory synced with the hosts."""
+    import livemig
+
+    ctx = livemig.admin_context("tests")
+    hosts = range(1, len(lab.state()["hosts"]) + 1)
+    for i in hosts:
+        c = conn(lab, i)
+        try:
+            for dom in c.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PAUSED):
+                dom.resume()
+        finally:
+            c.close()
+    livemig.sync_hosts(ctx, settings=settings)
+    for g in lab.state()["guests"]:
+        home = (homes or {}).get(g["name"], lab.host_name(1))
+        on = active_on(lab, g["uuid"], hosts)
+        assert len(on) == 1, f"{g['name']} runs on {on or 'no host'}: the lab is broken"
+        if on[0] != home:
+            livemig.migrate(ctx, g["name"], on[0], home, settings=settings)
+
+
+def guests_health(lab) -> dict[str, tuple[str, int]]:
+    """Each guest's boot id and the size of its console log, now."""
+    from livemig.lab.echo import ask
+
+    return {g["name"]: (ask(g["ip"], 9), _console_size(g)) for g in lab.state()["guests"]}
+
+
+def health_problems(lab, before: dict[str, tuple[str, int]]) -> list[str]:
+    """What went wrong with the guests since `before` (guests_health)."""
+    from livemig.lab.echo import ask
+
+    problems = []
+    for g in lab.state()["guests"]:
+        boot_id, offset = before[g["name"]]
+        try:
+            now = ask(g["ip"], 9)
+        except OSError as exc:
+            problems.append(f"{g['name']} does not answer: {exc}")
+            continue
+        if now != boot_id:
+            problems.append(f"{g['name']} rebooted (boot id {boot_id} -> {now})")
+        with open(g["console"], "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        problems += [f"{g['name']} console: {line}" for line in text.splitlines()
+                     if any(w in line for w in ("Oops", "panic", "BUG"))]
+    return problems

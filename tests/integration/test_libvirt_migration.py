@@ -16,29 +16,9 @@ from livemig.lab.echo import EchoStream, ask
 from livemig.lab.lab import FILTER_NAME
 from livemig.services import services_for
 from tests.integration.labtools import (
-    active_on, cli, conn, console_problems, defined_on, has_filter, has_secret, inventory_host, migration_row,
-    qemu_processes_for, wait_for_running_migration,
+    active_on, cli, conn, console_problems, defined_on, guest, has_filter, has_secret, index_of, inventory_host,
+    migration_row, other, qemu_processes_for, wait_for_running_migration, where,
 )
-
-
-def guest(lab):
-    return lab.state()["guests"][0]
-
-
-def where(lab, lab_settings):
-    g = guest(lab)
-    hosts = active_on(lab, g["uuid"])
-    assert len(hosts) == 1, hosts
-    assert inventory_host(lab_settings, g["uuid"]) == hosts[0]
-    return hosts[0]
-
-
-def other(lab, host):
-    return lab.host_name(2) if host == lab.host_name(1) else lab.host_name(1)
-
-
-def index_of(lab, host):
-    return 1 if host == lab.host_name(1) else 2
 
 
 def start_slow_migration(lab, lab_settings, mib_s, env=None):

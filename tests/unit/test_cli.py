@@ -52,7 +52,7 @@ BAD_INPUT = [
     ("unknown option", ["migrate", "--bogus"], 2, "No such option '--bogus'"),
     ("two arguments", ["migrate", "--live", "a", "vm1"], 2, "migrate takes INSTANCE or SRC INSTANCE DST, not 2"),
     ("out-of-range option", ["host", "add", "d", "--uri", "fake:///tmp/x/d.json", "--max-migrations", "0"], 2,
-     "0 is not in the range x>=1"),
+     "0 is not in the range 1<=x<=1024"),
     ("unknown command", ["migrat"], 2, "No such command 'migrat'"),
 ]
 
@@ -263,3 +263,59 @@ def test_markup_in_names_and_reasons_is_printed_literally(cloud):
     assert "web[/x][bold]" in listed.stdout and "disk [/x] is [red]gone" in listed.stdout
     assert run(cloud.settings, "instance", "list").stdout.count("web[/x][bold]") == 1
     assert cloud.running_on(vm) == ["c"]
+
+
+HOSTILE_NUMBERS = [
+    ("host", "add", "d", "--max-migrations", "0"),
+    ("host", "add", "d", "--max-migrations", "1025"),
+    ("host", "add", "d", "--max-migrations", "99999999999999999999"),
+    ("host", "add", "d", "--cpu-ratio", "nan"),
+    ("host", "add", "d", "--ram-ratio", "inf"),
+    ("host", "add", "d", "--disk-ratio", "1e400"),
+    ("host", "add", "d", "--cpu-ratio", "0.01"),
+    ("host", "add", "d", "--ram-ratio", "1001"),
+    ("migration", "show", "0"),
+    ("migration", "show", "--", "-3"),
+    ("migration", "abort", "99999999999999999999"),
+    ("migration", "resume", "2147483648"),
+    ("migration", "list", "--limit", "1000001"),
+    ("reconcile", "--grace", "nan"),
+    ("reconcile", "--grace", "inf"),
+    ("reconcile", "--grace=-1"),
+]
+
+
+@pytest.mark.parametrize("args", HOSTILE_NUMBERS, ids=[" ".join(a) for a in HOSTILE_NUMBERS])
+def test_hostile_numbers_are_one_line_exit_2_and_change_nothing(cloud, args):
+    # Host d answers: only the bound stands between the command and a new row.
+    cloud.driver.create_host(cloud.uri("d"))
+    if args[:2] == ("host", "add"):
+        args = (*args, "--uri", cloud.uri("d"))
+    before = snapshot(cloud.settings)
+    proc = run(cloud.settings, *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("livemig: error: "), proc.stderr
+    assert snapshot(cloud.settings) == before
+
+
+def test_the_library_refuses_the_same_numbers(cloud):
+    import livemig
+    from livemig.errors import InvalidInput, MigrationNotFound
+
+    ctx = livemig.admin_context("tests")
+    cloud.driver.create_host(cloud.uri("d"))
+    before = snapshot(cloud.settings)
+    for bad in ({"max_concurrent_migrations": 5000}, {"max_concurrent_migrations": True},
+                {"cpu_allocation_ratio": float("nan")}, {"ram_allocation_ratio": float("inf")},
+                {"disk_allocation_ratio": 0.0}):
+        with pytest.raises(InvalidInput):
+            livemig.add_host(ctx, "d", cloud.uri("d"), settings=cloud.settings, **bad)
+    with pytest.raises(InvalidInput):
+        livemig.list_migrations(limit=10**7, settings=cloud.settings)
+    for grace in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(InvalidInput):
+            livemig.reconcile(ctx, grace_s=grace, settings=cloud.settings)
+    for mid in (0, -1, 2**70):
+        with pytest.raises(MigrationNotFound):
+            livemig.show_migration(mid, settings=cloud.settings)
+    assert snapshot(cloud.settings) == before

@@ -79,8 +79,17 @@ def test_instance_stuck_in_migrating_is_recorded_where_its_vm_runs(cloud):
     assert reconcile(cloud).findings == []
 
 
+def _paused_copy(cloud, host, incoming):
+    """A paused copy of vm1 on `host`: a migration's incoming copy (from a), or
+    one paused by somebody else (an operator's `virsh suspend`)."""
+    cloud.driver.create_domain(cloud.uri(host), "vm1", uuid=cloud.vm, state="paused")
+    if incoming:
+        dom = {**cloud.domains_on(host)[cloud.vm], "incoming_from": cloud.uri("a")[len("fake://"):]}
+        cloud.driver.update_host(cloud.uri(host), domains={**cloud.domains_on(host), cloud.vm: dom})
+
+
 def test_paused_incoming_copy_of_a_vm_running_on_its_source_is_destroyed(cloud):
-    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    _paused_copy(cloud, "b", incoming=True)
     with database_for(cloud.settings.database_url).session() as s:
         record_leftover(s, "domain", cloud.vm, "revert gave up waiting for b", host="b", migration_id=None)
     report = reconcile(cloud)
@@ -94,8 +103,34 @@ def test_paused_incoming_copy_of_a_vm_running_on_its_source_is_destroyed(cloud):
         assert all(lo.resolved_at is not None for lo in s.scalars(sa.select(Leftover)))
 
 
+def test_a_paused_copy_that_is_not_an_incoming_migration_is_never_destroyed(cloud):
+    # An operator suspended a copy on b (say, kept for forensics): it may hold
+    # the VM's newest state, so only an operator chooses which copy to keep.
+    _paused_copy(cloud, "b", incoming=False)
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["suspended-copy-of-vm-running-elsewhere"]
+    assert report.findings[0].action == "none" and report.remaining == report.findings
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+
+
+def test_an_incoming_copy_resumed_by_an_operator_before_the_repair_is_not_destroyed(cloud):
+    from livemig import reconciliation
+
+    _paused_copy(cloud, "b", incoming=True)
+    findings = reconciliation.compare(reconciliation.take_snapshot(services_for(cloud.settings), 0))
+    assert [f.action for f in findings] == ["destroy-copy"]
+    # Between the look and the repair the copy stopped being an incoming one
+    # (its migration was cancelled, and someone kept it, still paused).
+    dom = dict(cloud.domains_on("b")[cloud.vm])
+    dom.pop("incoming_from")
+    cloud.driver.update_host(cloud.uri("b"), domains={**cloud.domains_on("b"), cloud.vm: dom})
+    reconciliation.apply_findings(services_for(cloud.settings), findings)
+    assert findings[0].outcome == "skipped: the copy on b is paused, but not an incoming migration now"
+    assert cloud.vm in cloud.domains_on("b")
+
+
 def test_a_copy_that_starts_running_before_the_repair_is_not_destroyed(cloud, monkeypatch):
-    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    _paused_copy(cloud, "b", incoming=True)
     from livemig import reconciliation
 
     findings = reconciliation.compare(reconciliation.take_snapshot(services_for(cloud.settings), 0))
@@ -247,3 +282,70 @@ def test_unfinished_migration_whose_flow_is_gone_is_ended_by_an_operator_only(cl
     assert report.remaining == []
     assert cloud.migration(mid).status == "error" and "ended by reconcile" in cloud.migration(mid).error_reason
     assert (cloud.instance().host, cloud.instance().state) == ("a", "running") and cloud.running_on() == ["a"]
+
+
+def _unresumable_migration(cloud):
+    from livemig.persistence.models import Migration
+
+    mid = livemig.create_migration(CTX, "vm1", "a", "b", settings=cloud.settings).id
+    with database_for(cloud.settings.database_url).session() as s:
+        s.get(Migration, mid).logbook_id = None
+    return mid
+
+
+def test_ending_a_migration_whose_vm_is_on_a_third_host_records_it_there(cloud):
+    mid = _unresumable_migration(cloud)
+    # Moved behind livemig's back, to neither end of the migration.
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri("c"), domains={cloud.vm: dom})
+    report = reconcile(cloud, apply=True)
+    assert report.remaining == [], report.to_dict()
+    assert (cloud.instance().host, cloud.instance().state) == ("c", "running")
+    reason = cloud.migration(mid).error_reason
+    assert cloud.migration(mid).status == "error"
+    assert "the VM is running on c, neither its source a nor its destination b" in reason
+    with database_for(cloud.settings.database_url).session() as s:
+        from livemig.persistence.models import Event
+
+        notes = [e.message for e in s.scalars(sa.select(Event).where(Event.migration_id == mid, Event.kind == "note"))]
+    assert any("inventory follows it" in n for n in notes)
+
+
+def test_ending_a_migration_fences_a_stale_conductor_that_wakes_later(cloud):
+    import pytest
+
+    from livemig import fencing
+    from livemig.runner import claim_migration
+
+    mid = _unresumable_migration(cloud)
+    services = services_for(cloud.settings)
+    stale_epoch = claim_migration(services, mid)  # a conductor claimed it, then froze
+    report = reconcile(cloud, apply=True)
+    assert report.remaining == [] and cloud.migration(mid).status == "error"
+    assert cloud.migration(mid).claim_epoch > stale_epoch
+    # It wakes: the check it makes before any destructive action refuses.
+    with fencing.claimed(mid, stale_epoch), pytest.raises(fencing.Fenced):
+        fencing.ensure_current_claim(services.db, mid)
+    assert cloud.running_on() == ["a"]
+
+
+def test_a_pmsuspended_copy_of_a_vm_running_elsewhere_is_reported_as_such_and_kept(cloud):
+    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="pmsuspended")
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["suspended-copy-of-vm-running-elsewhere"]
+    assert "a pmsuspended copy on b" in report.findings[0].disagreement
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "pmsuspended"
+
+
+def test_a_shut_off_duplicate_is_reported_and_kept(cloud):
+    # A stale definition of vm1 on c (say, defined again by hand): starting it
+    # would run the VM twice.
+    cloud.driver.create_domain(cloud.uri("c"), "vm1", uuid=cloud.vm, state="shutoff")
+    with database_for(cloud.settings.database_url).session() as s:
+        record_leftover(s, "duplicate-domain", cloud.vm, "seen by host sync", host="c")
+    report = reconcile(cloud, apply=True)
+    assert kinds(report) == ["shut-off-duplicate"]  # the sync's leftover is that finding's
+    assert report.findings[0].disagreement == "a shut-off copy on c while the VM is running on a"
+    assert report.findings[0].action == "none" and report.remaining == report.findings
+    assert cloud.domains_on("c")[cloud.vm]["state"] == "shutoff" and cloud.instance().host == "a"

@@ -35,3 +35,48 @@ def test_two_copies_away_from_the_recorded_host_mark_the_instance(cloud):
     # Neither copy is chosen; the instance is marked and both are recorded.
     assert (cloud.instance().host, cloud.instance().state) == ("a", "error")
     assert sorted(leftovers(cloud)) == [("duplicate-domain", "b", cloud.vm), ("duplicate-domain", "c", cloud.vm)]
+
+
+def test_the_running_copy_wins_over_a_shut_off_duplicate(cloud):
+    # vm1 was started again on c from a copy of its definition; the old one
+    # on a (its recorded host) is shut off.
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "shutoff"}})
+    cloud.driver.update_host(cloud.uri("c"), domains={cloud.vm: dict(dom)})
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    assert (cloud.instance().host, cloud.instance().state) == ("c", "running")
+    assert leftovers(cloud) == [("duplicate-domain", "a", cloud.vm)]  # the duplicate is reported
+    with database_for(cloud.settings.database_url).session() as s:
+        reason = s.scalars(sa.select(Leftover)).one().reason
+    assert "shutoff here and also on c (running)" in reason and "keeps it on c" in reason
+    # Syncing a alone asks c too, and the running copy still wins.
+    livemig.sync_hosts(CTX, "a", settings=cloud.settings)
+    assert cloud.instance().host == "c"
+
+
+def test_a_running_copy_does_not_win_over_a_paused_one(cloud):
+    # A paused copy may be the VM itself (suspended, or mid-migration): the
+    # rule is for shut-off duplicates only.
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "paused"}})
+    cloud.driver.update_host(cloud.uri("c"), domains={cloud.vm: dict(dom)})
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "paused")
+    assert leftovers(cloud) == [("duplicate-domain", "c", cloud.vm)]
+
+
+def test_a_guest_suspended_vm_is_pmsuspended_not_paused(cloud):
+    from livemig.errors import PrecheckFailed
+
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "pmsuspended"}})
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "pmsuspended")
+    view = {i.uuid: i for i in livemig.list_instances(settings=cloud.settings)}[cloud.vm]
+    assert view.state == "pmsuspended"
+    try:
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    except PrecheckFailed as exc:
+        assert "is pmsuspended, not running" in str(exc)
+    else:
+        raise AssertionError("a pmsuspended VM was migrated")

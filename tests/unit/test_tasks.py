@@ -17,7 +17,7 @@ from livemig.persistence.inventory import created_resources
 from livemig.services import services_for
 from livemig.tasks.cleanup import CleanUpSource, UpdateInstanceHost
 from livemig.tasks.lifecycle import RollBackOrTerminateInstance
-from livemig.tasks.migrate import DomainLost, MigrateDomain
+from livemig.tasks.migrate import DestinationHoldsCopy, DomainLost, MigrateDomain
 from livemig.tasks.network import NetworkMissing, SetUpNetworkOnDestination
 from livemig.tasks.precheck import CheckMigrationPrerequisites, MarkInstanceMigrating
 from livemig.tasks.reservation import ReleaseHosts, ReserveHosts
@@ -71,6 +71,44 @@ def test_vm_on_no_host_is_terminated_by_default(cloud, mig):
     m = cloud.migration(mig["migration_id"])
     assert m.status == "error" and "no host" in m.error_reason
     assert cloud.instance().state == "deleted" and cloud.instance().host is None
+
+
+def _move_behind_livemigs_back(cloud, host):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri(host), domains={**cloud.domains_on(host), cloud.vm: dom})
+
+
+def test_vm_found_on_a_third_host_is_recorded_there_not_deleted(cloud, mig):
+    _move_behind_livemigs_back(cloud, "c")  # neither the source (a) nor the destination (b)
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DomainLost("gone"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "failed" and "the VM keeps running on c" in m.error_reason
+    assert (cloud.instance().host, cloud.instance().state) == ("c", "running") and cloud.running_on() == ["c"]
+    assert any("neither the source nor the destination" in e.message for e in _events(cloud, mig))
+
+
+def test_vm_on_neither_end_while_a_third_host_cannot_be_asked_is_not_deleted(cloud, mig, monkeypatch):
+    monkeypatch.setattr("livemig.locator.DEFAULT_PATIENCE_S", 0.0)
+    cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+    cloud.driver.update_host(cloud.uri("c"), reachable=False)
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DomainLost("gone"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "error" and "c: unknown" in m.error_reason
+    assert cloud.instance().state == "error"  # not "deleted": it may run on c
+
+
+def test_a_vm_pmsuspended_on_its_source_stays_there_recorded_pmsuspended(cloud, mig):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={cloud.vm: {**dom, "state": "pmsuspended"}})
+    make(RollBackOrTerminateInstance, cloud).revert(
+        flow_failures={"migrate-domain": failure_of(DriverError("not running"))}, **mig)
+    m = cloud.migration(mig["migration_id"])
+    assert m.status == "failed" and "the VM stays pmsuspended on a" in m.error_reason
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "pmsuspended")
+    assert cloud.domains_on("a")[cloud.vm]["state"] == "pmsuspended"
 
 
 def test_vm_on_both_hosts_is_terminated_everywhere(cloud, mig):
@@ -130,6 +168,20 @@ def test_reserve_then_second_migration_on_same_host_times_out(cloud, mig):
 
 # -- precheck ----------------------------------------------------------------------------------------
 
+def test_a_stale_controllers_reserve_revert_releases_nothing(cloud, mig):
+    from livemig import fencing
+    from livemig.runner import claim_migration
+
+    services = services_for(cloud.settings)
+    stale = claim_migration(services, mig["migration_id"])
+    with fencing.claimed(mig["migration_id"], stale):
+        make(ReserveHosts, cloud).execute(**mig)
+    claim_migration(services, mig["migration_id"])  # another controller took the migration over
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        make(ReserveHosts, cloud).revert(**mig)
+    assert sorted(cloud.reservations()) == [("a", mig["migration_id"]), ("b", mig["migration_id"])]
+
+
 def test_capacity_counts_unfinished_incoming_migrations_only(cloud, mig):
     from livemig.prechecks import placed_on
     from livemig.states import MigrationStatus
@@ -176,6 +228,29 @@ def test_precheck_passes_then_refuses_on_capacity_cpu_version_and_disabled(cloud
     livemig.set_host_enabled(CTX, "b", False, "maintenance", settings=cloud.settings)
     with pytest.raises(HostDisabled, match="maintenance"):
         task.execute(**mig)
+
+
+def _pause_on_a(cloud):
+    dom = cloud.domains_on("a")[cloud.vm]
+    cloud.driver.update_host(cloud.uri("a"), domains={**cloud.domains_on("a"), cloud.vm: {**dom, "state": "paused"}})
+
+
+def test_precheck_refuses_a_vm_paused_on_its_source_and_says_so(cloud, mig):
+    # Paused after the inventory last saw it (an operator's `virsh suspend`,
+    # an I/O error with werror=stop): the hypervisor's word decides.
+    _pause_on_a(cloud)
+    with pytest.raises(PrecheckFailed, match=r"vm1 is not running on a \(hypervisor says: paused\)"):
+        make(CheckMigrationPrerequisites, cloud).execute(**mig)
+    assert cloud.domains_on("a")[cloud.vm]["state"] == "paused" and cloud.vm not in cloud.domains_on("b")
+    assert cloud.instance().state == "running"  # the check changes nothing
+
+
+def test_a_vm_recorded_paused_is_refused_before_anything_is_recorded(cloud):
+    _pause_on_a(cloud)
+    livemig.sync_hosts(CTX, settings=cloud.settings)
+    with pytest.raises(PrecheckFailed, match="instance vm1 is paused, not running"):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert cloud.last_migration() is None and cloud.domains_on("a")[cloud.vm]["state"] == "paused"
 
 
 def test_mark_instance_migrating_and_revert(cloud, mig):
@@ -299,6 +374,57 @@ def test_migrate_revert_destroys_orphan_left_by_dead_destination(cloud, mig):
     assert cloud.running_on() == ["a"]
 
 
+def _copy_on_b(cloud, incoming):
+    """A paused copy of vm1 on b: an earlier attempt's incoming copy, or one
+    that an operator suspended there (not a migration's)."""
+    cloud.driver.create_domain(cloud.uri("b"), "vm1", uuid=cloud.vm, state="paused")
+    if incoming:
+        dom = {**cloud.domains_on("b")[cloud.vm], "incoming_from": cloud.uri("a")[len("fake://"):]}
+        cloud.driver.update_host(cloud.uri("b"), domains={**cloud.domains_on("b"), cloud.vm: dom})
+
+
+def test_migrate_replaces_a_stale_incoming_copy_on_the_destination(cloud, mig):
+    _prepare_destination(cloud, mig)
+    _copy_on_b(cloud, incoming=True)
+    make(MigrateDomain, cloud, "migrate-domain").execute(**mig)
+    assert cloud.running_on() == ["b"] and cloud.vm not in cloud.domains_on("a")
+
+
+def test_migrate_never_destroys_a_copy_on_the_destination_that_is_not_incoming(cloud, mig):
+    _prepare_destination(cloud, mig)
+    _copy_on_b(cloud, incoming=False)
+    task = make(MigrateDomain, cloud, "migrate-domain")
+    with pytest.raises(DestinationHoldsCopy, match="b holds a paused copy of the VM that is not an incoming"):
+        task.execute(**mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+    assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 0
+    failure = failure_of(DestinationHoldsCopy("x"))
+    task.revert(failure, flow_failures={"migrate-domain": failure}, **mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused" and cloud.running_on() == ["a"]
+    assert any("not an incoming migration; it is kept" in e.message for e in _events(cloud, mig))
+
+
+def test_migrate_revert_keeps_an_incoming_copy_that_a_source_job_still_feeds(cloud, mig, monkeypatch):
+    _prepare_destination(cloud, mig)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    cloud.driver._start_migration(cloud.uri("a"), cloud.uri("b"), cloud.vm)  # a job runs, and goes on running:
+    monkeypatch.setattr(type(cloud.driver), "abort_migration", lambda self, uri, uuid: False)  # the abort fails
+    task = make(MigrateDomain, cloud, "migrate-domain")
+    failure = failure_of(DriverError("x"))
+    task.revert(failure, flow_failures={"migrate-domain": failure}, **mig)
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused"  # its migration job is not cut short
+
+
+def _events(cloud, mig):
+    import sqlalchemy as sa
+
+    from livemig.persistence.database import database_for
+    from livemig.persistence.models import Event
+
+    with database_for(cloud.settings.database_url).session() as s:
+        return list(s.scalars(sa.select(Event).where(Event.migration_id == mig["migration_id"])))
+
+
 def test_migrate_abort_request_stops_a_hanging_migration(cloud, mig):
     _prepare_destination(cloud, mig)
     cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
@@ -317,6 +443,42 @@ def test_migrate_timeout_aborts(cloud, mig):
     with pytest.raises(MigrationTimedOut):
         MigrateDomain(services_for(settings), name="migrate-domain").execute(**mig)
     assert cloud.running_on() == ["a"]
+
+
+def test_a_stale_controllers_monitor_neither_aborts_nor_retunes_the_job(cloud, mig, monkeypatch):
+    from livemig import fencing
+    from livemig.runner import claim_migration
+    from livemig.tasks import migrate
+
+    # It would abort the job on its timeout, and raise the downtime on its
+    # schedule, but another controller claims the migration while it runs.
+    settings = cloud.settings.replace(completion_timeout_min_s=0.6, completion_timeout_s_per_gib=0.0,
+                                      downtime_steps=3, downtime_step_delay_s_per_gib=1.0)
+    _prepare_destination(cloud, mig)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    services = services_for(settings)
+    stale = claim_migration(services, mig["migration_id"])
+    report = migrate._ProgressReporter.__call__
+    taken = []
+
+    def taken_over_once_the_job_runs(self, progress):
+        if not taken:  # another controller (thread) claims it
+            claimer = threading.Thread(target=lambda: taken.append(claim_migration(services, mig["migration_id"])))
+            claimer.start()
+            claimer.join()
+        report(self, progress)
+
+    monkeypatch.setattr(migrate._ProgressReporter, "__call__", taken_over_once_the_job_runs)
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        MigrateDomain(services, name="migrate-domain").execute(**mig)
+    assert taken
+    job = cloud.domains_on("a")[cloud.vm]["job"]  # still running, for its new owner to follow
+    assert job["max_downtime_ms"] == 100 and "job_outcome" not in cloud.domains_on("a")[cloud.vm]
+    assert cloud.domains_on("b")[cloud.vm]["state"] == "paused"
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        MigrateDomain(services, name="migrate-domain").revert(
+            None, flow_failures={"migrate-domain": failure_of(DriverError("x"))}, **mig)
+    assert cloud.domains_on("a")[cloud.vm]["job"] and cloud.vm in cloud.domains_on("b")
 
 
 def test_migrate_vm_gone_everywhere_is_domain_lost(cloud, mig):

@@ -1,0 +1,123 @@
+"""Create an operation's logbook, and run or resume its flow in this process
+(under a claim and a run lock), as livemig.runner does for migrations."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+from taskflow import engines, states as tf_states
+from taskflow.engines.helpers import save_factory_details
+from taskflow.persistence import models as tf_models
+from taskflow.storage import Storage
+
+from livemig.errors import Conflict, LivemigError
+from livemig.operations.claims import operation_claimed, raise_operation_epoch
+from livemig.operations.flow import FACTORY_NAME, FLOW_NAME
+from livemig.operations.records import add_operation_event, get_operation, set_operation_status
+from livemig.operations.states import OperationStatus
+from livemig.services import Services, building_flows_with
+
+LOG = logging.getLogger("livemig.operations")
+
+
+def logbook_name(operation_id: int) -> str:
+    return f"livemig-operation-{operation_id}"
+
+
+def create_operation_logbook(services: Services, operation_id: int, connection: sa.Connection) -> tuple[str, str]:
+    """Persist the operation's flow (factory and store) through `connection`,
+    in the transaction that records the operation; returns (logbook, flow) uuids."""
+    book_id, flow_id = str(uuid.uuid4()), str(uuid.uuid4())
+    book = tf_models.LogBook(logbook_name(operation_id), uuid=book_id)
+    flow_detail = tf_models.FlowDetail(FLOW_NAME, uuid=flow_id)
+    book.add(flow_detail)
+    save_factory_details(flow_detail, FACTORY_NAME, [], {})
+    store = {"operation_id": operation_id}
+    flow_detail.meta["store"] = store
+    Storage(flow_detail).inject(store)
+    services.db.taskflow_backend().get_connection().insert_logbook(connection, book)
+    return book_id, flow_id
+
+
+def claim_operation(services: Services, operation_id: int, by: str) -> int:
+    with services.db.session() as session:
+        epoch = raise_operation_epoch(session, operation_id)
+        add_operation_event(session, operation_id, "claimed", f"by {by} (epoch {epoch})")
+        return epoch
+
+
+def load_operation_engine(services: Services, operation_id: int):
+    with services.db.reading() as session:
+        operation = get_operation(session, operation_id)
+        book_id, flow_id = operation.logbook_id, operation.flow_id
+    if not book_id:
+        raise LivemigError(f"operation {operation_id} has no persisted flow")
+    backend = services.db.taskflow_backend()
+    with contextlib.closing(backend.get_connection()) as conn:
+        flow_detail = conn.get_logbook(book_id).find(flow_id)
+    with building_flows_with(services):
+        return engines.load_from_detail(flow_detail, engine="serial", backend=backend)
+
+
+@contextlib.contextmanager
+def operation_run_lock(services: Services, operation_id: int) -> Iterator[None]:
+    """One local process runs a given operation; the lock dies with it
+    (what lets `operation resume` take over after a SIGKILL)."""
+    path = Path(services.settings.data_dir) / "runs" / f"operation-{operation_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                lock.seek(0)
+                owner = lock.read().strip() or "another process"
+                raise Conflict(f"operation {operation_id} is being run by {owner}") from None
+            raise
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def run_operation_engine(services: Services, operation_id: int, engine) -> None:
+    """Run (or resume) the flow; its steps record the outcome. A flow that
+    ended without one (its revert could not write) is recorded failed."""
+    try:
+        engine.run()
+    except Exception as exc:  # noqa: BLE001 - the outcome goes in the operation row
+        LOG.info("operation %s: flow ended with %s: %s", operation_id, type(exc).__name__, exc)
+        with services.db.session() as session:
+            if not OperationStatus(get_operation(session, operation_id).status).finished \
+                    and engine.storage.get_flow_state() in (tf_states.FAILURE, tf_states.REVERTED):
+                set_operation_status(session, operation_id, OperationStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def run_operation(services: Services, operation_id: int, resumed: bool = False) -> None:
+    """Claim the operation and run its flow here to its end."""
+    from livemig.persistence.inventory import controller_id
+
+    with operation_run_lock(services, operation_id):
+        epoch = claim_operation(services, operation_id, f"pid {os.getpid()} on {controller_id()}")
+        with operation_claimed(operation_id, epoch):
+            engine = load_operation_engine(services, operation_id)
+            flow_state = engine.storage.get_flow_state()
+            if flow_state in (tf_states.SUCCESS, tf_states.REVERTED, tf_states.FAILURE):
+                raise Conflict(f"operation {operation_id}'s flow already ended ({flow_state})")
+            if resumed:
+                with services.db.session() as session:
+                    add_operation_event(session, operation_id, "resumed",
+                                        f"from the persisted flow (it was {flow_state})")
+            run_operation_engine(services, operation_id, engine)
