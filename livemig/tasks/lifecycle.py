@@ -45,11 +45,11 @@ class RollBackOrTerminateInstance(MigrationTask):
     the migration is `failed` (or `cancelled`), the reason saying its state;
     a VM on neither host but on exactly one other is recorded there (its
     inventory follows, with a note); if it runs on two hosts at once or on
-    none, apply the unrecoverable policy
-    (terminate, or mark the instance `error`); when a host cannot be asked,
-    or the copies cannot be told apart, nothing is terminated: the instance is
-    marked `error` and recorded for reconcile. The outcome's writes are
-    retried: this revert always decides.
+    none, apply the unrecoverable policy (terminate, or mark the instance
+    `error`); when a host cannot be asked, or the copies cannot be told
+    apart, nothing is terminated: the instance is marked `error` and recorded
+    for reconcile. The outcome's writes are retried: this revert always
+    decides.
     """
 
     def execute(self, migration_id: int) -> None:
