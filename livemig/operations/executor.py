@@ -31,6 +31,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus
 from livemig.persistence.inventory import unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration, OperationMove
+from livemig.scheduler.state import Snapshot
 from livemig.services import Services
 from livemig.states import InstanceState, MigrationStatus
 
@@ -220,8 +221,6 @@ class MoveExecutor:
                         arguments: dict) -> None:
         """A move whose migration failed: on another host if the VM is intact
         on its source and the move has tries left; else it failed."""
-        from livemig.scheduler.inventory import snapshot
-
         instance = session.get(Instance, move.instance_uuid)
         failed_on = f"{migration.dest_host} (migration {migration.id}: {why})"
         if MigrationStatus(migration.status) is not MigrationStatus.FAILED or instance is None \
@@ -235,8 +234,8 @@ class MoveExecutor:
             self._fail(session, move, f"failed on {failed_on}; {len(migrations)} attempts, no retry left")
             return
         tried = hosts_tried(migrations) | self._refused.get(move.id, set())
-        selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                arguments.get("weigher", "spread"))
+        selection = replan_move(self._snapshot_with_planned(session, move.id), move.instance_uuid, tried,
+                                arguments.get("to") or None, arguments.get("weigher", "spread"))
         if selection.chosen is None:
             self._fail(session, move, f"failed on {failed_on}; {selection.why_none()}")
             return
@@ -244,6 +243,23 @@ class MoveExecutor:
         move.reason = f"retry after {failed_on}"
         add_operation_event(session, self.operation_id, "move-replanned",
                             f"{move.instance_name}: failed on {failed_on}; now to {selection.chosen}")
+
+    def _snapshot_with_planned(self, session: Session, move_id: int) -> Snapshot:
+        """The scheduler's snapshot with this operation's other planned moves
+        placed: they are not migrations yet, so the inventory does not count
+        them, and a re-plan must not take their room or break their
+        anti-affinity (their own destinations are not checked for groups
+        when they are submitted)."""
+        from livemig.scheduler.inventory import snapshot
+
+        world = snapshot(session)
+        for other in operation_moves(session, self.operation_id):
+            if other.id == move_id or other.status != MoveStatus.PLANNED.value or other.dest_host is None:
+                continue
+            instance = world.instances.get(other.instance_uuid)
+            if instance is not None and instance.host == other.source_host and other.dest_host in world.hosts:
+                world = world.place(instance, other.dest_host)
+        return world
 
     def _fail(self, session: Session, move: OperationMove, reason: str) -> None:
         move.status, move.reason = MoveStatus.FAILED.value, reason
@@ -359,8 +375,6 @@ class MoveExecutor:
     def _refused_at_submit(self, move: OperationMove, why: str, arguments: dict) -> None:
         """The precheck refused the planned destination (it filled up since
         the plan, say): another host, or the move fails."""
-        from livemig.scheduler.inventory import snapshot
-
         refused = self._refused.setdefault(move.id, set())
         refused.add(move.dest_host)
         with self.services.db.session() as session:
@@ -370,8 +384,8 @@ class MoveExecutor:
             if len(tried) > self.max_retries:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; no retry left")
                 return None
-            selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                    arguments.get("weigher", "spread"))
+            selection = replan_move(self._snapshot_with_planned(session, move.id), move.instance_uuid, tried,
+                                    arguments.get("to") or None, arguments.get("weigher", "spread"))
             if selection.chosen is None:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; {selection.why_none()}")
                 return None

@@ -1,0 +1,70 @@
+"""Helper V's review of issue 14: each test reproduces one finding
+(/work/prompts/V-findings.md) against the state of the world."""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+import livemig
+from livemig.drivers.base import InterfaceInfo
+from livemig.persistence.models import Host, Migration
+from tests.drainfleet import CTX, Fleet
+from tests.unit.test_operations_resume import _drain_and_die, _state
+
+
+def _maintenance(fleet: Fleet, name: str, reason: str = "disk swap") -> None:
+    with fleet.db().session() as s:
+        host = s.get(Host, name)
+        host.maintenance, host.maintenance_reason = True, reason
+
+
+def test_an_explicit_destination_in_maintenance_is_refused_and_nothing_changes(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=1, dests={"d1": {}})
+    _maintenance(fleet, "d1")
+    uuid = next(iter(fleet.instances))
+    with pytest.raises(livemig.LivemigError, match="d1 is in maintenance"):
+        livemig.migrate(CTX, uuid, "src", "d1", settings=settings)
+    assert fleet.hosts_running()[uuid] == ["src"]
+    assert fleet.migrations() == []
+
+
+def _group_fleet(tmp_path, settings) -> Fleet:
+    """src runs vm00 and vm01, both of group "web"; "bad" has the most room
+    (spread plans vm00 there) but lost the guests' bridge, so the migration
+    there fails with the VM intact; d1 can take both (it is where vm01 is
+    planned, anti-affinity keeping it off bad)."""
+    fleet = Fleet.build(tmp_path, settings, count=0, dests={"bad": {"memory_mb": 65536}, "d1": {}})
+    for i in range(2):
+        uuid = fleet.driver.create_domain(fleet.uri("src"), f"vm{i:02d}", memory_mb=1024, group="web", interfaces=[
+            InterfaceInfo(mac=f"52:54:00:00:01:{i:02x}", bridge="br-guests")])
+        fleet.instances[uuid] = f"vm{i:02d}"
+    livemig.sync_hosts(CTX, settings=settings)
+    fleet.driver.update_host(fleet.uri("bad"), bridges=[])
+    return fleet
+
+
+def test_a_replanned_move_keeps_anti_affinity_with_the_moves_still_planned(tmp_path, settings):
+    fleet = _group_fleet(tmp_path, settings)
+    plan = livemig.drain_host(CTX, "src", dry_run=True, settings=settings)
+    assert [(m.instance_name, m.dest_host) for m in plan.moves] == [("vm00", "bad"), ("vm01", "d1")]
+    view = livemig.drain_host(CTX, "src", parallel=1, settings=settings)
+    fleet.assert_invariants()
+    running = fleet.hosts_running()
+    # Never two instances of one group on one host: vm00 has nowhere to go.
+    assert sorted(hosts[0] for hosts in running.values()) == ["d1", "src"], running
+    assert view.status == "partial", view.reason
+
+
+def test_a_planned_destination_that_went_into_maintenance_gets_no_move(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=3, dests={"d1": {"memory_mb": 65536}, "d2": {}, "d3": {}})
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    planned_on_d1 = {m.instance_uuid for m in moves if m.dest_host == "d1"}
+    assert planned_on_d1
+    _maintenance(fleet, "d1", "drained next")
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "completed", view.reason
+    fleet.assert_invariants()
+    assert not [u for u, hosts in fleet.hosts_running().items() if "d1" in hosts]
+    assert all("refused by d1: host d1 is in maintenance (drained next)" in m.reason
+               for m in view.moves if m.instance_uuid in planned_on_d1)
