@@ -200,5 +200,10 @@ class MarkMigrationCompleted(MigrationTask):
     def execute(self, migration_id: int) -> None:
         from livemig.tasks.attempts import COMPLETED, close_attempt
 
-        close_attempt(self.services, migration_id, COMPLETED, None, self.name)
         self.services.db.set_migration_status(migration_id, MigrationStatus.COMPLETED, progress=1.0)
+        try:
+            close_attempt(self.services, migration_id, COMPLETED, None, self.name)
+        except fencing.Fenced:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bookkeeping; the outcome above is what counts
+            LOG.warning("migration %s: could not close its last attempt: %s", migration_id, exc)

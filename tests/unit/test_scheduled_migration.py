@@ -379,3 +379,64 @@ def test_the_retry_decision(fleet, row, world, expected):
         assert decision == retry.RETRY
     else:
         assert decision == retry.REVERT_ALL and expected in why
+
+
+# -- TaskFlow behaviour the retried subflow relies on (public API, pinned 6.5) ------------------------
+
+def test_taskflow_injected_values_shadow_a_tasks_result_and_rebind_also_applies_to_revert():
+    """Why each attempt's host has its own name (attempt_dest_host): a task
+    providing `dest_host` would be ignored next to the injected one. And the
+    rebinding reaches revert too, so an attempt's reverts undo its own host."""
+    from taskflow import engines, task
+    from taskflow.patterns import linear_flow
+
+    seen: list[tuple[str, str]] = []
+
+    class Provide(task.Task):
+        default_provides = "dest_host"
+
+        def execute(self):
+            return "from-task"
+
+    class Use(task.Task):
+        def execute(self, dest_host):
+            seen.append(("execute", dest_host))
+
+        def revert(self, dest_host, **kwargs):
+            seen.append(("revert", dest_host))
+
+    class Fail(task.Task):
+        def execute(self):
+            raise RuntimeError("fail")
+
+    flow = linear_flow.Flow("f").add(Provide(), Use(name="plain"), Use(name="rebound", rebind={"dest_host": "other"}),
+                                     Fail())
+    with pytest.raises(RuntimeError):
+        engines.run(flow, store={"dest_host": "injected", "other": "attempt"})
+    assert seen == [("execute", "injected"), ("execute", "attempt"), ("revert", "attempt"), ("revert", "injected")]
+
+
+def test_taskflow_asks_a_retry_controller_with_its_execute_arguments_and_retries_the_subflow():
+    from taskflow import engines, retry, task
+    from taskflow.patterns import linear_flow
+
+    asked: list[int] = []
+    runs: list[int] = []
+
+    class Controller(retry.Retry):
+        def execute(self, history, migration_id):
+            return len(history) + 1
+
+        def on_failure(self, history, migration_id):
+            asked.append(migration_id)
+            return retry.RETRY if len(history) < 2 else retry.REVERT_ALL
+
+    class Attempt(task.Task):
+        def execute(self, migration_id):
+            runs.append(migration_id)
+            if len(runs) < 2:
+                raise RuntimeError("first attempt fails")
+
+    inner = linear_flow.Flow("attempts", retry=Controller(name="c")).add(Attempt())
+    engines.run(linear_flow.Flow("f").add(inner), store={"migration_id": 7})
+    assert asked == [7] and runs == [7, 7]
