@@ -68,3 +68,28 @@ def test_a_planned_destination_that_went_into_maintenance_gets_no_move(tmp_path,
     assert not [u for u, hosts in fleet.hosts_running().items() if "d1" in hosts]
     assert all("refused by d1: host d1 is in maintenance (drained next)" in m.reason
                for m in view.moves if m.instance_uuid in planned_on_d1)
+
+
+def test_a_stale_runner_fenced_mid_flow_leaves_the_operation_resumable(tmp_path, settings):
+    from livemig import api
+    from livemig.operations.claims import OperationFenced, operation_claimed
+    from livemig.operations.runner import claim_operation, load_operation_engine, run_operation_engine
+
+    fleet = Fleet.build(tmp_path, settings, count=3)
+    _drain_and_die(settings, "planned", 1)
+    operation, _moves, _ = _state(fleet)
+    services = api._services(settings)
+    stale = operation.claim_epoch
+    claim_operation(services, operation.id, "the new owner")  # which then stops before it writes anything
+    with operation_claimed(operation.id, stale):
+        # The frozen runner wakes: fenced at its first write, its engine
+        # reverts and saves the flow's end in the logbook both runners share.
+        engine = load_operation_engine(services, operation.id)
+        with pytest.raises(OperationFenced):
+            run_operation_engine(services, operation.id, engine)
+    operation, moves, migrations = _state(fleet)
+    assert operation.status == "running" and migrations == []  # the stale runner changed nothing
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "completed", view.reason
+    fleet.assert_invariants()
+    assert sorted(fleet.completed_moves_per_instance()) == sorted(fleet.instances)
