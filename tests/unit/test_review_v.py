@@ -93,3 +93,43 @@ def test_a_stale_runner_fenced_mid_flow_leaves_the_operation_resumable(tmp_path,
     assert view.status == "completed", view.reason
     fleet.assert_invariants()
     assert sorted(fleet.completed_moves_per_instance()) == sorted(fleet.instances)
+
+
+def test_a_database_blip_in_the_end_step_does_not_fail_the_operation(tmp_path, settings, monkeypatch):
+    from livemig.errors import DatabaseUnavailable
+    from livemig.operations import tasks
+
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    original, blips = tasks._who_stayed, []
+
+    def who_stayed(*args, **kwargs):
+        if not blips:
+            blips.append(1)
+            raise DatabaseUnavailable("database sqlite:///... is unreachable: injected")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "_who_stayed", who_stayed)
+    view = livemig.drain_host(CTX, "src", settings=settings)
+    assert blips  # the end step met the blip
+    assert view.status == "completed", view.reason
+    fleet.assert_invariants()
+
+
+def test_a_database_blip_while_planning_does_not_fail_the_operation(tmp_path, settings, monkeypatch):
+    from livemig.errors import DatabaseUnavailable
+    from livemig.operations import tasks
+
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    original, blips = tasks.plan_drain, []
+
+    def plan_drain(*args, **kwargs):
+        if not blips:
+            blips.append(1)
+            raise DatabaseUnavailable("database sqlite:///... is unreachable: injected")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "plan_drain", plan_drain)
+    view = livemig.drain_host(CTX, "src", settings=settings)
+    assert blips
+    assert view.status == "completed", view.reason
+    fleet.assert_invariants()
