@@ -235,6 +235,8 @@ def list_operations(status: str | None = None, kind: str | None = None, limit: i
                     settings: Settings | None = None) -> list[OperationView]:
     if status is not None and status not in {s.value for s in OperationStatus}:
         raise InvalidInput(f"unknown operation status {status!r}")
+    if kind is not None and kind not in {k.value for k in OperationKind}:
+        raise InvalidInput(f"unknown operation kind {kind!r} ({', '.join(k.value for k in OperationKind)})")
     with _services(settings).db.reading() as session:
         query = sa.select(Operation).order_by(Operation.id.desc()).limit(limit)
         if status:

@@ -133,3 +133,19 @@ def test_a_database_blip_while_planning_does_not_fail_the_operation(tmp_path, se
     assert blips
     assert view.status == "completed", view.reason
     fleet.assert_invariants()
+
+
+def test_operation_list_refuses_an_unknown_kind(tmp_path, settings):
+    import os
+    import subprocess
+    import sys
+
+    Fleet.build(tmp_path, settings, count=1)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, LIVEMIG_DATA_DIR=settings.data_dir, PYTHONPATH=root)
+    env.pop("LIVEMIG_DATABASE_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "livemig.cli", "operation", "list", "--kind", "bogus"],
+                          cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "livemig: error: unknown operation kind 'bogus' (drain, return)"
+    assert livemig.list_operations(kind="drain", settings=settings) == []
