@@ -83,6 +83,16 @@ def _checked_drain_arguments(host: str, to: list[str], parallel: int | None, wei
             "migration_options": check_migration_options(dict(options or {}))}
 
 
+def _lock_host(session, host: str) -> None:
+    """Hold the host's row until the transaction ends (a no-op UPDATE: the
+    row's lock on PostgreSQL, the database's on SQLite), so that checking
+    for another operation and recording this one are one step: two drains
+    started together cannot both pass the check."""
+    from livemig.persistence.models import Host
+
+    session.execute(sa.update(Host).where(Host.name == host).values(name=Host.name))
+
+
 def _refuse_second_operation(session, host: str) -> None:
     running = session.scalar(sa.select(Operation.id).where(Operation.host == host,
                                                            Operation.status.in_(_UNFINISHED)).limit(1))
@@ -116,6 +126,7 @@ def undrain_host(context: RequestContext, host: str, *, return_instances: bool =
         raise InvalidInput("--no-wait needs ZooKeeper (conductors run the operation)")
     with services.db.session() as session:
         record = get_host(session, host)
+        _lock_host(session, host)
         _refuse_second_operation(session, host)
         if not record.maintenance:
             raise InvalidInput(f"host {host} is not in maintenance")
@@ -153,6 +164,9 @@ def _record_operation(services: Services, context: RequestContext, kind: Operati
     from livemig.operations.runner import create_operation_logbook
 
     with services.db.session() as session:
+        get_host(session, host)
+        _lock_host(session, host)
+        _refuse_second_operation(session, host)  # checked before, but not under the lock
         if maintenance is not None:
             record = get_host(session, host)
             if not record.maintenance:

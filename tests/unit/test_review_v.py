@@ -149,3 +149,44 @@ def test_operation_list_refuses_an_unknown_kind(tmp_path, settings):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "livemig: error: unknown operation kind 'bogus' (drain, return)"
     assert livemig.list_operations(kind="drain", settings=settings) == []
+
+
+def test_two_drains_of_one_host_started_together_record_one_operation(tmp_path, settings, monkeypatch):
+    import threading
+
+    from livemig.operations import api as operations
+    from livemig.persistence.models import Operation
+
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    original, barrier, seen = operations._refuse_second_operation, threading.Barrier(2), threading.local()
+
+    def refuse_second_operation(session, host):
+        original(session, host)
+        if not getattr(seen, "first", False):
+            seen.first = True
+            try:
+                # Both drains past their first check before either records.
+                barrier.wait(timeout=5)
+            except threading.BrokenBarrierError:
+                pass
+
+    monkeypatch.setattr(operations, "_refuse_second_operation", refuse_second_operation)
+    outcomes: list[object] = []
+
+    def drain() -> None:
+        try:
+            outcomes.append(livemig.drain_host(CTX, "src", settings=settings).status)
+        except livemig.LivemigError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=drain) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    with fleet.db().reading() as s:
+        assert len(list(s.scalars(sa.select(Operation)))) == 1
+    assert [o for o in outcomes if o == "completed"] == ["completed"], outcomes
+    (refused,) = [o for o in outcomes if isinstance(o, livemig.LivemigError)]
+    assert "is not finished" in str(refused)
+    fleet.assert_invariants()
