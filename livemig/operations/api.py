@@ -113,17 +113,20 @@ def _drain_dry_run(services: Services, context: RequestContext, host: str, argum
 
 
 def undrain_host(context: RequestContext, host: str, *, return_instances: bool = False,
-                 parallel: int | None = None, wait: bool = True, settings: Settings | None = None,
-                 progress: OperationProgress | None = None) -> UndrainView:
+                 parallel: int | None = None, wait: bool = True, dry_run: bool = False,
+                 settings: Settings | None = None, progress: OperationProgress | None = None) -> UndrainView:
     """Take HOST out of maintenance; with `return_instances`, move the
     instances its last drain moved (those still where the drain put them)
-    back to it, as an operation of their own."""
+    back to it, as an operation of their own. `dry_run`: the return's plan
+    (as if HOST were out of maintenance) only, nothing changed."""
     context.require_admin("undraining a host")
     if parallel is not None and parallel < 1:
         raise InvalidInput(f"--parallel must be at least 1 (got {parallel})")
     services = _services(settings)
     if return_instances and not wait and not services.settings.zookeeper_hosts:
         raise InvalidInput("--no-wait needs ZooKeeper (conductors run the operation)")
+    if dry_run:
+        return _undrain_dry_run(services, context, host, return_instances, parallel)
     with services.db.session() as session:
         record = get_host(session, host)
         _lock_host(session, host)
@@ -139,6 +142,36 @@ def undrain_host(context: RequestContext, host: str, *, return_instances: bool =
                  "migration_options": {}}
     operation_id = _record_operation(services, context, OperationKind.RETURN, host, arguments, maintenance=None)
     return UndrainView(host_view, _run(services, operation_id, wait, progress))
+
+
+def _undrain_dry_run(services: Services, context: RequestContext, host: str, return_instances: bool,
+                     parallel: int | None) -> UndrainView:
+    import dataclasses
+
+    from livemig.operations.planning import plan_return
+    from livemig.scheduler.inventory import snapshot
+
+    with services.db.reading() as session:
+        record = get_host(session, host)
+        _refuse_second_operation(session, host)
+        if not record.maintenance:
+            raise InvalidInput(f"host {host} is not in maintenance")
+        host_view = HostView.of(record)
+        if not return_instances:
+            return UndrainView(host_view, None)
+        instances = _drained_instances(session, host)
+        world = snapshot(session)
+    # The return is planned once the host is out of maintenance.
+    hosts = dict(world.hosts)
+    hosts[host] = dataclasses.replace(hosts[host], maintenance=False, maintenance_reason=None)
+    placements = plan_return(dataclasses.replace(world, hosts=hosts), host, instances)
+    moves = [MoveView(i, p.instance_uuid, p.instance_name, p.source, p.dest,
+                      MoveStatus.PLANNED.value if p.dest else MoveStatus.SKIPPED.value, None, None, 0.0, p.reason)
+             for i, p in enumerate(placements)]
+    arguments = {"instances": instances, "parallel": parallel, "weigher": "spread", "to": [host],
+                 "migration_options": {}}
+    return UndrainView(host_view, OperationView.dry_run(OperationKind.RETURN.value, host, context.user, arguments,
+                                                        moves))
 
 
 def _drained_instances(session, host: str) -> list[str]:

@@ -190,3 +190,43 @@ def test_two_drains_of_one_host_started_together_record_one_operation(tmp_path, 
     (refused,) = [o for o in outcomes if isinstance(o, livemig.LivemigError)]
     assert "is not finished" in str(refused)
     fleet.assert_invariants()
+
+
+def _cli(settings, *args):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, LIVEMIG_DATA_DIR=settings.data_dir, PYTHONPATH=root, COLUMNS="200",
+               LIVEMIG_POLL_INTERVAL_S="0.02")
+    env.pop("LIVEMIG_DATABASE_URL", None)
+    return subprocess.run([sys.executable, "-m", "livemig.cli", *args], cwd=root, env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_undrain_return_is_confirmed_like_the_drain_and_has_a_dry_run(tmp_path, settings):
+    from livemig.persistence.models import Operation
+
+    fleet = Fleet.build(tmp_path, settings, count=2, dests={"d1": {}, "d2": {}})
+    assert livemig.drain_host(CTX, "src", settings=settings).status == "completed"
+
+    def unchanged() -> None:
+        with fleet.db().reading() as s:
+            assert s.get(Host, "src").maintenance
+            assert len(list(s.scalars(sa.select(Operation)))) == 1
+        assert livemig.list_instances("src", settings=settings) == []
+
+    refused = _cli(settings, "host", "undrain", "src", "--return")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == ("livemig: error: undrain --return moves 2 instance(s) back to src: pass --yes "
+                                      "to confirm (not a terminal, cannot ask)")
+    unchanged()
+    plan = _cli(settings, "host", "undrain", "src", "--return", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "plan (dry run): return src" in plan.stdout and "2 of 2 instance(s) placed" in plan.stdout
+    unchanged()
+    done = _cli(settings, "host", "undrain", "src", "--return", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert len(livemig.list_instances("src", settings=settings)) == 2
+    assert sorted(fleet.hosts_running().values()) == [["src"], ["src"]]
