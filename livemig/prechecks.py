@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InsufficientCapacity, InvalidInput,
+    PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
