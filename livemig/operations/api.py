@@ -254,10 +254,13 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
             thread.join(0.5)
         else:
             time.sleep(0.5)
+        # Read before the view: a view read first may miss the outcome that
+        # the runner records just before it ends (the row before, events after).
+        ended = thread is not None and not thread.is_alive()
         view = show_operation(operation_id, settings=services.settings)
         if progress is not None:
             progress(view)
-        if thread is not None and not thread.is_alive():
+        if ended:
             break
         if thread is None and OperationStatus(view.status).finished:
             break

@@ -19,9 +19,6 @@ from livemig.lab.echo import EchoStream, ask
 from livemig.lab.lab import Lab, LabConfig
 from tests.integration.labtools import cli, console_problems
 
-# Until helper O's `host drain` reaches main (remove once merged).
-pytest.importorskip("livemig.operations.api", reason="livemig host drain is not merged yet")
-
 # Its own names, ports and subnet: it may be up beside the session's two-host lab.
 DRAIN_LAB = LabConfig(name="lmdrain", root="/var/lib/livemig-lab-drain", bridge="lmtbr2", subnet="10.81.0",
                       port_base=17000, iscsi_port=13300, host_prefix="d")
@@ -104,7 +101,7 @@ def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settin
         time.sleep(0.5)
 
         proc = cli(settings, "host", "drain", drained_host, "--yes", "--format", "json", env=ONE_STEP)
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         drain = json.loads(proc.stdout)
         assert drain["status"] == "completed", drain
         moves = {m["instance_name"]: m for m in drain["moves"]}
@@ -121,7 +118,7 @@ def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settin
         assert all(m["status"] == "completed" for m in migrations)
 
         proc = cli(settings, "host", "undrain", drained_host, "--return", "--yes", "--format", "json", env=ONE_STEP)
-        assert proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         assert_placed(lab3, settings, lab3_homes)
         hosts = {h["name"]: h for h in json.loads(cli(settings, "host", "list", "--format", "json").stdout)}
         assert not hosts[drained_host]["maintenance"]
