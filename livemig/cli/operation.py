@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from livemig.cli.common import State, emit, err, format_option, handle_errors, out
+from livemig.cli.common import State, emit, err, format_option, handle_errors, out, outcome_reported_here
 from livemig.operations import api as operations
 from livemig.operations.views import OperationView
 
@@ -196,7 +196,7 @@ def abort(state: State, operation_id: int, now: bool, output_format: str) -> Non
 @handle_errors
 def resume(state: State, operation_id: int, no_wait: bool, output_format: str) -> None:
     """Continue an interrupted operation from its persisted flow."""
-    with OperationProgress(enabled=output_format == "table") as progress:
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table") as progress:
         view = operations.resume_operation(state.context(), operation_id, wait=not no_wait,
                                            settings=state.settings, progress=progress)
     if no_wait:

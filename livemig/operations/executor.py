@@ -220,8 +220,6 @@ class MoveExecutor:
                         arguments: dict) -> None:
         """A move whose migration failed: on another host if the VM is intact
         on its source and the move has tries left; else it failed."""
-        from livemig.scheduler.inventory import snapshot
-
         instance = session.get(Instance, move.instance_uuid)
         failed_on = f"{migration.dest_host} (migration {migration.id}: {why})"
         if MigrationStatus(migration.status) is not MigrationStatus.FAILED or instance is None \
@@ -235,8 +233,8 @@ class MoveExecutor:
             self._fail(session, move, f"failed on {failed_on}; {len(migrations)} attempts, no retry left")
             return
         tried = hosts_tried(migrations) | self._refused.get(move.id, set())
-        selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                arguments.get("weigher", "spread"))
+        selection = replan_move(self._world(session, move.id), move.instance_uuid, tried,
+                                arguments.get("to") or None, arguments.get("weigher", "spread"))
         if selection.chosen is None:
             self._fail(session, move, f"failed on {failed_on}; {selection.why_none()}")
             return
@@ -244,6 +242,19 @@ class MoveExecutor:
         move.reason = f"retry after {failed_on}"
         add_operation_event(session, self.operation_id, "move-replanned",
                             f"{move.instance_name}: failed on {failed_on}; now to {selection.chosen}")
+
+    def _world(self, session: Session, move_id: int):
+        """The scheduler's snapshot with the rest of the plan counted: the
+        operation's other moves not yet submitted keep the room planned for
+        them (the inventory already counts those in flight)."""
+        from livemig.scheduler.inventory import snapshot
+
+        world = snapshot(session)
+        for other in operation_moves(session, self.operation_id):
+            if other.id != move_id and other.status == MoveStatus.PLANNED.value and other.dest_host \
+                    and other.instance_uuid in world.instances and other.dest_host in world.hosts:
+                world = world.place(world.instances[other.instance_uuid], other.dest_host)
+        return world
 
     def _fail(self, session: Session, move: OperationMove, reason: str) -> None:
         move.status, move.reason = MoveStatus.FAILED.value, reason
@@ -359,8 +370,6 @@ class MoveExecutor:
     def _refused_at_submit(self, move: OperationMove, why: str, arguments: dict) -> None:
         """The precheck refused the planned destination (it filled up since
         the plan, say): another host, or the move fails."""
-        from livemig.scheduler.inventory import snapshot
-
         refused = self._refused.setdefault(move.id, set())
         refused.add(move.dest_host)
         with self.services.db.session() as session:
@@ -370,8 +379,8 @@ class MoveExecutor:
             if len(tried) > self.max_retries:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; no retry left")
                 return None
-            selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                    arguments.get("weigher", "spread"))
+            selection = replan_move(self._world(session, move.id), move.instance_uuid, tried,
+                                    arguments.get("to") or None, arguments.get("weigher", "spread"))
             if selection.chosen is None:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; {selection.why_none()}")
                 return None
