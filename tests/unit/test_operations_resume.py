@@ -165,3 +165,16 @@ def test_a_replan_counts_the_room_the_rest_of_the_plan_holds(tmp_path, settings)
     # The move being re-planned is left out; every other planned move holds its room.
     for host in ("d1", "d2"):
         assert world.hosts[host].memory_mb_used == 1024 * planned_on[host]
+
+
+def test_abort_of_an_operation_whose_runner_died_ends_it_on_resume(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=3)
+    _drain_and_die(settings, "submitted", 1)
+    operation, _moves, _ = _state(fleet)
+    livemig.abort_operation(CTX, operation.id, settings=settings)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "aborted"
+    # The move in flight finished; the others were never submitted.
+    assert view.counts == {"completed": 1, "cancelled": 2}
+    assert len(fleet.migrations()) == 1
+    fleet.assert_invariants()
