@@ -258,8 +258,10 @@ def show_operation(operation_id: int, settings: Settings | None = None) -> Opera
             if ids else {}
         events = session.scalars(sa.select(OperationEvent).where(OperationEvent.operation_id == operation_id)
                                  .order_by(OperationEvent.id))
-        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id)) for m in moves],
-                                list(events))
+        planned = [m.get("dest") for m in (operation.plan or {}).get("moves", [])]
+        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id),
+                                                        planned[m.position] if m.position < len(planned) else None)
+                                            for m in moves], list(events))
 
 
 def abort_operation(context: RequestContext, operation_id: int, now: bool = False,

@@ -76,8 +76,11 @@ def test_a_destination_that_fails_is_replaced_by_another(tmp_path, settings):
     assert on_d1 and all(m.status == "failed" for m in on_d1)
     assert not [u for u, hosts in fleet.hosts_running().items() if "d1" in hosts]
     retried = {m.instance_uuid for m in on_d1}
-    for move in view.moves:
+    shown = livemig.show_operation(view.id, settings=settings)
+    assert [m["dest"] for m in shown.plan["moves"]] == [m.planned_dest for m in shown.moves]
+    for move in shown.moves:
         if move.instance_uuid in retried:
+            assert move.planned_dest == "d1" or "refused" in move.reason
             assert move.dest_host in ("d2", "d3") and "retry after d1" in move.reason
     assert "move-replanned" in _operation_events(fleet, view.id)
 
