@@ -23,7 +23,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.operations.views import MoveView, OperationView, UndrainView
 from livemig.persistence.inventory import get_host
-from livemig.persistence.models import Migration, Operation, OperationEvent, utcnow
+from livemig.persistence.models import Host, Migration, Operation, OperationEvent, utcnow
 from livemig.services import Services
 from livemig.views import HostView
 
@@ -153,6 +153,10 @@ def _record_operation(services: Services, context: RequestContext, kind: Operati
     from livemig.operations.runner import create_operation_logbook
 
     with services.db.session() as session:
+        # The host's row locked first (PostgreSQL), so that two requests for
+        # one host cannot both find no operation running on it.
+        session.execute(sa.select(Host.name).where(Host.name == host).with_for_update())
+        _refuse_second_operation(session, host)
         if maintenance is not None:
             record = get_host(session, host)
             if not record.maintenance:
