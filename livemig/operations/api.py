@@ -211,10 +211,13 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
             thread.join(0.5)
         else:
             time.sleep(0.5)
+        # Whether the runner ended, asked before the view is read: a view read
+        # first could predate the outcome the runner recorded just after.
+        ended = thread is not None and not thread.is_alive()
         view = show_operation(operation_id, settings=services.settings)
         if progress is not None:
             progress(view)
-        if thread is not None and not thread.is_alive():
+        if ended:
             break
         if thread is None and OperationStatus(view.status).finished:
             break

@@ -342,3 +342,37 @@ def test_a_destination_that_does_not_answer_at_submission_is_replaced(tmp_path, 
     assert {m.dest_host for m in fleet.migrations()} == {"d2"}  # nothing was recorded towards d1
     assert any(m.reason and m.reason.startswith("refused by d1: ") for m in view.moves)
     fleet.assert_invariants()
+
+
+def test_following_a_run_returns_the_outcome_recorded_as_the_runner_ended(tmp_path, settings, monkeypatch):
+    """The runner may record the outcome and end while the follower reads
+    the view: the follower must not return that older view."""
+    from livemig import api
+    from livemig.operations import api as operations
+    from livemig.operations.records import create_operation, set_operation_status
+    from livemig.operations.states import OperationStatus
+
+    Fleet.build(tmp_path, settings, count=1)
+    services = api._services(settings)
+    with services.db.session() as s:
+        operation_id = create_operation(s, "drain", "tests", "src", {}).id
+    reading, runner_done = threading.Event(), threading.Event()
+    original = operations.show_operation
+
+    def slow_show(op_id, settings=None):
+        view = original(op_id, settings=settings)
+        if not reading.is_set():
+            reading.set()
+            runner_done.wait(10)  # the runner records its outcome and ends meanwhile
+            time.sleep(0.1)
+        return view
+
+    def runner():
+        reading.wait(10)
+        with services.db.session() as s:
+            set_operation_status(s, operation_id, OperationStatus.COMPLETED, "done")
+        runner_done.set()
+
+    monkeypatch.setattr(operations, "show_operation", slow_show)
+    view = operations._follow(services, operation_id, None, runner=runner)
+    assert view.status == "completed"
