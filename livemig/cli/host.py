@@ -152,7 +152,10 @@ def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, ye
             return
     elif output_format == "table":
         print_operation(plan, "table", title="plan")
-    with OperationProgress(enabled=output_format == "table") as progress:
+    from livemig.cli.common import outcome_reported_here
+
+    # Each move's outcome is shown by the progress (not also as a log line).
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table") as progress:
         view = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, wait=not no_wait,
                                      settings=state.settings, progress=progress)
     if no_wait:
@@ -202,7 +205,10 @@ def undrain(state: State, name: str, return_instances: bool, parallel: int | Non
         if not click.confirm(f"End {name}'s maintenance and move these instances back?", default=False):
             out.print("nothing changed", markup=False)
             return
-    with OperationProgress(enabled=output_format == "table" and return_instances) as progress:
+    from livemig.cli.common import outcome_reported_here
+
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table" and return_instances) \
+            as progress:
         view = operations.undrain_host(state.context(), name, return_instances=return_instances,
                                        parallel=parallel, wait=not no_wait, settings=state.settings,
                                        progress=progress)

@@ -23,7 +23,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.operations.views import MoveView, OperationView, UndrainView
 from livemig.persistence.inventory import get_host
-from livemig.persistence.models import Migration, Operation, OperationEvent, utcnow
+from livemig.persistence.models import Host, Migration, Operation, OperationEvent, utcnow
 from livemig.services import Services
 from livemig.views import HostView
 
@@ -254,8 +254,8 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
             thread.join(0.5)
         else:
             time.sleep(0.5)
-        # Read before the view: a view read first may miss the outcome that
-        # the runner records just before it ends (the row before, events after).
+        # Whether the runner ended, asked before the view is read: a view read
+        # first could predate the outcome the runner recorded just after.
         ended = thread is not None and not thread.is_alive()
         view = show_operation(operation_id, settings=services.settings)
         if progress is not None:
@@ -310,8 +310,10 @@ def show_operation(operation_id: int, settings: Settings | None = None) -> Opera
             if ids else {}
         events = session.scalars(sa.select(OperationEvent).where(OperationEvent.operation_id == operation_id)
                                  .order_by(OperationEvent.id))
-        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id)) for m in moves],
-                                list(events))
+        planned = [m.get("dest") for m in (operation.plan or {}).get("moves", [])]
+        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id),
+                                                        planned[m.position] if m.position < len(planned) else None)
+                                            for m in moves], list(events))
 
 
 def abort_operation(context: RequestContext, operation_id: int, now: bool = False,

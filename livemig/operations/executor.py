@@ -60,6 +60,9 @@ class MoveRunner(Protocol):
 
     def follow(self, migration_ids: Iterable[int]) -> None: ...
 
+    def wait(self, timeout: float) -> None:
+        """Until a move's migration may have ended, at most `timeout` seconds."""
+
     def close(self) -> None: ...
 
 
@@ -74,6 +77,7 @@ class LocalMoveRunner:
         self._services = services
         self._threads: dict[int, threading.Thread] = {}
         self._not_before: dict[int, float] = {}
+        self._ended = threading.Event()  # a migration thread ended since the last wait
 
     def submitted(self, migration_id: int) -> None:
         self._start(migration_id, fresh=True)
@@ -109,16 +113,30 @@ class LocalMoveRunner:
         except Exception as exc:  # noqa: BLE001 - the row says how it ended; logged here
             LOG.warning("migration %s: its runner stopped: %s: %s", migration_id, type(exc).__name__, exc)
             self._not_before[migration_id] = time.monotonic() + self.RETRY_AFTER_S
+        finally:
+            self._ended.set()
+
+    def wait(self, timeout: float) -> None:
+        self._ended.wait(timeout)
+        self._ended.clear()
 
     def close(self) -> None:
         for thread in list(self._threads.values()):
             thread.join()
 
 
+# The loop looks again at once when something changed; otherwise less and
+# less often, up to this (it wakes as soon as a local migration ends): a
+# loop looking 20 times a second at 500 moves took most of the CPU that the
+# moves' own flows needed, in the same process.
+IDLE_LOOK_S = 1.0
+
+
 @dataclasses.dataclass
 class _Tally:
     planned: int = 0
     in_flight: list[int] = dataclasses.field(default_factory=list)
+    changed: bool = False
 
 
 class MoveExecutor:
@@ -142,6 +160,7 @@ class MoveExecutor:
     def run(self) -> None:
         first = True
         failing_since: float | None = None
+        idle = 0.0
         while True:
             try:
                 tally = self.step()
@@ -161,7 +180,9 @@ class MoveExecutor:
                 # After a restart, migrations in flight may have nobody running them.
                 self.runner.follow(tally.in_flight)
                 first = False
-            time.sleep(self.services.settings.poll_interval_s)
+            poll = self.services.settings.poll_interval_s
+            idle = poll if tally.changed else min(max(idle, poll) * 2, max(IDLE_LOOK_S, poll))
+            self.runner.wait(idle)
 
     def step(self) -> _Tally:
         """One look at every move: follow the in-flight ones, re-plan the
@@ -175,6 +196,7 @@ class MoveExecutor:
             ids = [m.migration_id for m in moves if MoveStatus(m.status).in_flight]
             statuses = dict(session.execute(sa.select(Migration.id, Migration.status)
                                             .where(Migration.id.in_(ids))).all()) if ids else {}
+        changed = False
         if abort:
             self._cancel_planned(moves)
             if abort_now:
@@ -186,7 +208,10 @@ class MoveExecutor:
             # Write only on a change (one read above for every move in flight).
             if status.finished or move.status != _MOVE_OF_MIGRATION[status].value:
                 self._follow_move(move, arguments, abort)
-        return self._submit_planned(arguments, requested_by, abort)
+                changed = True
+        tally = self._submit_planned(arguments, requested_by, abort)
+        tally.changed = tally.changed or changed
+        return tally
 
     # -- following ----------------------------------------------------------------------------------
 
@@ -303,6 +328,7 @@ class MoveExecutor:
             for host in hosts:
                 busy[host] = busy.get(host, 0) + 1
             tally.in_flight.append(migration_id)
+            tally.changed = True
         return tally
 
     def _adopt(self, move: OperationMove) -> int | None:
