@@ -276,12 +276,13 @@ def main() -> None:
         pg_url = stack.enter_context(postgres_server()) if args.database == "postgresql" else None
         for name in scenarios:
             results.append(run_scenario(name, args, zk_hosts, pg_url))
+            # After each scenario: a long run stopped midway keeps what it measured.
+            write_result("drain_fake", {"parameters": vars(args), "results": results})
     table(f"drains on the fake hypervisor ({args.database}; drained hosts' limit {args.source_limit}, others' "
           f"{args.dest_limit}; migrations take no time)",
           ["scenario", "hosts", "drained (hosts x instances)", "dry-run plan s", "plan in operation s",
            "drain s (median)", "makespan s", "moves/s", "status", "drained hosts empty", "not on one host",
            "moved twice", "hosts over limit", "drained host peak/limit"], summary_rows(results))
-    write_result("drain_fake", {"parameters": vars(args), "results": results})
 
 
 if __name__ == "__main__":
