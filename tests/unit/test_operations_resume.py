@@ -161,7 +161,7 @@ def test_a_replan_counts_the_room_the_rest_of_the_plan_holds(tmp_path, settings)
     executor = MoveExecutor(services, operation.id, LocalMoveRunner(services))
     planned_on = collections.Counter(m.dest_host for m in moves[1:])
     with services.db.reading() as session:
-        world = executor._world(session, moves[0].id)
+        world = executor._snapshot_with_planned(session, moves[0].id)
     # The move being re-planned is left out; every other planned move holds its room.
     for host in ("d1", "d2"):
         assert world.hosts[host].memory_mb_used == 1024 * planned_on[host]
