@@ -60,9 +60,10 @@ def test_two_drains_and_single_migrations_on_two_conductors_never_exceed_a_limit
         _wait(lambda: livemig.show_migration(migration_id, settings=zk_settings).status == "completed",
               f"migration {migration_id} did not complete")
     fleet.assert_invariants()
-    concurrency = fleet.max_concurrency()
-    # The drains really ran in parallel: the sources reached their limits.
-    assert concurrency["s1"] == (2, 2) and concurrency["s2"] == (2, 2), concurrency
+    concurrency = fleet.max_concurrency()  # assert_invariants checked each against its limit
+    assert set(concurrency) == {"s1", "s2", "d1", "d2", "d3", "d4"}, concurrency
+    # The two drains really ran at once (each started before the other ended).
+    assert max(v.started_at for v in views) < min(v.finished_at for v in views)
     assert livemig.list_instances("s1", settings=zk_settings) == []
     assert livemig.list_instances("s2", settings=zk_settings) == []
     assert all(claims and claims[0].startswith("by conductor c") for claims in
