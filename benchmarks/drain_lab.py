@@ -89,7 +89,7 @@ def drain_round(lab: Lab, settings: Settings, slots: int, r: int) -> dict:
     proc, drain_wall = livemig_cli(settings, "host", "drain", drained, "--yes", "--format", "json", check=False)
     drain = json.loads(proc.stdout)
     moves = [m for m in move_times(settings, drain["id"]) if m["status"] == "completed"]
-    proc, return_wall = livemig_cli(settings, "host", "undrain", drained, "--return", "--format", "json")
+    proc, return_wall = livemig_cli(settings, "host", "undrain", drained, "--return", "--yes", "--format", "json")
     # Back on b1: the same guests, to the same destinations, one virsh call after another.
     guests = {g["name"]: g for g in lab.state()["guests"]}
     index = {lab.host_name(i): i for i in range(1, len(lab.state()["hosts"]) + 1)}

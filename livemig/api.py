@@ -20,6 +20,7 @@ from livemig.context import RequestContext
 from livemig.disk_sharing import normalized_shared_paths
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
+from livemig.flows import keys
 from livemig.errors import (
     Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, NoValidHost, PrecheckFailed, QueueTimeout,
     ServiceUnavailable,
@@ -304,13 +305,14 @@ def show_migration(migration_id: int, settings: Settings | None = None) -> Migra
 
 def create_migration(context: RequestContext, instance: str, source: str | None = None, dest: str | None = None,
                      settings: Settings | None = None, queue_timeout_s: float | None = None,
-                     options: Mapping[str, Any] | None = None, weigher: str | None = None) -> MigrationView:
+                     options: Mapping[str, Any] | None = None, **choice: Any) -> MigrationView:
     """Check the request and record it (status `queued`) with its persisted
-    flow; nothing runs yet. Without `dest` the scheduler chooses it. Bad
+    flow; nothing runs yet. `choice`: how the destination is chosen, as for
+    `migrate` (to, weigher, candidates, retry_elsewhere, operation_id). Bad
     input raises and records nothing."""
     services = _services(settings)
     migration_id, _ids, _hosts = _record_migration(context, services, instance, source, dest,
-                                                   _with_queue_timeout(options, queue_timeout_s), weigher=weigher)
+                                                   _with_queue_timeout(options, queue_timeout_s), **choice)
     return show_migration(migration_id, settings=services.settings)
 
 
@@ -351,14 +353,15 @@ def _source_of(inst: Instance, source: str | None) -> str:
 
 
 def _schedule(session, services: Services, inst: Instance, source: str, to: str | None, weigher: str,
-              exclude: Iterable[str] = ()) -> Selection:
-    """The scheduler's selection, its ranked hosts prechecked in order until
-    one passes: that one is chosen, those before it join the refusals. So a
-    host the scheduler chooses has passed the precheck too."""
+              exclude: Iterable[str] = (), candidates: Iterable[str] | None = None) -> Selection:
+    """The scheduler's selection (among `candidates`, or only `to`), its
+    ranked hosts prechecked in order until one passes: that one is chosen,
+    those before it join the refusals. So a host the scheduler chooses has
+    passed the precheck too."""
     if inst.state != InstanceState.RUNNING.value:
         raise PrecheckFailed(f"instance {inst.name} is {inst.state}, not running")
     selection = choose_with_slots(scheduler_snapshot(session), inst.uuid, weigher, exclude=exclude,
-                                  candidates=None if to is None else [to])
+                                  candidates=[to] if to is not None else candidates)
     refused = list(selection.refusals)
     for index, host in enumerate(selection.ranked):
         try:
@@ -382,39 +385,44 @@ def no_valid_host(name: str, selection: Selection) -> NoValidHost:
 
 def _record_migration(context: RequestContext, services: Services, instance: str, source: str | None,
                       dest: str | None, options: Mapping[str, Any], *, to: str | None = None,
-                      weigher: str | None = None, operation_id: int | None = None,
+                      weigher: str | None = None, candidates: Iterable[str] | None = None,
+                      retry_elsewhere: bool = False, operation_id: int | None = None,
                       on_recorded: Callable[[Any, int], None] | None = None,
                       ) -> tuple[int, tuple[str, str], tuple[str, str]]:
     """The migration row and its logbook; returns the id, the (logbook, flow)
     uuids and the (source, destination). `options`: the migration's own
-    (config.MIGRATION_OPTIONS). Without `dest`, the scheduler chooses it
-    (among `to` only, if given); a chosen destination that fails later
-    before switchover is retried on the next host. `operation_id`: the
-    fleet operation this migration is a move of; `on_recorded(session,
-    migration_id)` runs in the same transaction (an operation marks its move
-    submitted there: never submitted twice)."""
+    (config.MIGRATION_OPTIONS); `to`, `weigher`, `candidates`,
+    `retry_elsewhere` and `operation_id` as for `migrate`.
+    `on_recorded(session, migration_id)` runs in the same transaction (an
+    operation marks its move submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
     weigher = weigher or services.settings.weigher
     if dest is not None and to is not None and dest != to:
         raise InvalidInput(f"two destinations given ({dest} and --to {to})")
+    candidates = None if candidates is None else sorted(set(candidates))
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = find_instance(session, instance)
-        if to is not None:
-            get_host(session, to)
+        for host in ([to] if to is not None else []) + (candidates or []):
+            get_host(session, host)
         if dest is None or source is None:
             source = _source_of(inst, source)
         # else (SRC INSTANCE DST): the precheck says if SOURCE is not the instance's host.
-        scheduled = dest is None and to is None
+        scheduled = (dest is None and to is None) or (dest is not None and retry_elsewhere)
         how = "requested destination"
         refused: list[str] = []
-        if dest is None:
-            selection = _schedule(session, services, inst, source, to, weigher)
+        if dest is None or retry_elsewhere:
+            selection = _schedule(session, services, inst, source, to or dest, weigher, candidates=candidates)
             if selection.chosen is None:
                 raise no_valid_host(inst.name, selection)
-            dest, refused = selection.chosen, selection.explain()
-            how = f"chosen by the scheduler ({weigher})" if scheduled else f"--to {to}, accepted by the scheduler"
+            chose = dest is None and to is None
+            dest = selection.chosen
+            # The hosts refused on the way are worth the trail only when livemig chose.
+            refused = selection.explain() if chose else []
+            how = (f"chosen by the scheduler ({weigher})" if chose
+                   else "planned, accepted by the scheduler" if retry_elsewhere
+                   else f"--to {to}, accepted by the scheduler")
         else:
             check_migration(session, services.drivers, inst.uuid, source, dest)
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
@@ -423,12 +431,14 @@ def _record_migration(context: RequestContext, services: Services, instance: str
                               operation_id=operation_id)
         session.add(migration)
         session.flush()
-        detail = f" ({how}" + (f"; refused: {'; '.join(refused)}" if refused and scheduled else "") + ")"
+        detail = f" ({how}" + (f"; refused: {'; '.join(refused)}" if refused else "") + ")"
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
                   f"requested by {context.user}: {inst.name} {source} -> {dest}{detail}")
         migration_id, instance_uuid = migration.id, inst.uuid
-        create_logbook(services, migration_id, migration_store(migration_id, instance_uuid, source, dest),
-                       book_id, flow_id, session.connection(), options)
+        store = migration_store(migration_id, instance_uuid, source, dest)
+        if candidates is not None and scheduled:
+            store[keys.CANDIDATE_HOSTS] = candidates  # retries choose among these too
+        create_logbook(services, migration_id, store, book_id, flow_id, session.connection(), options)
         if on_recorded is not None:
             on_recorded(session, migration_id)
     return migration_id, (book_id, flow_id), (source, dest)
@@ -437,16 +447,22 @@ def _record_migration(context: RequestContext, services: Services, instance: str
 def migrate(context: RequestContext, instance: str, source: str | None = None, dest: str | None = None, *,
             to: str | None = None, wait: bool = True, queue: bool = True, queue_timeout_s: float | None = None,
             settings: Settings | None = None, progress: ProgressHook | None = None,
-            options: Mapping[str, Any] | None = None, weigher: str | None = None) -> MigrationView:
+            options: Mapping[str, Any] | None = None, weigher: str | None = None,
+            candidates: Iterable[str] | None = None, retry_elsewhere: bool = False,
+            operation_id: int | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) off the host it runs on.
 
     `source`, if given, must be the inventory's host of the instance. With
     `dest` (or `to`, the same, checked by the scheduler's filters first) the
     migration goes there and nowhere else; without either, livemig's
-    scheduler chooses (`weigher`: "spread" or "pack", default the setting),
-    and a destination that fails before switchover is replaced by the next
-    best host, up to the max_retries setting. The old positional form
-    migrate(context, instance, source, dest) still works.
+    scheduler chooses (`weigher`: "spread" or "pack", default the setting;
+    among `candidates` only, if given), and a destination that fails before
+    switchover is replaced by the next best host (among `candidates`), up to
+    the max_retries setting. `retry_elsewhere` with `dest`: the destination
+    is livemig's own plan (a fleet operation's), checked by the scheduler's
+    filters and retried like a chosen one. `operation_id` links the
+    migration to the fleet operation it is a move of. The old positional
+    form migrate(context, instance, source, dest) still works.
 
     Without ZooKeeper the flow runs in this process. With ZooKeeper it is
     posted as a job for the conductors and, if `wait`, followed to its end
@@ -464,20 +480,20 @@ def migrate(context: RequestContext, instance: str, source: str | None = None, d
         queue_timeout_s = 0.0
     services = _services(settings)
     options = _with_queue_timeout(options, queue_timeout_s)
+    choice = {"to": to, "weigher": weigher, "candidates": candidates, "retry_elsewhere": retry_elsewhere,
+              "operation_id": operation_id}
     if services.settings.zookeeper_hosts:
         from livemig.jobs import post_migration_job
 
         # Reach the board before recording anything: unreachable means unchanged.
         board = services.jobboard
         # Posted jobs queue on the board; their hosts may be busy for a while.
-        migration_id, ids, hosts = _record_migration(context, services, instance, source, dest, options, to=to,
-                                                     weigher=weigher)
+        migration_id, ids, hosts = _record_migration(context, services, instance, source, dest, options, **choice)
         post_migration_job(services, migration_id, board=board, logbook_ids=ids, hosts=hosts)
         if not wait:
             return show_migration(migration_id, settings=services.settings)
         return _follow(services, migration_id, progress, runner=None, unclaimed_epoch=0)
-    migration_id, _ids, _hosts = _record_migration(context, services, instance, source, dest, options, to=to,
-                                                   weigher=weigher)
+    migration_id, _ids, _hosts = _record_migration(context, services, instance, source, dest, options, **choice)
     return _follow(services, migration_id, progress, runner=lambda: run_migration(services, migration_id))
 
 

@@ -56,6 +56,10 @@ class HostDisabled(PrecheckFailed):
     pass
 
 
+class HostInMaintenance(PrecheckFailed):
+    """The destination is in maintenance (a drain empties it): no new placements."""
+
+
 class InsufficientCapacity(PrecheckFailed):
     pass
 

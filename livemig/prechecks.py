@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InsufficientCapacity, InvalidInput, PrecheckFailed,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InsufficientCapacity, InvalidInput,
+    PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
@@ -80,6 +81,12 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
         if not host.enabled:
             reason = f" ({host.disabled_reason})" if host.disabled_reason else ""
             raise HostDisabled(f"host {host.name} is disabled{reason}")
+    if dst.maintenance:
+        # The scheduler's maintenance filter, for a destination named by the
+        # caller or planned before the host went into maintenance: a host
+        # being drained takes no new placements (its source role is fine).
+        reason = f" ({dst.maintenance_reason})" if dst.maintenance_reason else ""
+        raise HostInMaintenance(f"host {dst.name} is in maintenance{reason}: no new placements")
     if src.zone != dst.zone:
         raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
     other = session.scalars(_other_migration_statement(),

@@ -607,6 +607,9 @@ def _destroy_copy(services: Services, uuid: str, host: str, running_on: str, lef
         raise _Skip(f"cannot check: {exc}") from None
     if elsewhere is None or elsewhere.state is not DomainState.RUNNING:
         raise _Skip(f"the VM no longer runs on {running_on}")
+    if elsewhere.migration_job_active:
+        # Somebody's migration (not livemig's: its VMs are skipped) feeds the copy now.
+        raise _Skip(f"a migration job on {running_on} feeds the copy on {host}")
     if copy is None or copy.state is not DomainState.PAUSED or not copy.incoming:
         now = "gone" if copy is None else copy.state.value if copy.state is not DomainState.PAUSED \
             else "paused, but not an incoming migration"

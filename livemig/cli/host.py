@@ -152,7 +152,10 @@ def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, ye
             return
     elif output_format == "table":
         print_operation(plan, "table", title="plan")
-    with OperationProgress(enabled=output_format == "table") as progress:
+    from livemig.cli.common import outcome_reported_here
+
+    # Each move's outcome is shown by the progress (not also as a log line).
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table") as progress:
         view = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, wait=not no_wait,
                                      settings=state.settings, progress=progress)
     if no_wait:
@@ -166,18 +169,46 @@ def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, ye
 @click.option("--return", "return_instances", is_flag=True,
               help="Move the instances its last drain moved back to it (an operation of its own).")
 @click.option("--parallel", type=int, default=None, help="At most N moves in flight at once.")
+@click.option("--yes", "-y", is_flag=True, help="With --return: do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Show what would change (with --return, the plan); change nothing.")
 @click.option("--no-wait", is_flag=True, help="With ZooKeeper: return once the operation is posted.")
 @format_option
 @click.pass_obj
 @handle_errors
-def undrain(state: State, name: str, return_instances: bool, parallel: int | None, no_wait: bool,
-            output_format: str) -> None:
+def undrain(state: State, name: str, return_instances: bool, parallel: int | None, yes: bool, dry_run: bool,
+            no_wait: bool, output_format: str) -> None:
     """End NAME's maintenance; with --return, move its drained instances back."""
-    from livemig.cli.operation import OperationProgress, finish
+    import sys
 
+    from livemig.cli.operation import OperationProgress, finish, print_operation
+    from livemig.errors import InvalidInput
     from livemig.operations import api as operations
 
-    with OperationProgress(enabled=output_format == "table" and return_instances) as progress:
+    if dry_run or (return_instances and not yes):
+        # Moving VMs back is a fleet operation like the drain: its plan is
+        # shown and confirmed the same way.
+        plan = operations.undrain_host(state.context(), name, return_instances=return_instances,
+                                       parallel=parallel, wait=not no_wait, dry_run=True, settings=state.settings)
+        if dry_run:
+            if plan.operation is not None:
+                print_operation(plan.operation, output_format)
+            elif output_format == "json":
+                emit("json", [plan.host], HOST_COLUMNS)
+            else:
+                out.print(f"host {name}: maintenance would end (dry run; nothing changed)", markup=False)
+            return
+        moving = len(plan.operation.moves) - plan.operation.counts.get("skipped", 0)
+        if not sys.stdin.isatty():
+            raise InvalidInput(f"undrain --return moves {moving} instance(s) back to {name}: pass --yes to "
+                               f"confirm (not a terminal, cannot ask)")
+        print_operation(plan.operation, "table", title="plan")
+        if not click.confirm(f"End {name}'s maintenance and move these instances back?", default=False):
+            out.print("nothing changed", markup=False)
+            return
+    from livemig.cli.common import outcome_reported_here
+
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table" and return_instances) \
+            as progress:
         view = operations.undrain_host(state.context(), name, return_instances=return_instances,
                                        parallel=parallel, wait=not no_wait, settings=state.settings,
                                        progress=progress)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from livemig.cli.common import State, emit, err, format_option, handle_errors, out
+from livemig.cli.common import State, emit, err, format_option, handle_errors, out, outcome_reported_here
 from livemig.operations import api as operations
 from livemig.operations.views import OperationView
 
@@ -17,6 +17,8 @@ LIST_COLUMNS = [("ID", "id"), ("KIND", "kind"), ("HOST", "host"), ("STATUS", "st
 MOVE_COLUMNS = [("#", "position"), ("INSTANCE", "instance_name"), ("SOURCE", "source_host"),
                 ("DEST", "dest_host"), ("STATUS", "status"), ("MIGRATION", "migration_id"),
                 ("PROGRESS", "progress"), ("REASON", "reason")]
+# `operation show`: where the plan first put each move, beside where it went.
+SHOW_COLUMNS = MOVE_COLUMNS[:3] + [("PLANNED", "planned_dest")] + MOVE_COLUMNS[3:]
 
 
 def _moves_summary(view: OperationView) -> str:
@@ -63,7 +65,7 @@ def print_operation(view: OperationView, output_format: str, events: bool = True
         placed = len(view.moves) - view.counts.get("skipped", 0)
         click.echo(f"  {placed} of {len(view.moves)} instance(s) placed"
                    + ("; nothing changed (dry run)" if title.startswith("plan (dry") else ""))
-    emit("table", _move_rows(view), MOVE_COLUMNS)
+    emit("table", _move_rows(view), SHOW_COLUMNS if view.id is not None and events else MOVE_COLUMNS)
     if events and view.events:
         click.echo("events:")
         for event in view.events:
@@ -196,7 +198,7 @@ def abort(state: State, operation_id: int, now: bool, output_format: str) -> Non
 @handle_errors
 def resume(state: State, operation_id: int, no_wait: bool, output_format: str) -> None:
     """Continue an interrupted operation from its persisted flow."""
-    with OperationProgress(enabled=output_format == "table") as progress:
+    with outcome_reported_here(), OperationProgress(enabled=output_format == "table") as progress:
         view = operations.resume_operation(state.context(), operation_id, wait=not no_wait,
                                            settings=state.settings, progress=progress)
     if no_wait:

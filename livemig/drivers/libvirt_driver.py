@@ -123,12 +123,13 @@ class _PauseWatch:
 
 def _guest_networks(conn: libvirt.virConnect) -> list[str]:
     """The active host interfaces (bridges among them) and libvirt networks:
-    what a guest interface may name as its bridge or network."""
+    what a guest interface may name as its bridge or network. Empty when the
+    host's interfaces cannot be listed: unknown, not "none"."""
     names: set[str] = set()
     try:
         names.update(i.name() for i in conn.listAllInterfaces(libvirt.VIR_CONNECT_LIST_INTERFACES_ACTIVE))
     except libvirt.libvirtError:
-        pass  # no interface backend on this host: its bridges stay unknown
+        return []  # no interface backend on this host: its bridges are unknown
     try:
         for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
             names.add(net.name())

@@ -7,6 +7,9 @@ DEST_HOST = "dest_host"
 
 # Provided by tasks.
 ATTEMPT_DEST_HOST = "attempt_dest_host"
+# Optional, stored by the caller: the hosts a chosen destination (and its
+# retries) may be among.
+CANDIDATE_HOSTS = "candidate_hosts"
 VOLUME_SETUP = "volume_setup"
 NETWORK_SETUP = "network_setup"
 MIGRATION_RESULT = "migration_result"

@@ -23,7 +23,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.operations.views import MoveView, OperationView, UndrainView
 from livemig.persistence.inventory import get_host
-from livemig.persistence.models import Migration, Operation, OperationEvent, utcnow
+from livemig.persistence.models import Host, Migration, Operation, OperationEvent, utcnow
 from livemig.services import Services
 from livemig.views import HostView
 
@@ -83,6 +83,16 @@ def _checked_drain_arguments(host: str, to: list[str], parallel: int | None, wei
             "migration_options": check_migration_options(dict(options or {}))}
 
 
+def _lock_host(session, host: str) -> None:
+    """Hold the host's row until the transaction ends (a no-op UPDATE: the
+    row's lock on PostgreSQL, the database's on SQLite), so that checking
+    for another operation and recording this one are one step: two drains
+    started together cannot both pass the check."""
+    from livemig.persistence.models import Host
+
+    session.execute(sa.update(Host).where(Host.name == host).values(name=Host.name))
+
+
 def _refuse_second_operation(session, host: str) -> None:
     running = session.scalar(sa.select(Operation.id).where(Operation.host == host,
                                                            Operation.status.in_(_UNFINISHED)).limit(1))
@@ -103,19 +113,23 @@ def _drain_dry_run(services: Services, context: RequestContext, host: str, argum
 
 
 def undrain_host(context: RequestContext, host: str, *, return_instances: bool = False,
-                 parallel: int | None = None, wait: bool = True, settings: Settings | None = None,
-                 progress: OperationProgress | None = None) -> UndrainView:
+                 parallel: int | None = None, wait: bool = True, dry_run: bool = False,
+                 settings: Settings | None = None, progress: OperationProgress | None = None) -> UndrainView:
     """Take HOST out of maintenance; with `return_instances`, move the
     instances its last drain moved (those still where the drain put them)
-    back to it, as an operation of their own."""
+    back to it, as an operation of their own. `dry_run`: the return's plan
+    (as if HOST were out of maintenance) only, nothing changed."""
     context.require_admin("undraining a host")
     if parallel is not None and parallel < 1:
         raise InvalidInput(f"--parallel must be at least 1 (got {parallel})")
     services = _services(settings)
     if return_instances and not wait and not services.settings.zookeeper_hosts:
         raise InvalidInput("--no-wait needs ZooKeeper (conductors run the operation)")
+    if dry_run:
+        return _undrain_dry_run(services, context, host, return_instances, parallel)
     with services.db.session() as session:
         record = get_host(session, host)
+        _lock_host(session, host)
         _refuse_second_operation(session, host)
         if not record.maintenance:
             raise InvalidInput(f"host {host} is not in maintenance")
@@ -128,6 +142,36 @@ def undrain_host(context: RequestContext, host: str, *, return_instances: bool =
                  "migration_options": {}}
     operation_id = _record_operation(services, context, OperationKind.RETURN, host, arguments, maintenance=None)
     return UndrainView(host_view, _run(services, operation_id, wait, progress))
+
+
+def _undrain_dry_run(services: Services, context: RequestContext, host: str, return_instances: bool,
+                     parallel: int | None) -> UndrainView:
+    import dataclasses
+
+    from livemig.operations.planning import plan_return
+    from livemig.scheduler.inventory import snapshot
+
+    with services.db.reading() as session:
+        record = get_host(session, host)
+        _refuse_second_operation(session, host)
+        if not record.maintenance:
+            raise InvalidInput(f"host {host} is not in maintenance")
+        host_view = HostView.of(record)
+        if not return_instances:
+            return UndrainView(host_view, None)
+        instances = _drained_instances(session, host)
+        world = snapshot(session)
+    # The return is planned once the host is out of maintenance.
+    hosts = dict(world.hosts)
+    hosts[host] = dataclasses.replace(hosts[host], maintenance=False, maintenance_reason=None)
+    placements = plan_return(dataclasses.replace(world, hosts=hosts), host, instances)
+    moves = [MoveView(i, p.instance_uuid, p.instance_name, p.source, p.dest,
+                      MoveStatus.PLANNED.value if p.dest else MoveStatus.SKIPPED.value, None, None, 0.0, p.reason)
+             for i, p in enumerate(placements)]
+    arguments = {"instances": instances, "parallel": parallel, "weigher": "spread", "to": [host],
+                 "migration_options": {}}
+    return UndrainView(host_view, OperationView.dry_run(OperationKind.RETURN.value, host, context.user, arguments,
+                                                        moves))
 
 
 def _drained_instances(session, host: str) -> list[str]:
@@ -153,6 +197,9 @@ def _record_operation(services: Services, context: RequestContext, kind: Operati
     from livemig.operations.runner import create_operation_logbook
 
     with services.db.session() as session:
+        get_host(session, host)
+        _lock_host(session, host)
+        _refuse_second_operation(session, host)  # checked before, but not under the lock
         if maintenance is not None:
             record = get_host(session, host)
             if not record.maintenance:
@@ -207,8 +254,8 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
             thread.join(0.5)
         else:
             time.sleep(0.5)
-        # Read before the view: a view read first may miss the outcome that
-        # the runner records just before it ends (the row before, events after).
+        # Whether the runner ended, asked before the view is read: a view read
+        # first could predate the outcome the runner recorded just after.
         ended = thread is not None and not thread.is_alive()
         view = show_operation(operation_id, settings=services.settings)
         if progress is not None:
@@ -238,6 +285,8 @@ def list_operations(status: str | None = None, kind: str | None = None, limit: i
                     settings: Settings | None = None) -> list[OperationView]:
     if status is not None and status not in {s.value for s in OperationStatus}:
         raise InvalidInput(f"unknown operation status {status!r}")
+    if kind is not None and kind not in {k.value for k in OperationKind}:
+        raise InvalidInput(f"unknown operation kind {kind!r} ({', '.join(k.value for k in OperationKind)})")
     with _services(settings).db.reading() as session:
         query = sa.select(Operation).order_by(Operation.id.desc()).limit(limit)
         if status:
@@ -261,8 +310,10 @@ def show_operation(operation_id: int, settings: Settings | None = None) -> Opera
             if ids else {}
         events = session.scalars(sa.select(OperationEvent).where(OperationEvent.operation_id == operation_id)
                                  .order_by(OperationEvent.id))
-        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id)) for m in moves],
-                                list(events))
+        planned = [m.get("dest") for m in (operation.plan or {}).get("moves", [])]
+        return OperationView.of(operation, [MoveView.of(m, migrations.get(m.migration_id),
+                                                        planned[m.position] if m.position < len(planned) else None)
+                                            for m in moves], list(events))
 
 
 def abort_operation(context: RequestContext, operation_id: int, now: bool = False,

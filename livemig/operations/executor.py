@@ -31,6 +31,7 @@ from livemig.operations.records import (
 from livemig.operations.states import MoveStatus
 from livemig.persistence.inventory import unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration, OperationMove
+from livemig.scheduler.state import Snapshot
 from livemig.services import Services
 from livemig.states import InstanceState, MigrationStatus
 
@@ -59,6 +60,9 @@ class MoveRunner(Protocol):
 
     def follow(self, migration_ids: Iterable[int]) -> None: ...
 
+    def wait(self, timeout: float) -> None:
+        """Until a move's migration may have ended, at most `timeout` seconds."""
+
     def close(self) -> None: ...
 
 
@@ -73,6 +77,7 @@ class LocalMoveRunner:
         self._services = services
         self._threads: dict[int, threading.Thread] = {}
         self._not_before: dict[int, float] = {}
+        self._ended = threading.Event()  # a migration thread ended since the last wait
 
     def submitted(self, migration_id: int) -> None:
         self._start(migration_id, fresh=True)
@@ -108,16 +113,30 @@ class LocalMoveRunner:
         except Exception as exc:  # noqa: BLE001 - the row says how it ended; logged here
             LOG.warning("migration %s: its runner stopped: %s: %s", migration_id, type(exc).__name__, exc)
             self._not_before[migration_id] = time.monotonic() + self.RETRY_AFTER_S
+        finally:
+            self._ended.set()
+
+    def wait(self, timeout: float) -> None:
+        self._ended.wait(timeout)
+        self._ended.clear()
 
     def close(self) -> None:
         for thread in list(self._threads.values()):
             thread.join()
 
 
+# The loop looks again at once when something changed; otherwise less and
+# less often, up to this (it wakes as soon as a local migration ends): a
+# loop looking 20 times a second at 500 moves took most of the CPU that the
+# moves' own flows needed, in the same process.
+IDLE_LOOK_S = 1.0
+
+
 @dataclasses.dataclass
 class _Tally:
     planned: int = 0
     in_flight: list[int] = dataclasses.field(default_factory=list)
+    changed: bool = False
 
 
 class MoveExecutor:
@@ -141,6 +160,7 @@ class MoveExecutor:
     def run(self) -> None:
         first = True
         failing_since: float | None = None
+        idle = 0.0
         while True:
             try:
                 tally = self.step()
@@ -160,7 +180,9 @@ class MoveExecutor:
                 # After a restart, migrations in flight may have nobody running them.
                 self.runner.follow(tally.in_flight)
                 first = False
-            time.sleep(self.services.settings.poll_interval_s)
+            poll = self.services.settings.poll_interval_s
+            idle = poll if tally.changed else min(max(idle, poll) * 2, max(IDLE_LOOK_S, poll))
+            self.runner.wait(idle)
 
     def step(self) -> _Tally:
         """One look at every move: follow the in-flight ones, re-plan the
@@ -174,6 +196,7 @@ class MoveExecutor:
             ids = [m.migration_id for m in moves if MoveStatus(m.status).in_flight]
             statuses = dict(session.execute(sa.select(Migration.id, Migration.status)
                                             .where(Migration.id.in_(ids))).all()) if ids else {}
+        changed = False
         if abort:
             self._cancel_planned(moves)
             if abort_now:
@@ -185,7 +208,10 @@ class MoveExecutor:
             # Write only on a change (one read above for every move in flight).
             if status.finished or move.status != _MOVE_OF_MIGRATION[status].value:
                 self._follow_move(move, arguments, abort)
-        return self._submit_planned(arguments, requested_by, abort)
+                changed = True
+        tally = self._submit_planned(arguments, requested_by, abort)
+        tally.changed = tally.changed or changed
+        return tally
 
     # -- following ----------------------------------------------------------------------------------
 
@@ -220,8 +246,6 @@ class MoveExecutor:
                         arguments: dict) -> None:
         """A move whose migration failed: on another host if the VM is intact
         on its source and the move has tries left; else it failed."""
-        from livemig.scheduler.inventory import snapshot
-
         instance = session.get(Instance, move.instance_uuid)
         failed_on = f"{migration.dest_host} (migration {migration.id}: {why})"
         if MigrationStatus(migration.status) is not MigrationStatus.FAILED or instance is None \
@@ -235,8 +259,8 @@ class MoveExecutor:
             self._fail(session, move, f"failed on {failed_on}; {len(migrations)} attempts, no retry left")
             return
         tried = hosts_tried(migrations) | self._refused.get(move.id, set())
-        selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                arguments.get("weigher", "spread"))
+        selection = replan_move(self._snapshot_with_planned(session, move.id), move.instance_uuid, tried,
+                                arguments.get("to") or None, arguments.get("weigher", "spread"))
         if selection.chosen is None:
             self._fail(session, move, f"failed on {failed_on}; {selection.why_none()}")
             return
@@ -244,6 +268,23 @@ class MoveExecutor:
         move.reason = f"retry after {failed_on}"
         add_operation_event(session, self.operation_id, "move-replanned",
                             f"{move.instance_name}: failed on {failed_on}; now to {selection.chosen}")
+
+    def _snapshot_with_planned(self, session: Session, move_id: int) -> Snapshot:
+        """The scheduler's snapshot with this operation's other planned moves
+        placed: they are not migrations yet, so the inventory does not count
+        them, and a re-plan must not take their room or break their
+        anti-affinity (their own destinations are not checked for groups
+        when they are submitted)."""
+        from livemig.scheduler.inventory import snapshot
+
+        world = snapshot(session)
+        for other in operation_moves(session, self.operation_id):
+            if other.id == move_id or other.status != MoveStatus.PLANNED.value or other.dest_host is None:
+                continue
+            instance = world.instances.get(other.instance_uuid)
+            if instance is not None and instance.host == other.source_host and other.dest_host in world.hosts:
+                world = world.place(instance, other.dest_host)
+        return world
 
     def _fail(self, session: Session, move: OperationMove, reason: str) -> None:
         move.status, move.reason = MoveStatus.FAILED.value, reason
@@ -287,6 +328,7 @@ class MoveExecutor:
             for host in hosts:
                 busy[host] = busy.get(host, 0) + 1
             tally.in_flight.append(migration_id)
+            tally.changed = True
         return tally
 
     def _adopt(self, move: OperationMove) -> int | None:
@@ -359,8 +401,6 @@ class MoveExecutor:
     def _refused_at_submit(self, move: OperationMove, why: str, arguments: dict) -> None:
         """The precheck refused the planned destination (it filled up since
         the plan, say): another host, or the move fails."""
-        from livemig.scheduler.inventory import snapshot
-
         refused = self._refused.setdefault(move.id, set())
         refused.add(move.dest_host)
         with self.services.db.session() as session:
@@ -370,8 +410,8 @@ class MoveExecutor:
             if len(tried) > self.max_retries:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; no retry left")
                 return None
-            selection = replan_move(snapshot(session), move.instance_uuid, tried, arguments.get("to") or None,
-                                    arguments.get("weigher", "spread"))
+            selection = replan_move(self._snapshot_with_planned(session, move.id), move.instance_uuid, tried,
+                                    arguments.get("to") or None, arguments.get("weigher", "spread"))
             if selection.chosen is None:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; {selection.why_none()}")
                 return None

@@ -15,7 +15,13 @@ def plan_drain(snapshot: Snapshot, host: str, candidates: Iterable[str] | None =
     accounted as the plan proceeds; a placement without a destination says
     why). `candidates` limits the destinations (`--to`)."""
     uuids = sorted(uuid for uuid, instance in snapshot.instances.items() if instance.host == host)
-    return plan(snapshot, uuids, candidates=list(candidates) if candidates else None, weigher=weigher)
+    return plan(snapshot, uuids, candidates=_others(snapshot, host, candidates), weigher=weigher)
+
+
+def _others(snapshot: Snapshot, source: str | None, candidates: Iterable[str] | None) -> list[str]:
+    """The candidate destinations less the source: its own refusal ("vm1
+    runs there") would only add noise to every reason a move stays."""
+    return [h for h in (candidates if candidates else snapshot.hosts) if h != source]
 
 
 def plan_return(snapshot: Snapshot, host: str, instance_uuids: Iterable[str]) -> list[Placement]:
@@ -29,5 +35,6 @@ def plan_return(snapshot: Snapshot, host: str, instance_uuids: Iterable[str]) ->
 def replan_move(snapshot: Snapshot, instance_uuid: str, tried: Iterable[str],
                 candidates: Iterable[str] | None = None, weigher: str = "spread") -> Selection:
     """The next destination for a move that failed: a host not yet tried."""
-    return select(snapshot, instance_uuid, candidates=list(candidates) if candidates else None,
+    source = snapshot.instances[instance_uuid].host if instance_uuid in snapshot.instances else None
+    return select(snapshot, instance_uuid, candidates=_others(snapshot, source, candidates),
                   exclude=tuple(tried), weigher=weigher, ignore_slots=True)

@@ -18,7 +18,9 @@ from taskflow.persistence import models as tf_models
 from taskflow.storage import Storage
 
 from livemig.errors import Conflict, LivemigError
-from livemig.operations.claims import operation_claimed, raise_operation_epoch
+from livemig.operations.claims import (
+    OperationFenced, check_operation_claim, operation_claimed, raise_operation_epoch,
+)
 from livemig.operations.flow import FACTORY_NAME, FLOW_NAME
 from livemig.operations.records import add_operation_event, get_operation, set_operation_status
 from livemig.operations.states import OperationStatus
@@ -63,7 +65,25 @@ def load_operation_engine(services: Services, operation_id: int):
     with contextlib.closing(backend.get_connection()) as conn:
         flow_detail = conn.get_logbook(book_id).find(flow_id)
     with building_flows_with(services):
-        return engines.load_from_detail(flow_detail, engine="serial", backend=backend)
+        engine = engines.load_from_detail(flow_detail, engine="serial", backend=backend)
+    if engine.storage.get_flow_state() in _ENDED_FLOW_STATES:
+        # The database says the operation is not finished (its claim was
+        # granted), so this end was saved by a runner whose claim was
+        # superseded: fenced at its next write, its engine reverted into the
+        # logbook every runner shares. Run the flow again from its first
+        # step: each step looks at the database before it acts (a recorded
+        # plan is kept, submitted moves are followed, never submitted again).
+        LOG.warning("operation %s: its flow was left %s by a superseded runner; running it again",
+                    operation_id, engine.storage.get_flow_state())
+        engine.storage.set_flow_state(tf_states.PENDING)
+        engine.compile()
+        engine.prepare()
+        engine.reset()  # every step PENDING, to be executed
+    return engine
+
+
+# The flow states after which TaskFlow would not run the flow's steps again.
+_ENDED_FLOW_STATES = (tf_states.SUCCESS, tf_states.REVERTED, tf_states.FAILURE)
 
 
 @contextlib.contextmanager
@@ -98,9 +118,12 @@ def run_operation_engine(services: Services, operation_id: int, engine) -> None:
         engine.run()
     except Exception as exc:  # noqa: BLE001 - the outcome goes in the operation row
         LOG.info("operation %s: flow ended with %s: %s", operation_id, type(exc).__name__, exc)
+        if isinstance(exc, OperationFenced):
+            raise  # another runner owns the operation now: its outcome is not ours to write
         with services.db.session() as session:
             if not OperationStatus(get_operation(session, operation_id).status).finished \
                     and engine.storage.get_flow_state() in (tf_states.FAILURE, tf_states.REVERTED):
+                check_operation_claim(session, operation_id)
                 set_operation_status(session, operation_id, OperationStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
 

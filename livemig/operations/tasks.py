@@ -10,7 +10,7 @@ from taskflow import task
 from taskflow.types.failure import Failure
 
 from livemig.operations.claims import check_operation_claim
-from livemig.operations.executor import LocalMoveRunner, MoveExecutor, MoveRunner
+from livemig.operations.executor import TRANSIENT_PATIENCE_S, LocalMoveRunner, MoveExecutor, MoveRunner
 from livemig.operations.planning import plan_drain, plan_return
 from livemig.operations.records import (
     add_operation_event, get_operation, operation_moves, record_moves, set_operation_status,
@@ -19,6 +19,7 @@ from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.persistence.models import Instance
 from livemig.services import Services
 from livemig.states import InstanceState
+from livemig.tasks.undo import with_backoff
 
 OPERATION_ID = "operation_id"
 
@@ -57,6 +58,12 @@ class PlanOperation(OperationTask):
     """
 
     def execute(self, operation_id: int) -> None:
+        # A database blip must not end the operation (`failed` is final):
+        # the plan is one transaction, kept once recorded.
+        with_backoff(lambda: self._plan(operation_id), f"planning operation {operation_id}",
+                     patience_s=TRANSIENT_PATIENCE_S)
+
+    def _plan(self, operation_id: int) -> None:
         from livemig.scheduler.inventory import snapshot
 
         with self.services.db.session() as session:
@@ -120,15 +127,28 @@ class EndOperation(OperationTask):
     """
 
     def execute(self, operation_id: int) -> None:
-        with self.services.db.session() as session:
-            operation = get_operation(session, operation_id)
-            if OperationStatus(operation.status).finished:
-                return
-            unfinished = any(not MoveStatus(m.status).finished for m in operation_moves(session, operation_id))
+        # A database blip must not end the operation `failed` after its
+        # moves ran: its reads and its one write are retried.
+        finished, unfinished = with_backoff(lambda: self._look(operation_id), f"reading operation {operation_id}",
+                                            patience_s=TRANSIENT_PATIENCE_S)
+        if finished:
+            return
         if unfinished:
             # Only after a runner's claim was superseded mid-step (its stale
             # step end is in the logbook): follow what is left first.
             run_moves(self.services, operation_id)
+        with_backoff(lambda: self._record_outcome(operation_id), f"recording operation {operation_id}'s outcome",
+                     patience_s=TRANSIENT_PATIENCE_S)
+
+    def _look(self, operation_id: int) -> tuple[bool, bool]:
+        """(the outcome is recorded, some move is not finished)."""
+        with self.services.db.reading() as session:
+            operation = get_operation(session, operation_id)
+            if OperationStatus(operation.status).finished:
+                return True, False
+            return False, any(not MoveStatus(m.status).finished for m in operation_moves(session, operation_id))
+
+    def _record_outcome(self, operation_id: int) -> None:
         with self.services.db.session() as session:
             operation = get_operation(session, operation_id)
             check_operation_claim(session, operation_id)

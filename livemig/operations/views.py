@@ -20,12 +20,15 @@ class MoveView(View):
     migration_status: str | None
     progress: float
     reason: str | None
+    # Where the plan first put it (dest_host follows re-plans and retries).
+    planned_dest: str | None = None
 
     @classmethod
-    def of(cls, m: OperationMove, migration: Migration | None = None) -> "MoveView":
+    def of(cls, m: OperationMove, migration: Migration | None = None, planned_dest: str | None = None) -> "MoveView":
         progress = 1.0 if m.status == "completed" else (migration.progress if migration is not None else 0.0)
         return cls(m.position, m.instance_uuid, m.instance_name, m.source_host, m.dest_host, m.status,
-                   m.migration_id, migration.status if migration is not None else None, progress, m.reason)
+                   m.migration_id, migration.status if migration is not None else None, progress, m.reason,
+                   planned_dest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,8 @@ class OperationView(View):
     abort_requested: bool
     counts: dict[str, int]
     moves: list[MoveView] = dataclasses.field(default_factory=list)
+    # The plan as first made: per move, instance, source, dest and reason.
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)
     events: list[OperationEventView] = dataclasses.field(default_factory=list)
 
     @property
@@ -71,7 +76,7 @@ class OperationView(View):
             counts[move.status] = counts.get(move.status, 0) + 1
         return cls(o.id, o.kind, o.status, o.host, o.requested_by, dict(o.arguments or {}), o.reason,
                    _iso(o.created_at), _iso(o.started_at), _iso(o.finished_at), o.abort_requested, counts, moves,
-                   [OperationEventView.of(e) for e in events])
+                   dict(o.plan or {}), [OperationEventView.of(e) for e in events])
 
     @classmethod
     def dry_run(cls, kind: str, host: str, requested_by: str, arguments: dict[str, Any],
@@ -81,8 +86,10 @@ class OperationView(View):
             counts[move.status] = counts.get(move.status, 0) + 1
         stay = counts.get("skipped", 0)
         reason = f"dry run: {len(moves) - stay} of {len(moves)} instance(s) placed; nothing changed"
+        plan = {"moves": [{"instance": m.instance_name, "source": m.source_host, "dest": m.dest_host,
+                           "reason": m.reason} for m in moves]}
         return cls(None, kind, "dry-run", host, requested_by, arguments, reason, None, None, None, False, counts,
-                   moves)
+                   moves, plan)
 
 
 @dataclasses.dataclass(frozen=True)

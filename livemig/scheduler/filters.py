@@ -135,11 +135,16 @@ class HypervisorVersionFilter:
 
 
 class NetworksFilter:
-    """Every bridge or network the instance's interfaces use is on the host."""
+    """Every bridge or network the instance's interfaces use is on the host.
+    A host whose networks are not known (none recorded: never synced, or its
+    hypervisor cannot list them) passes: the destination's network setup
+    checks each interface for real, and a failure there tries the next host."""
 
     name = "networks"
 
     def why_not(self, host: HostState, request: Request) -> str | None:
+        if not host.networks:
+            return None
         missing = sorted(request.instance.networks - host.networks)
         if missing:
             return f"lacks {', '.join(missing)}"

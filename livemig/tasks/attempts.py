@@ -16,6 +16,7 @@ from taskflow import retry
 from taskflow.types.failure import Failure
 
 from livemig import fencing
+from livemig.drivers.base import MigrationAborted, MigrationTimedOut
 from livemig.errors import PrecheckFailed, QueueTimeout
 from livemig.locator import locate
 from livemig.persistence.inventory import event_row, get_migration, insert_events
@@ -97,13 +98,19 @@ class ChooseDestination(MigrationTask):
 
     default_provides = "attempt_dest_host"
 
-    def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> str:
+    def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,
+                candidate_hosts: list[str] | None = None) -> str:
         attempts, scheduled, _status = _read(self.services, migration_id)
         if attempts and attempts[-1].get("outcome") == RUNNING:
             return attempts[-1]["host"]  # re-run after a crash: the same attempt goes on
         settings = self.services.settings
         number = len(attempts) + 1
         tried = [a["host"] for a in attempts]
+        if attempts:
+            with self.services.db.reading() as session:
+                if get_migration(session, migration_id).abort_requested:
+                    # Asked while the last attempt was undone: no new one starts.
+                    raise MigrationCancelled(f"migration {migration_id} was cancelled after attempt {len(attempts)}")
         if not attempts:
             host, how = dest_host, "the requested destination"
             if scheduled:
@@ -124,7 +131,8 @@ class ChooseDestination(MigrationTask):
             self._check_intact(instance_uuid, source_host, tried)
             with self.services.db.reading() as session:
                 snap = snapshot(session, exclude_migration=migration_id)
-            selection = choose_with_slots(snap, instance_uuid, settings.weigher, exclude=tried)
+            selection = choose_with_slots(snap, instance_uuid, settings.weigher, exclude=tried,
+                                          candidates=candidate_hosts)
             if selection.chosen is None:
                 raise NoDestinationLeft(f"no other host can take it: {'; '.join(selection.explain())}")
             host = selection.chosen
@@ -162,7 +170,8 @@ class RetryOnNextDestination(retry.Retry):
     (the whole migration is rolled back and its outcome decided).
 
     Retried only if livemig chose the destination, no abort was asked, the
-    failure came before switchover (the migration never reached
+    failure is one a destination can cause (not a timeout, an abort, a lost
+    claim or a queue timeout), it came before switchover (the migration never reached
     post-migrating), the VM runs on its source and on no other host asked,
     and fewer than 1 + max_retries attempts were made. Everything it reads
     comes from the database and the hypervisors, not from `history`."""
@@ -199,8 +208,11 @@ class RetryOnNextDestination(retry.Retry):
             return retry.REVERT_ALL, "the destination was given explicitly"
         if abort_requested:
             return retry.REVERT_ALL, "an abort was requested"
-        if any(f.check(fencing.Fenced, NoDestinationLeft, RetryUnsafe, MigrationCancelled, QueueTimeout)
-               for f in failures):
+        # Not the destination's fault: a lost claim, nothing left to try, an
+        # abort (ours or anybody's), a queue timeout (the operator's budget),
+        # a guest that did not converge in time (it would not elsewhere).
+        if any(f.check(fencing.Fenced, NoDestinationLeft, RetryUnsafe, MigrationCancelled, QueueTimeout,
+                       MigrationAborted, MigrationTimedOut) for f in failures):
             return retry.REVERT_ALL, "; ".join(f.exception_str for f in failures)
         if status not in (MigrationStatus.QUEUED.value, MigrationStatus.PREPARING.value,
                           MigrationStatus.RUNNING.value):

@@ -45,11 +45,11 @@ class RollBackOrTerminateInstance(MigrationTask):
     the migration is `failed` (or `cancelled`), the reason saying its state;
     a VM on neither host but on exactly one other is recorded there (its
     inventory follows, with a note); if it runs on two hosts at once or on
-    none, apply the unrecoverable policy
-    (terminate, or mark the instance `error`); when a host cannot be asked,
-    or the copies cannot be told apart, nothing is terminated: the instance is
-    marked `error` and recorded for reconcile. The outcome's writes are
-    retried: this revert always decides.
+    none, apply the unrecoverable policy (terminate, or mark the instance
+    `error`); when a host cannot be asked, or the copies cannot be told
+    apart, nothing is terminated: the instance is marked `error` and recorded
+    for reconcile. The outcome's writes are retried: this revert always
+    decides.
     """
 
     def execute(self, migration_id: int) -> None:
@@ -200,5 +200,10 @@ class MarkMigrationCompleted(MigrationTask):
     def execute(self, migration_id: int) -> None:
         from livemig.tasks.attempts import COMPLETED, close_attempt
 
-        close_attempt(self.services, migration_id, COMPLETED, None, self.name)
         self.services.db.set_migration_status(migration_id, MigrationStatus.COMPLETED, progress=1.0)
+        try:
+            close_attempt(self.services, migration_id, COMPLETED, None, self.name)
+        except fencing.Fenced:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bookkeeping; the outcome above is what counts
+            LOG.warning("migration %s: could not close its last attempt: %s", migration_id, exc)

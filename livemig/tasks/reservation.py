@@ -20,8 +20,8 @@ class ReserveHosts(MigrationTask):
 
     Reversion strategy: release this migration's reservations (idempotent),
     only while this controller's claim is current, retrying a ZooKeeper or
-    database error; reservations that still cannot be
-    released are recorded as leftovers for reconcile.
+    database error; reservations that still cannot be released are recorded
+    as leftovers for reconcile.
     """
 
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import livemig
 from livemig.persistence.models import Migration, OperationEvent
 from tests.drainfleet import CTX, Fleet
-from tests.functional.test_conductors import Conductors, conductors, zk_settings  # noqa: F401 - fixtures
+from tests.functional.test_conductors import conductors, zk_settings  # noqa: F401 - fixtures
 
 FINISHED = ("completed", "partial", "failed", "aborted")
 

@@ -117,7 +117,7 @@ def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settin
         assert sorted(m["instance_name"] for m in migrations) == drained
         assert all(m["status"] == "completed" for m in migrations)
 
-        proc = cli(settings, "host", "undrain", drained_host, "--return", "--format", "json", env=ONE_STEP)
+        proc = cli(settings, "host", "undrain", drained_host, "--return", "--yes", "--format", "json", env=ONE_STEP)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert_placed(lab3, settings, lab3_homes)
         hosts = {h["name"]: h for h in json.loads(cli(settings, "host", "list", "--format", "json").stdout)}

@@ -76,8 +76,11 @@ def test_a_destination_that_fails_is_replaced_by_another(tmp_path, settings):
     assert on_d1 and all(m.status == "failed" for m in on_d1)
     assert not [u for u, hosts in fleet.hosts_running().items() if "d1" in hosts]
     retried = {m.instance_uuid for m in on_d1}
-    for move in view.moves:
+    shown = livemig.show_operation(view.id, settings=settings)
+    assert [m["dest"] for m in shown.plan["moves"]] == [m.planned_dest for m in shown.moves]
+    for move in shown.moves:
         if move.instance_uuid in retried:
+            assert move.planned_dest == "d1" or "refused" in move.reason
             assert move.dest_host in ("d2", "d3") and "retry after d1" in move.reason
     assert "move-replanned" in _operation_events(fleet, view.id)
 
@@ -102,7 +105,7 @@ def test_not_enough_room_is_a_partial_drain_that_says_who_stayed_and_why(tmp_pat
     assert view.counts == {"completed": 2, "skipped": 2}
     stayed = [m for m in view.moves if m.status == "skipped"]
     for move in stayed:
-        assert move.reason.startswith("no host can take it: d1: memory: needs 1024 MB, 0 free")
+        assert move.reason == "no host can take it: d1: memory: needs 1024 MB, 0 free"
         assert f"{move.instance_name}: skipped: no host can take it" in view.reason
     assert view.reason.startswith("2 moved, 2 stayed: ")
     assert len(livemig.list_instances("src", settings=settings)) == 2
@@ -339,3 +342,37 @@ def test_a_destination_that_does_not_answer_at_submission_is_replaced(tmp_path, 
     assert {m.dest_host for m in fleet.migrations()} == {"d2"}  # nothing was recorded towards d1
     assert any(m.reason and m.reason.startswith("refused by d1: ") for m in view.moves)
     fleet.assert_invariants()
+
+
+def test_following_a_run_returns_the_outcome_recorded_as_the_runner_ended(tmp_path, settings, monkeypatch):
+    """The runner may record the outcome and end while the follower reads
+    the view: the follower must not return that older view."""
+    from livemig import api
+    from livemig.operations import api as operations
+    from livemig.operations.records import create_operation, set_operation_status
+    from livemig.operations.states import OperationStatus
+
+    Fleet.build(tmp_path, settings, count=1)
+    services = api._services(settings)
+    with services.db.session() as s:
+        operation_id = create_operation(s, "drain", "tests", "src", {}).id
+    reading, runner_done = threading.Event(), threading.Event()
+    original = operations.show_operation
+
+    def slow_show(op_id, settings=None):
+        view = original(op_id, settings=settings)
+        if not reading.is_set():
+            reading.set()
+            runner_done.wait(10)  # the runner records its outcome and ends meanwhile
+            time.sleep(0.1)
+        return view
+
+    def runner():
+        reading.wait(10)
+        with services.db.session() as s:
+            set_operation_status(s, operation_id, OperationStatus.COMPLETED, "done")
+        runner_done.set()
+
+    monkeypatch.setattr(operations, "show_operation", slow_show)
+    view = operations._follow(services, operation_id, None, runner=runner)
+    assert view.status == "completed"

@@ -148,3 +148,33 @@ def test_a_runner_whose_claim_was_superseded_submits_nothing(tmp_path, settings)
             MoveExecutor(services, operation.id, LocalMoveRunner(services)).step()
     _op, moves, migrations = _state(fleet)
     assert migrations == [] and all(m.status == "planned" for m in moves)
+
+
+def test_a_replan_counts_the_room_the_rest_of_the_plan_holds(tmp_path, settings):
+    from livemig import api
+    from livemig.operations.executor import LocalMoveRunner, MoveExecutor
+
+    fleet = Fleet.build(tmp_path, settings, count=3, memory_mb=1024, dests={"d1": {}, "d2": {}})
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    services = api._services(settings)
+    executor = MoveExecutor(services, operation.id, LocalMoveRunner(services))
+    planned_on = collections.Counter(m.dest_host for m in moves[1:])
+    with services.db.reading() as session:
+        world = executor._world(session, moves[0].id)
+    # The move being re-planned is left out; every other planned move holds its room.
+    for host in ("d1", "d2"):
+        assert world.hosts[host].memory_mb_used == 1024 * planned_on[host]
+
+
+def test_abort_of_an_operation_whose_runner_died_ends_it_on_resume(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=3)
+    _drain_and_die(settings, "submitted", 1)
+    operation, _moves, _ = _state(fleet)
+    livemig.abort_operation(CTX, operation.id, settings=settings)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "aborted"
+    # The move in flight finished; the others were never submitted.
+    assert view.counts == {"completed": 1, "cancelled": 2}
+    assert len(fleet.migrations()) == 1
+    fleet.assert_invariants()

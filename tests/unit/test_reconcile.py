@@ -349,3 +349,18 @@ def test_a_shut_off_duplicate_is_reported_and_kept(cloud):
     assert report.findings[0].disagreement == "a shut-off copy on c while the VM is running on a"
     assert report.findings[0].action == "none" and report.remaining == report.findings
     assert cloud.domains_on("c")[cloud.vm]["state"] == "shutoff" and cloud.instance().host == "a"
+
+
+def test_an_incoming_copy_that_a_migration_job_feeds_is_not_destroyed(cloud):
+    # Somebody's `virsh migrate` (not livemig's) runs from a to b.
+    from tests.fakecloud import FILTER_XML
+
+    cloud.driver.update_host(cloud.uri("b"), filters={"sg-web": FILTER_XML},
+                             secrets={"vol-1": {"type": "iscsi", "value": "s3cret"}})
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "hang")
+    cloud.driver._start_migration(cloud.uri("a"), cloud.uri("b"), cloud.vm)
+    assert cloud.domains_on("b")[cloud.vm]["incoming_from"]
+    report = reconcile(cloud, apply=True)
+    (finding,) = [f for f in report.findings if f.action == "destroy-copy"]
+    assert finding.outcome == "skipped: a migration job on a feeds the copy on b"
+    assert cloud.domains_on("a")[cloud.vm]["job"] and cloud.vm in cloud.domains_on("b")

@@ -260,3 +260,183 @@ def test_killed_while_the_first_attempt_reverts_then_resumed_on_the_next_host(tm
     assert cloud.reservations() == []
     with database_for(settings.database_url).session() as s:
         assert s.scalars(sa.select(Leftover)).all() == []
+
+
+# -- what a fleet operation asks for ------------------------------------------------------------------
+
+def test_candidates_limit_the_choice_and_the_retries(fleet):
+    for host in ("b", "c"):
+        fleet.driver.inject_fault(fleet.uri(host), "network_present", "error", f"no bridge on {host}")
+    with pytest.raises(MigrationFailed) as info:
+        livemig.migrate(CTX, "vm1", candidates=["c", "b"], settings=fleet.settings)
+    # c, then b; d, the better host after c, is no candidate: never tried.
+    migration = fleet.migration(info.value.migration_id)
+    assert attempts(fleet, migration.id) == [("c", "failed"), ("b", "failed")]
+    assert "then choose-destination: no other host can take it: " in migration.error_reason
+    assert " d: " not in migration.error_reason  # d is not even mentioned
+    assert fleet.driver.call_count(fleet.uri("d"), "copy_secret") == 0
+    assert fleet.running_on() == ["a"]
+    assert_clean(fleet, "b", "c", "d")
+
+
+def test_a_planned_destination_is_checked_and_retried_elsewhere(fleet):
+    fleet.driver.inject_fault(fleet.uri("b"), "network_present", "error", "no bridge on b")
+    view = livemig.migrate(CTX, "vm1", dest="b", retry_elsewhere=True, operation_id=7, settings=fleet.settings)
+    migration = fleet.migration(view.id)
+    assert migration.scheduled and migration.operation_id == 7
+    assert attempts(fleet, view.id) == [("b", "failed"), ("c", "completed")]
+    assert fleet.running_on() == ["c"]
+    # A planned destination the scheduler refuses is refused at once, nothing recorded.
+    fleet.driver.update_host(fleet.uri("d"), bridges=["br-other"])
+    livemig.sync_hosts(CTX, settings=fleet.settings)
+    with pytest.raises(NoValidHost, match="no host can take vm1: d: networks: lacks br-guests"):
+        livemig.migrate(CTX, "vm1", dest="d", retry_elsewhere=True, settings=fleet.settings)
+    with pytest.raises(livemig.LivemigError, match="host 'zz' is not in the inventory"):
+        livemig.migrate(CTX, "vm1", candidates=["zz"], settings=fleet.settings)
+
+
+def test_a_host_in_maintenance_takes_no_migration_named_or_chosen(fleet):
+    from livemig.persistence.models import Host
+
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Host, "c").maintenance, s.get(Host, "c").maintenance_reason = True, "drain 3"
+    with pytest.raises(livemig.LivemigError, match=r"host c is in maintenance \(drain 3\): no new placements"):
+        livemig.migrate(CTX, "vm1", "a", "c", settings=fleet.settings)
+    selection = livemig.choose_destination("vm1", settings=fleet.settings)
+    assert selection.chosen == "d" and "c: maintenance: host is in maintenance (drain 3)" in selection.explain()
+    # Moving off a host in maintenance is what maintenance is for.
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Host, "a").maintenance = True
+    assert livemig.migrate(CTX, "vm1", settings=fleet.settings).dest_host == "d"
+
+
+# -- the two retry atoms, called directly --------------------------------------------------------------
+
+def _task_fixture(fleet, **row):
+    from livemig.services import services_for
+
+    view = livemig.create_migration(CTX, "vm1", settings=fleet.settings)
+    with database_for(fleet.settings.database_url).session() as s:
+        migration = s.get(Migration, view.id)
+        for name, value in row.items():
+            setattr(migration, name, value)
+    return services_for(fleet.settings), view.id
+
+
+def test_choose_destination_reruns_the_running_attempt_and_refuses_after_an_abort(fleet):
+    from livemig.tasks.attempts import ChooseDestination
+    from livemig.tasks.lifecycle import MigrationCancelled
+
+    services, mid = _task_fixture(fleet)
+    task = ChooseDestination(services, name="choose-destination")
+    assert task.execute(mid, fleet.vm, "a", "c") == "c"
+    assert task.execute(mid, fleet.vm, "a", "c") == "c"  # re-run after a crash: the same attempt
+    assert attempts(fleet, mid) == [("c", "running")]
+    task.revert(None, mid, flow_failures={})
+    assert attempts(fleet, mid) == [("c", "failed")]
+    assert task.execute(mid, fleet.vm, "a", "c") == "d"
+    task.revert(None, mid, flow_failures={})
+    with database_for(fleet.settings.database_url).session() as s:
+        s.get(Migration, mid).abort_requested = True
+    with pytest.raises(MigrationCancelled, match="cancelled after attempt 2"):
+        task.execute(mid, fleet.vm, "a", "c")
+    assert attempts(fleet, mid) == [("c", "failed"), ("d", "failed")]
+
+
+def test_choose_destination_never_moves_on_while_a_copy_is_left_on_a_tried_host(fleet):
+    from livemig.tasks.attempts import ChooseDestination, RetryUnsafe
+
+    services, mid = _task_fixture(fleet, attempts=[{"attempt": 1, "host": "c", "outcome": "failed"}])
+    # An incoming copy its revert could not destroy is still on c.
+    fleet.driver.create_domain(fleet.uri("c"), "vm1", uuid=fleet.vm, state="paused")
+    with pytest.raises(RetryUnsafe, match="the VM is not only on a"):
+        ChooseDestination(services, name="choose-destination").execute(mid, fleet.vm, "a", "c")
+    assert attempts(fleet, mid) == [("c", "failed")]
+
+
+@pytest.mark.parametrize("row,world,expected", [
+    ({}, None, "RETRY"),
+    ({"scheduled": False}, None, "the destination was given explicitly"),
+    ({"abort_requested": True}, None, "an abort was requested"),
+    ({"status": "post-migrating"}, None, "past switchover"),
+    ({"attempts": [{"host": h, "outcome": "failed"} for h in "cdb"] + [{"host": "c", "outcome": "running"}]},
+     None, "4 attempts made (max_retries 3)"),
+    ({}, "paused", "the VM is not intact on a"),
+    ({}, "copy-running", "the VM is not intact on a"),
+])
+def test_the_retry_decision(fleet, row, world, expected):
+    from taskflow import retry
+
+    from livemig.tasks.attempts import RetryOnNextDestination
+
+    services, mid = _task_fixture(fleet, **row)
+    if world == "paused":
+        fleet.driver.suspend_domain(fleet.uri("a"), fleet.vm)
+    elif world == "copy-running":
+        fleet.driver.create_domain(fleet.uri("c"), "vm1", uuid=fleet.vm)
+    decision, why = RetryOnNextDestination(services, name="r")._decide([], mid, fleet.vm, "a")
+    if expected == "RETRY":
+        assert decision == retry.RETRY
+    else:
+        assert decision == retry.REVERT_ALL and expected in why
+
+
+# -- TaskFlow behaviour the retried subflow relies on (public API, pinned 6.5) ------------------------
+
+def test_taskflow_injected_values_shadow_a_tasks_result_and_rebind_also_applies_to_revert():
+    """Why each attempt's host has its own name (attempt_dest_host): a task
+    providing `dest_host` would be ignored next to the injected one. And the
+    rebinding reaches revert too, so an attempt's reverts undo its own host."""
+    from taskflow import engines, task
+    from taskflow.patterns import linear_flow
+
+    seen: list[tuple[str, str]] = []
+
+    class Provide(task.Task):
+        default_provides = "dest_host"
+
+        def execute(self):
+            return "from-task"
+
+    class Use(task.Task):
+        def execute(self, dest_host):
+            seen.append(("execute", dest_host))
+
+        def revert(self, dest_host, **kwargs):
+            seen.append(("revert", dest_host))
+
+    class Fail(task.Task):
+        def execute(self):
+            raise RuntimeError("fail")
+
+    flow = linear_flow.Flow("f").add(Provide(), Use(name="plain"), Use(name="rebound", rebind={"dest_host": "other"}),
+                                     Fail())
+    with pytest.raises(RuntimeError):
+        engines.run(flow, store={"dest_host": "injected", "other": "attempt"})
+    assert seen == [("execute", "injected"), ("execute", "attempt"), ("revert", "attempt"), ("revert", "injected")]
+
+
+def test_taskflow_asks_a_retry_controller_with_its_execute_arguments_and_retries_the_subflow():
+    from taskflow import engines, retry, task
+    from taskflow.patterns import linear_flow
+
+    asked: list[int] = []
+    runs: list[int] = []
+
+    class Controller(retry.Retry):
+        def execute(self, history, migration_id):
+            return len(history) + 1
+
+        def on_failure(self, history, migration_id):
+            asked.append(migration_id)
+            return retry.RETRY if len(history) < 2 else retry.REVERT_ALL
+
+    class Attempt(task.Task):
+        def execute(self, migration_id):
+            runs.append(migration_id)
+            if len(runs) < 2:
+                raise RuntimeError("first attempt fails")
+
+    inner = linear_flow.Flow("attempts", retry=Controller(name="c")).add(Attempt())
+    engines.run(linear_flow.Flow("f").add(inner), store={"migration_id": 7})
+    assert asked == [7] and runs == [7, 7]

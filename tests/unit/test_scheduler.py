@@ -108,8 +108,12 @@ def test_a_newer_hypervisor_is_fine():
 
 
 def test_networks_filter_names_every_missing_one():
-    snap = fleet(host("d", networks=frozenset()), instances=(vm(networks=frozenset({"br1", "br0"})),))
+    snap = fleet(host("d", networks=frozenset({"br2"})), instances=(vm(networks=frozenset({"br1", "br0"})),))
     assert refusal_of(select(snap, "uuid-vm1"), "d") == "d: networks: lacks br0, br1"
+
+
+def test_a_host_whose_networks_are_unknown_is_left_to_the_network_setup():
+    assert select(fleet(host("d", networks=frozenset())), "uuid-vm1").chosen == "d"
 
 
 def test_storage_filter_takes_a_local_disk_only_where_both_hosts_share_it():
