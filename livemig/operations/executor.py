@@ -328,7 +328,7 @@ class MoveExecutor:
 
         with self.services.db.reading() as session:
             instance = session.get(Instance, move.instance_uuid)
-            skip = _why_not_movable(instance, move)
+            skip = _why_not_movable(instance, move, session.get(Host, move.source_host))
         if skip is not None:
             if skip.startswith("wait:"):
                 return None
@@ -432,9 +432,12 @@ class MoveExecutor:
                 LOG.info("operation %s: migration %s not aborted: %s", self.operation_id, move.migration_id, exc)
 
 
-def _why_not_movable(instance: Instance | None, move: OperationMove) -> str | None:
+def _why_not_movable(instance: Instance | None, move: OperationMove, source: Host | None) -> str | None:
     """None if the move may be submitted now; "wait: ..." if it may later;
-    else why it is skipped (the VM is no longer where the plan found it)."""
+    else why it is skipped (the VM is no longer where the plan found it, or
+    its host may not migrate). A refusal that every destination would give
+    is decided here, not by the precheck: that would re-plan the move on
+    one host after another."""
     if instance is None or instance.state == InstanceState.DELETED.value:
         return "the instance is no longer in the inventory"
     if instance.state == InstanceState.MIGRATING.value:
@@ -443,6 +446,9 @@ def _why_not_movable(instance: Instance | None, move: OperationMove) -> str | No
         return f"already on {instance.host or 'no host'}, not on {move.source_host}: not moved again"
     if instance.state != InstanceState.RUNNING.value:
         return f"it is {instance.state}, not running (only a running instance is live-migrated)"
+    if source is not None and not source.enabled:
+        why = f" ({source.disabled_reason})" if source.disabled_reason else ""
+        return f"host {source.name} is disabled{why}: nothing migrates from it"
     return None
 
 

@@ -230,3 +230,18 @@ def test_undrain_return_is_confirmed_like_the_drain_and_has_a_dry_run(tmp_path, 
     assert done.returncode == 0, done.stderr
     assert len(livemig.list_instances("src", settings=settings)) == 2
     assert sorted(fleet.hosts_running().values()) == [["src"], ["src"]]
+
+
+def test_a_source_disabled_mid_drain_ends_its_moves_without_trying_every_host(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    _drain_and_die(settings, "planned", 1)
+    operation, _moves, _ = _state(fleet)
+    livemig.set_host_enabled(CTX, "src", False, "power fault", settings=settings)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "partial", view.reason
+    assert fleet.migrations() == []
+    assert all(m.status == "skipped" and "src is disabled (power fault)" in m.reason for m in view.moves), \
+        [m.reason for m in view.moves]
+    # The refusal is the source's: no other destination was tried for it.
+    assert "move-replanned" not in [e.kind for e in view.events]
+    fleet.assert_invariants()
