@@ -245,3 +245,14 @@ def test_a_source_disabled_mid_drain_ends_its_moves_without_trying_every_host(tm
     # The refusal is the source's: no other destination was tried for it.
     assert "move-replanned" not in [e.kind for e in view.events]
     fleet.assert_invariants()
+
+
+def test_an_explicit_destination_with_an_instance_of_the_same_group_is_refused(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=0, dests={"d1": {}})
+    mine = fleet.driver.create_domain(fleet.uri("src"), "web1", memory_mb=512, group="web")
+    fleet.driver.create_domain(fleet.uri("d1"), "web2", memory_mb=512, group="web")
+    livemig.sync_hosts(CTX, settings=settings)
+    with pytest.raises(livemig.LivemigError, match="d1 already has web2 of group web"):
+        livemig.migrate(CTX, mine, "src", "d1", settings=settings)
+    assert fleet.hosts_running()[mine] == ["src"]
+    assert fleet.migrations() == []
