@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InsufficientCapacity, InvalidInput,
-    PrecheckFailed,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InstanceNotOnSource,
+    InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
@@ -101,7 +101,7 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     domain = src_driver.find_domain(src.uri, instance.uuid)
     if domain is None or not domain.running:
         state = domain.state.value if domain else "absent"
-        raise PrecheckFailed(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
+        raise InstanceNotOnSource(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
     verdicts = judge_disks(domain.disks, src, dst)
     if report is not None:
         for verdict in verdicts:

@@ -22,7 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from livemig.context import RequestContext
-from livemig.errors import Conflict, HostUnreachable, LivemigError, PrecheckFailed, ServiceUnavailable
+from livemig.errors import (
+    Conflict, HostUnreachable, InstanceNotOnSource, LivemigError, PrecheckFailed, ServiceUnavailable,
+)
 from livemig.operations.claims import OperationFenced, check_operation_claim
 from livemig.operations.planning import replan_move
 from livemig.operations.records import (
@@ -357,6 +359,12 @@ class MoveExecutor:
                 operation_id=self.operation_id, on_recorded=mark_submitted)
         except OperationFenced:
             raise
+        except InstanceNotOnSource as exc:
+            # The same on every destination: trying others would only use up the move's tries.
+            with self.services.db.session() as session:
+                check_operation_claim(session, self.operation_id)
+                self._fail(session, session.get(OperationMove, move.id), f"{exc}; not tried elsewhere")
+            return None
         except Conflict as exc:
             if "already in migration" in str(exc):
                 return None  # another migration moves it now: look again later

@@ -256,3 +256,20 @@ def test_an_explicit_destination_with_an_instance_of_the_same_group_is_refused(t
         livemig.migrate(CTX, mine, "src", "d1", settings=settings)
     assert fleet.hosts_running()[mine] == ["src"]
     assert fleet.migrations() == []
+
+
+def test_a_refusal_about_the_source_is_not_retried_on_every_destination(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    gone = moves[0]
+    # One VM vanished from src behind the inventory's back.
+    fleet.driver.destroy_domain(fleet.uri("src"), gone.instance_uuid)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "partial", view.reason
+    assert [m.instance_uuid for m in fleet.migrations()] == [moves[1].instance_uuid]
+    by_name = {m.instance_name: m for m in view.moves}
+    assert by_name[gone.instance_name].status == "failed"
+    assert "is not running on src (hypervisor says" in by_name[gone.instance_name].reason
+    # Its refusal is the same on every destination: no other destination was tried.
+    assert "move-replanned" not in [e.kind for e in view.events]
