@@ -61,10 +61,6 @@ class InstanceNotOnSource(PrecheckFailed):
     would change that, so none other is tried."""
 
 
-class HostInMaintenance(PrecheckFailed):
-    """The destination is in maintenance (a drain empties it): no new placements."""
-
-
 class InsufficientCapacity(PrecheckFailed):
     pass
 
