@@ -61,6 +61,10 @@ class InstanceNotOnSource(PrecheckFailed):
     would change that, so none other is tried."""
 
 
+class HostInMaintenance(PrecheckFailed):
+    """The destination is in maintenance (a drain empties it): no new placements."""
+
+
 class InsufficientCapacity(PrecheckFailed):
     pass
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostUnreachable, InstanceNotOnSource,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InstanceNotOnSource,
     InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
@@ -82,10 +82,11 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
             reason = f" ({host.disabled_reason})" if host.disabled_reason else ""
             raise HostDisabled(f"host {host.name} is disabled{reason}")
     if dst.maintenance:
-        # No new placements on a host in maintenance (the scheduler's
-        # maintenance filter says the same; moving off it is what it is for).
+        # The scheduler's maintenance filter, for a destination named by the
+        # caller or planned before the host went into maintenance: a host
+        # being drained takes no new placements (its source role is fine).
         reason = f" ({dst.maintenance_reason})" if dst.maintenance_reason else ""
-        raise HostDisabled(f"host {dst.name} is in maintenance{reason}: no new placements")
+        raise HostInMaintenance(f"host {dst.name} is in maintenance{reason}: it takes no new placements")
     if src.zone != dst.zone:
         raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
     other = session.scalars(_other_migration_statement(),
