@@ -86,7 +86,7 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
         # caller or planned before the host went into maintenance: a host
         # being drained takes no new placements (its source role is fine).
         reason = f" ({dst.maintenance_reason})" if dst.maintenance_reason else ""
-        raise HostInMaintenance(f"host {dst.name} is in maintenance{reason}: it takes no new placements")
+        raise HostInMaintenance(f"host {dst.name} is in maintenance{reason}: no new placements")
     if src.zone != dst.zone:
         raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
     other = session.scalars(_other_migration_statement(),
