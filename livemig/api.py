@@ -22,8 +22,8 @@ from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.flows import keys
 from livemig.errors import (
-    Conflict, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, NoValidHost, PrecheckFailed, QueueTimeout,
-    ServiceUnavailable,
+    Conflict, InstanceNotOnSource, InvalidInput, LivemigError, MigrationEnded, MigrationFailed, NoValidHost,
+    PrecheckFailed, QueueTimeout, ServiceUnavailable,
 )
 from livemig.persistence.database import close_all as close_databases
 from livemig.persistence.inventory import (
@@ -366,7 +366,7 @@ def _schedule(session, services: Services, inst: Instance, source: str, to: str 
     for index, host in enumerate(selection.ranked):
         try:
             check_migration(session, services.drivers, inst.uuid, source, host)
-        except (Conflict, InvalidInput):
+        except (Conflict, InvalidInput, InstanceNotOnSource):
             raise  # about the instance, not the host: no other host helps
         except (PrecheckFailed, ServiceUnavailable) as exc:
             refused.append(Refusal(host, "precheck", str(exc)))

@@ -56,6 +56,11 @@ class HostDisabled(PrecheckFailed):
     pass
 
 
+class InstanceNotOnSource(PrecheckFailed):
+    """The hypervisor of the source does not run the instance: no destination
+    would change that, so none other is tried."""
+
+
 class HostInMaintenance(PrecheckFailed):
     """The destination is in maintenance (a drain empties it): no new placements."""
 

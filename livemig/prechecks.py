@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InsufficientCapacity, InvalidInput,
-    PrecheckFailed,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InstanceNotOnSource,
+    InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration
@@ -101,7 +101,7 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     domain = src_driver.find_domain(src.uri, instance.uuid)
     if domain is None or not domain.running:
         state = domain.state.value if domain else "absent"
-        raise PrecheckFailed(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
+        raise InstanceNotOnSource(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
     verdicts = judge_disks(domain.disks, src, dst)
     if report is not None:
         for verdict in verdicts:
@@ -110,6 +110,7 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     if refused is not None:
         raise PrecheckFailed(refused)
     _check_capacity(session, dst, dst_facts.vcpus, dst_facts.memory_mb, dst_facts.disk_gb, instance, migration_id)
+    _check_anti_affinity(session, dst, instance, migration_id)
     compatible, why = dst_driver.cpu_compatible(src.uri, dst.uri, instance.uuid)
     if not compatible:
         raise CpuIncompatible(f"{dest} cannot run the CPU of instance {instance.name}: {why}")
@@ -125,6 +126,26 @@ def _facts(driver, host: Host):
         return driver.host_facts(host.uri)
     except HostUnreachable as exc:
         raise HostUnreachable(f"host {host.name} is unreachable: {exc}") from None
+
+
+def _check_anti_affinity(session: Session, dst: Host, instance: Instance, migration_id: int | None) -> None:
+    """The scheduler's anti-affinity filter, for a destination named by the
+    caller or planned earlier: no other instance of the group is on the
+    host or on its way there (an unfinished incoming migration)."""
+    if not instance.group:
+        return
+    exclude = NO_MIGRATION if migration_id is None else migration_id
+    resident = sa.select(Instance.name).where(Instance.host == dst.name, Instance.group == instance.group,
+                                              Instance.uuid != instance.uuid,
+                                              Instance.state != InstanceState.DELETED.value)
+    incoming = (sa.select(Instance.name).select_from(Migration)
+                .join(Instance, Instance.uuid == Migration.instance_uuid)
+                .where(Migration.dest_host == dst.name, unfinished(Migration.status), Migration.id != exclude,
+                       Instance.group == instance.group, Instance.uuid != instance.uuid))
+    other = session.scalars(sa.union_all(resident, incoming).limit(1)).first()
+    if other is not None:
+        raise PrecheckFailed(f"{dst.name} already has {other} of group {instance.group}: instances of one group "
+                             f"never share a host (anti-affinity)")
 
 
 def _check_capacity(session: Session, dst: Host, vcpus: int, memory_mb: int, disk_gb: int, instance: Instance,

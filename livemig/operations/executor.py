@@ -22,7 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from livemig.context import RequestContext
-from livemig.errors import Conflict, HostUnreachable, LivemigError, PrecheckFailed, ServiceUnavailable
+from livemig.errors import (
+    Conflict, HostUnreachable, InstanceNotOnSource, LivemigError, PrecheckFailed, ServiceUnavailable,
+)
 from livemig.operations.claims import OperationFenced, check_operation_claim
 from livemig.operations.planning import replan_move
 from livemig.operations.records import (
@@ -354,7 +356,7 @@ class MoveExecutor:
 
         with self.services.db.reading() as session:
             instance = session.get(Instance, move.instance_uuid)
-            skip = _why_not_movable(instance, move)
+            skip = _why_not_movable(instance, move, session.get(Host, move.source_host))
         if skip is not None:
             if skip.startswith("wait:"):
                 return None
@@ -383,6 +385,12 @@ class MoveExecutor:
                 operation_id=self.operation_id, on_recorded=mark_submitted)
         except OperationFenced:
             raise
+        except InstanceNotOnSource as exc:
+            # The same on every destination: trying others would only use up the move's tries.
+            with self.services.db.session() as session:
+                check_operation_claim(session, self.operation_id)
+                self._fail(session, session.get(OperationMove, move.id), f"{exc}; not tried elsewhere")
+            return None
         except Conflict as exc:
             if "already in migration" in str(exc):
                 return None  # another migration moves it now: look again later
@@ -458,9 +466,12 @@ class MoveExecutor:
                 LOG.info("operation %s: migration %s not aborted: %s", self.operation_id, move.migration_id, exc)
 
 
-def _why_not_movable(instance: Instance | None, move: OperationMove) -> str | None:
+def _why_not_movable(instance: Instance | None, move: OperationMove, source: Host | None) -> str | None:
     """None if the move may be submitted now; "wait: ..." if it may later;
-    else why it is skipped (the VM is no longer where the plan found it)."""
+    else why it is skipped (the VM is no longer where the plan found it, or
+    its host may not migrate). A refusal that every destination would give
+    is decided here, not by the precheck: that would re-plan the move on
+    one host after another."""
     if instance is None or instance.state == InstanceState.DELETED.value:
         return "the instance is no longer in the inventory"
     if instance.state == InstanceState.MIGRATING.value:
@@ -469,6 +480,9 @@ def _why_not_movable(instance: Instance | None, move: OperationMove) -> str | No
         return f"already on {instance.host or 'no host'}, not on {move.source_host}: not moved again"
     if instance.state != InstanceState.RUNNING.value:
         return f"it is {instance.state}, not running (only a running instance is live-migrated)"
+    if source is not None and not source.enabled:
+        why = f" ({source.disabled_reason})" if source.disabled_reason else ""
+        return f"host {source.name} is disabled{why}: nothing migrates from it"
     return None
 
 

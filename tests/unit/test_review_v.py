@@ -230,3 +230,46 @@ def test_undrain_return_is_confirmed_like_the_drain_and_has_a_dry_run(tmp_path, 
     assert done.returncode == 0, done.stderr
     assert len(livemig.list_instances("src", settings=settings)) == 2
     assert sorted(fleet.hosts_running().values()) == [["src"], ["src"]]
+
+
+def test_a_source_disabled_mid_drain_ends_its_moves_without_trying_every_host(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    _drain_and_die(settings, "planned", 1)
+    operation, _moves, _ = _state(fleet)
+    livemig.set_host_enabled(CTX, "src", False, "power fault", settings=settings)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "partial", view.reason
+    assert fleet.migrations() == []
+    assert all(m.status == "skipped" and "src is disabled (power fault)" in m.reason for m in view.moves), \
+        [m.reason for m in view.moves]
+    # The refusal is the source's: no other destination was tried for it.
+    assert "move-replanned" not in [e.kind for e in view.events]
+    fleet.assert_invariants()
+
+
+def test_an_explicit_destination_with_an_instance_of_the_same_group_is_refused(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=0, dests={"d1": {}})
+    mine = fleet.driver.create_domain(fleet.uri("src"), "web1", memory_mb=512, group="web")
+    fleet.driver.create_domain(fleet.uri("d1"), "web2", memory_mb=512, group="web")
+    livemig.sync_hosts(CTX, settings=settings)
+    with pytest.raises(livemig.LivemigError, match="d1 already has web2 of group web"):
+        livemig.migrate(CTX, mine, "src", "d1", settings=settings)
+    assert fleet.hosts_running()[mine] == ["src"]
+    assert fleet.migrations() == []
+
+
+def test_a_refusal_about_the_source_is_not_retried_on_every_destination(tmp_path, settings):
+    fleet = Fleet.build(tmp_path, settings, count=2)
+    _drain_and_die(settings, "planned", 1)
+    operation, moves, _ = _state(fleet)
+    gone = moves[0]
+    # One VM vanished from src behind the inventory's back.
+    fleet.driver.destroy_domain(fleet.uri("src"), gone.instance_uuid)
+    view = livemig.resume_operation(CTX, operation.id, settings=settings)
+    assert view.status == "partial", view.reason
+    assert [m.instance_uuid for m in fleet.migrations()] == [moves[1].instance_uuid]
+    by_name = {m.instance_name: m for m in view.moves}
+    assert by_name[gone.instance_name].status == "failed"
+    assert "is not running on src (hypervisor says" in by_name[gone.instance_name].reason
+    # Its refusal is the same on every destination: no other destination was tried.
+    assert "move-replanned" not in [e.kind for e in view.events]
