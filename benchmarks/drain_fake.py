@@ -280,9 +280,8 @@ def main() -> None:
             write_result("drain_fake", {"parameters": vars(args), "results": results})
     table(f"drains on the fake hypervisor ({args.database}; drained hosts' limit {args.source_limit}, others' "
           f"{args.dest_limit}; migrations take no time)",
-          ["scenario", "hosts", "drained (hosts x instances)", "dry-run plan s", "plan in operation s",
-           "drain s (median)", "makespan s", "moves/s", "status", "drained hosts empty", "not on one host",
-           "moved twice", "hosts over limit", "drained host peak/limit"], summary_rows(results))
+          ["scenario", "hosts", "drained", "dry run s", "plan s", "drain s", "makespan s", "moves/s", "status",
+           "emptied", "not on 1 host", "moved twice", "over limit", "peak/limit"], summary_rows(results))
 
 
 if __name__ == "__main__":
