@@ -173,6 +173,14 @@ class MigrationConductor(NonBlockingConductor):
         super().__init__(name, board, persistence=services.db.taskflow_backend(), engine="serial", **kwargs)
         self._services = services
         self._sessions = sessions
+        # A fleet operation's job holds a slot for its whole run while its
+        # moves, migration jobs, need slots of their own: operations never
+        # take a conductor's last slot, or drains that filled every slot
+        # would wait for ever on moves that no conductor can claim.
+        slots = kwargs.get("max_simultaneous_jobs")
+        self._operation_slots = slots - 1 if slots is not None and slots > 0 else None
+        self._operations_running = 0
+        self._operations_lock = threading.Lock()
         # The engine _dispatch_job built, under its claim, for TaskFlow's
         # dispatch to run (per thread: each job runs on its own).
         self._built = threading.local()
@@ -198,7 +206,16 @@ class MigrationConductor(NonBlockingConductor):
             # A fleet operation (livemig.operations): its own claim and flow.
             from livemig.operations.jobs import dispatch_operation_job
 
-            return dispatch_operation_job(self, job, operation_id, super()._dispatch_job)
+            if not self._take_operation_slot():
+                LOG.warning("conductor %s: operation %s would take the last of its slots, which its moves "
+                            "need; handing %s back", self._name, operation_id, job.name)
+                time.sleep(HAND_BACK_DELAY_S)
+                return False
+            try:
+                return dispatch_operation_job(self, job, operation_id, super()._dispatch_job)
+            finally:
+                with self._operations_lock:
+                    self._operations_running -= 1
         migration_id = (job.details or {}).get("migration_id")
         LOG.info("conductor %s: claimed %s (migration %s)", self._name, job.name, migration_id)
         if migration_id is None:
@@ -235,6 +252,13 @@ class MigrationConductor(NonBlockingConductor):
                 ensure_outcome_recorded(self._services, migration_id, None)
         LOG.info("conductor %s: %s %s", self._name, "finished" if consume else "handed back", job.name)
         return consume
+
+    def _take_operation_slot(self) -> bool:
+        with self._operations_lock:
+            if self._operation_slots is not None and self._operations_running >= self._operation_slots:
+                return False
+            self._operations_running += 1
+            return True
 
     def _not_started(self, job, migration_id: int, exc: Exception) -> bool:
         """A job whose flow could not be started: handed back for a transient

@@ -107,15 +107,21 @@ class LivemigJobBoard(ZookeeperJobBoard):
 def hosts_free_first(jobs: Iterable[Any], claimed: frozenset[str]) -> list:
     """`jobs` (oldest first), reordered: the unclaimed ones whose hosts no
     claimed job and no job before them here uses, then the other unclaimed
-    ones, then the claimed ones (a conductor tries those last, and fails)."""
+    ones, then fleet operations' jobs (their moves, migration jobs, come
+    first: a running drain's moves are never kept waiting behind drains that
+    cannot start), then the claimed ones (a conductor tries those last, and
+    fails)."""
     busy: set[str] = set()
     for job in jobs:
         if job.path in claimed:
             busy.update(job_hosts(job))
-    first, later, taken = [], [], []
+    first, later, operations, taken = [], [], [], []
     for job in jobs:
         if job.path in claimed:
             taken.append(job)
+            continue
+        if (job.details or {}).get("operation_id") is not None:
+            operations.append(job)
             continue
         hosts = job_hosts(job)
         if busy.intersection(hosts):
@@ -123,7 +129,7 @@ def hosts_free_first(jobs: Iterable[Any], claimed: frozenset[str]) -> list:
             continue
         busy.update(hosts)
         first.append(job)
-    return first + later + taken
+    return first + later + operations + taken
 
 
 def job_hosts(job) -> list[str]:

@@ -97,3 +97,17 @@ def test_a_conductor_killed_mid_drain_is_replaced_by_another(tmp_path, zk_settin
     with fleet.db().reading() as s:
         statuses = {m.id: m.status for m in s.scalars(sa.select(Migration))}
     assert all(statuses[m] == "completed" for m in in_flight)
+
+
+def test_drains_never_take_a_conductors_last_slot(tmp_path, zk_settings, conductors):
+    """One conductor with two slots and two drains at once: were both drains
+    to hold a slot, their moves (migration jobs) could never be claimed. An
+    operation never takes a conductor's last slot, so both drains finish."""
+    fleet = Fleet.build(tmp_path, zk_settings, sources={"s1": 2, "s2": 2}, dests={"d1": {}, "d2": {}},
+                        migration_seconds=0.2)
+    conductors.start("c1", env={"LIVEMIG_CONDUCTOR_MAX_MIGRATIONS": "2"})
+    first = livemig.drain_host(CTX, "s1", wait=False, settings=zk_settings)
+    second = livemig.drain_host(CTX, "s2", wait=False, settings=zk_settings)
+    views = _wait_operations(zk_settings, [first.id, second.id], timeout=120.0)
+    assert [v.status for v in views] == ["completed", "completed"], [v.reason for v in views]
+    fleet.assert_invariants()
