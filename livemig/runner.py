@@ -146,7 +146,15 @@ def load_engine(services: Services, migration_id: int):
 def run_lock(services: Services, migration_id: int) -> Iterator[None]:
     """Only one local process runs a given migration; the lock dies with it,
     which is what lets `migration resume` take over after a SIGKILL."""
-    path = Path(services.settings.data_dir) / "runs" / f"{migration_id}.lock"
+    with process_lock(services, f"{migration_id}.lock", f"migration {migration_id}"):
+        yield
+
+
+@contextlib.contextmanager
+def process_lock(services: Services, file_name: str, what: str) -> Iterator[None]:
+    """An exclusive flock on DATA_DIR/runs/FILE_NAME, holding this process's
+    pid; Conflict ("WHAT is being run by pid N") if another process holds it."""
+    path = Path(services.settings.data_dir) / "runs" / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as lock:
         try:
@@ -155,7 +163,7 @@ def run_lock(services: Services, migration_id: int) -> Iterator[None]:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 lock.seek(0)
                 owner = lock.read().strip() or "another process"
-                raise Conflict(f"migration {migration_id} is being run by {owner}") from None
+                raise Conflict(f"{what} is being run by {owner}") from None
             raise
         lock.seek(0)
         lock.truncate()

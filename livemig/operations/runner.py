@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import sqlalchemy as sa
@@ -24,6 +21,7 @@ from livemig.operations.claims import (
 from livemig.operations.flow import FACTORY_NAME, FLOW_NAME
 from livemig.operations.records import add_operation_event, get_operation, set_operation_status
 from livemig.operations.states import OperationStatus
+from livemig.runner import process_lock
 from livemig.services import Services, building_flows_with
 
 LOG = logging.getLogger("livemig.operations")
@@ -90,25 +88,8 @@ _ENDED_FLOW_STATES = (tf_states.SUCCESS, tf_states.REVERTED, tf_states.FAILURE)
 def operation_run_lock(services: Services, operation_id: int) -> Iterator[None]:
     """One local process runs a given operation; the lock dies with it
     (what lets `operation resume` take over after a SIGKILL)."""
-    path = Path(services.settings.data_dir) / "runs" / f"operation-{operation_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                lock.seek(0)
-                owner = lock.read().strip() or "another process"
-                raise Conflict(f"operation {operation_id} is being run by {owner}") from None
-            raise
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}")
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with process_lock(services, f"operation-{operation_id}.lock", f"operation {operation_id}"):
+        yield
 
 
 def run_operation_engine(services: Services, operation_id: int, engine) -> None:
