@@ -57,6 +57,10 @@ def find_instance(session: Session, ref: str) -> Instance:
     matches = list(session.scalars(sa.select(Instance).where(
         Instance.name == ref, Instance.state != InstanceState.DELETED.value)))
     if not matches:
+        if session.get(Host, ref) is not None:
+            # The commonest slip: `migrate --live HOST` meaning "empty this host".
+            raise InstanceNotFound(f"{ref!r} is a host, not an instance; to move every instance off it: "
+                                   f"livemig host drain {ref}")
         raise InstanceNotFound(f"instance {ref!r} is not in the inventory (see `livemig instance list`)")
     if len(matches) > 1:
         raise InvalidInput(f"instance name {ref!r} is ambiguous ({len(matches)} instances); use its uuid")

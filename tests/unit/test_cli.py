@@ -40,6 +40,8 @@ def snapshot(settings):
 BAD_INPUT = [
     ("unknown instance", ["migrate", "--live", "a", "nope", "b"], 3, "instance 'nope' is not in the inventory"),
     ("unknown source", ["migrate", "--live", "zz", "vm1", "b"], 3, "host 'zz' is not in the inventory"),
+    ("a host given as the instance", ["migrate", "--live", "a"], 3,
+     "'a' is a host, not an instance; to move every instance off it: livemig host drain a"),
     ("unknown destination", ["migrate", "--live", "a", "vm1", "zz"], 3, "host 'zz' is not in the inventory"),
     ("source equals destination", ["migrate", "--live", "a", "vm1", "a"], 2, "same host"),
     ("instance not on source", ["migrate", "--live", "b", "vm1", "c"], 4, "runs on a, not on b"),

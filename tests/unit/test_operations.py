@@ -295,16 +295,14 @@ def test_a_host_in_maintenance_takes_no_new_placement(tmp_path, settings):
     assert all(m.dest_host is None and "d1: maintenance" in m.reason for m in view.moves)
 
 
-def test_the_operation_flow_is_a_contract():
+def test_the_operation_flow_is_a_contract(tmp_path):
     from oslo_utils import reflection
 
     from livemig.operations import flow as operation_flow
     from livemig.services import building_flows_with, services_for
     from livemig.config import Settings
 
-    import tempfile
-
-    with building_flows_with(services_for(Settings(data_dir=tempfile.mkdtemp()))):
+    with building_flows_with(services_for(Settings(data_dir=str(tmp_path)))):
         built = operation_flow.get_operation_flow()
     names = [atom.name for atom in built]
     assert names == ["record-operation-failure", "plan-operation", "run-moves", "end-operation"]
