@@ -1,1 +1,7 @@
-"""Pure fleet planners: a snapshot of the fleet in, an ordered plan of moves out."""
+"""Pure fleet planners: a snapshot of the fleet in, an ordered plan of moves out.
+
+model.py        the contract: Fleet (hosts, instances) in, Plan (waved moves, figures) out
+capacity.py     what an instance takes of a host and what a host can hold
+bounds.py       the consolidation lower bound, the imbalance measure, the power model
+ordering.py     a target assignment made into executable waves; check_plan replays a plan
+"""
