@@ -77,12 +77,23 @@ class Settings:
     # The key registered credentials are encrypted with in the database;
     # every controller needs the same file (default: DATA_DIR/credential.key).
     credential_key_file: str = ""
+    # Load samples (livemig.load): a conductor samples every host this often
+    # (0: it does not), and samples older than the history are pruned.
+    load_sample_interval_s: float = 60.0
+    load_history_s: float = 86400.0
+    # The linear power model of a host (livemig.planning.model.HostCapacity):
+    # these watts at 0% CPU, rising to the peak at 100%.
+    host_idle_watts: float = 100.0
+    host_peak_watts: float = 250.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             check_setting(field.name, getattr(self, field.name))
         data_dir = self.data_dir or str(default_data_dir())
         object.__setattr__(self, "data_dir", data_dir)
+        if self.host_peak_watts < self.host_idle_watts:
+            raise InvalidInput(f"setting host_peak_watts ({self.host_peak_watts:g}) must be at least "
+                               f"host_idle_watts ({self.host_idle_watts:g})")
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{data_dir}/livemig.db")
         if not self.credential_key_file:
@@ -194,6 +205,10 @@ SPECS: dict[str, Spec] = {
     "poll_interval_s": Spec(float, 0.01, 60.0),
     "data_dir": Spec(str, check=_absolute_path_or_empty),
     "credential_key_file": Spec(str, check=_absolute_path_or_empty),
+    "load_sample_interval_s": Spec(float, 0.0, DAY_S),
+    "load_history_s": Spec(float, 60.0, 366 * DAY_S),
+    "host_idle_watts": Spec(float, 0.0, 100_000.0),
+    "host_peak_watts": Spec(float, 0.0, 100_000.0),
 }
 
 # What a requester may choose for one migration; everything else is the

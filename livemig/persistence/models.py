@@ -243,3 +243,27 @@ class OperationEvent(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))
     message: Mapped[str] = mapped_column(sa.Text, default="")
     controller: Mapped[str] = mapped_column(sa.String(255), default="")
+
+
+class LoadSample(Base):
+    """What a host, or one instance on it, used over one sampling interval
+    (livemig.load.sampler): CPU as a fraction of the host's CPUs (so an
+    instance's figure times `host_cpus` is in cores), memory in use in MiB.
+    A host's own sample has no instance_uuid. Older samples are pruned."""
+
+    __tablename__ = "livemig_load_samples"
+    __table_args__ = (sa.Index("ix_livemig_load_samples_host_at", "host", "at"),
+                      sa.Index("ix_livemig_load_samples_instance_at", "instance_uuid", "at"))
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    # The end of the interval the sample covers.
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    instance_uuid: Mapped[str | None] = mapped_column(sa.String(36), default=None)
+    cpu: Mapped[float] = mapped_column(default=0.0)
+    # The host's CPU count when sampled: cpu * host_cpus is in cores.
+    host_cpus: Mapped[int] = mapped_column(default=0)
+    memory_used_mb: Mapped[float] = mapped_column(default=0.0)
+    # How long the interval was (two counter readings apart).
+    interval_s: Mapped[float] = mapped_column(default=0.0)

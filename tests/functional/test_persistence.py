@@ -398,3 +398,22 @@ def test_a_recorded_outcome_is_never_changed_on_either_database(tmp_path, db_set
     assert (shown.status, shown.error_reason) == ("completed", None)
     notes = [e.message for e in shown.events if e.kind == "note" and e.name == "migration"]
     assert len(notes) == 2 and all("ignored a late change" in n for n in notes)
+
+
+def test_the_migrated_schema_matches_the_models(db_settings):
+    # A model column or index without its alembic revision (or the reverse)
+    # shows here, on each database, before it fails in production.
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from livemig.persistence.models import Base
+    db = Database(db_settings.database_url)
+    db.upgrade()
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": "livemig_alembic_version"})
+        diff = compare_metadata(context, Base.metadata)
+    # TaskFlow's tables (logbooks, ...) are not livemig's models: only the
+    # differences that name a livemig table count.
+    diff = [d for d in diff if "livemig_" in repr(d)]
+    assert diff == [], diff
+    db.dispose()
