@@ -103,6 +103,36 @@ class HostFacts:
 
 
 @dataclasses.dataclass
+class HostStats:
+    """A host's cumulative CPU counter and its memory in use, at one instant.
+    Utilisation is the difference of two readings over their time apart."""
+
+    # Seconds since the epoch on the driver's clock, when read.
+    timestamp: float
+    cpus: int
+    # Busy time (everything but idle and iowait) of all CPUs, in ns, since boot.
+    cpu_busy_ns: int
+    memory_total_mb: float
+    # In use by processes (total less free, buffers and page cache).
+    memory_used_mb: float
+
+
+@dataclasses.dataclass
+class DomainStats:
+    """A running domain's cumulative CPU time and its memory in use."""
+
+    uuid: str
+    name: str
+    timestamp: float
+    # CPU time of the whole QEMU process (vCPUs and emulator), in ns, since it started.
+    cpu_time_ns: int
+    # What the guest reports in use (available less unused) when it reports,
+    # else the QEMU process's resident size, else its balloon size.
+    memory_used_mb: float
+    vcpus: int
+
+
+@dataclasses.dataclass
 class MigrationProgress:
     fraction: float
     memory_total: int = 0
@@ -192,6 +222,15 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def find_domain(self, uri: str, uuid: str) -> DomainInfo | None:
         """The domain with this uuid on the host, or None."""
+
+    # -- load
+    @abc.abstractmethod
+    def host_stats(self, uri: str) -> HostStats:
+        """The host's CPU counter and memory in use; raises HostUnreachable."""
+
+    @abc.abstractmethod
+    def domain_stats(self, uri: str) -> list[DomainStats]:
+        """Every running domain's CPU counter and memory in use."""
 
     @abc.abstractmethod
     def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:

@@ -22,14 +22,15 @@ import os
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from livemig.drivers.base import (
-    AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts,
+    AbortCheck, DiskInfo, DomainInfo, DomainStats, Driver, DriverError, FilterConflict, HostFacts, HostStats,
     InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
     MigrationTimedOut, ProgressCallback, SourcePaused,
 )
+from livemig.drivers import load_profiles
 from livemig.errors import HostUnreachable, InvalidInput
 from livemig.states import DomainState
 
@@ -147,8 +148,32 @@ def _host_locks(paths: frozenset[Path]) -> Iterator[None]:
             lock.close()  # closing the file releases its lock
 
 
+def _cpu_ns(load: dict[str, Any] | None, t: float) -> int:
+    """A load's cumulative CPU counter at t: what it had when its curve was
+    set, plus the curve's area since."""
+    if not load:
+        return 0
+    since = load["since"]
+    return int(load["cpu_base_ns"] + 1e9 * load_profiles.integral(load["cpu"], since, max(t, since)))
+
+
+def _memory_mb(load: dict[str, Any] | None, t: float, default: float) -> float:
+    return load_profiles.value_at(load["memory"], t) if load and load.get("memory") else default
+
+
 class FakeDriver(Driver):
-    """The stateful fake. Stateless itself: the world is in the host files."""
+    """The stateful fake. Stateless itself: the world is in the host files.
+
+    Load: each domain, and each host's own overhead, follows a curve
+    (`set_load`, livemig.drivers.load_profiles); an unset domain is idle and
+    uses all its memory, an unset host has no overhead. A host's CPU counter
+    is its overhead's plus its running domains' counters, so a domain that
+    arrives or leaves makes it jump for one interval (a sampler sees a
+    counter going backwards, as after a reboot); `clock` is the time the
+    curves are read at (a test may give its own)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
 
     # -- world management (used by tests, the demo and `livemig lab` for fakes)
     @contextlib.contextmanager
@@ -207,6 +232,31 @@ class FakeDriver(Driver):
             world.touch(path)
         return uuid
 
+    def set_load(self, uri: str, uuid: str | None = None, *, cpu: dict[str, Any] | None = None,
+                 memory: dict[str, Any] | None = None) -> None:
+        """Give a domain (uuid None: the host's own overhead) a CPU curve (cores,
+        at most its vCPUs) and a memory curve (MiB in use, at most its
+        memory); a curve not given is kept. Its CPU counter carries on from
+        where the old curve left it."""
+        now = self.clock()
+        with self.world(uri) as (world, path):
+            host = world.host(path)
+            if uuid is None:
+                target, cpus, memory_mb = host, host["vcpus"], host["memory_mb"]
+            else:
+                target = host["domains"].get(uuid)
+                if target is None:
+                    raise InvalidInput(f"no domain {uuid} on fake host {host['hostname']}")
+                cpus, memory_mb = target["vcpus"], target["memory_mb"]
+            old = target.get("load") or {}
+            target["load"] = {
+                "cpu": load_profiles.check_profile(cpu, cpus) if cpu is not None
+                else old.get("cpu", load_profiles.constant(0.0)),
+                "memory": load_profiles.check_profile(memory, memory_mb) if memory is not None
+                else old.get("memory"),
+                "since": now, "cpu_base_ns": _cpu_ns(old, now)}
+            world.touch(path)
+
     def inject_fault(self, uri: str, op: str, kind: str = "error", message: str = "injected fault",
                      times: int = 1) -> None:
         if kind not in FAULT_KINDS:
@@ -240,7 +290,8 @@ class FakeDriver(Driver):
     # Operations that change nothing: not counted, so that looking does not
     # rewrite the host's file (most of a fake migration's file writes were
     # lookups being counted).
-    READ_ONLY_OPS = frozenset({"host_facts", "list_domains", "find_domain", "volume_reachable", "network_present"})
+    READ_ONLY_OPS = frozenset({"host_facts", "list_domains", "find_domain", "volume_reachable", "network_present",
+                               "host_stats", "domain_stats"})
 
     def _enter(self, world: _World, path: Path, op: str) -> dict[str, Any]:
         host = world.host(path)
@@ -291,6 +342,31 @@ class FakeDriver(Driver):
             self._enter(world, path, "find_domain")
             dom = world.host(path)["domains"].get(uuid)
             return self._domain_info(dom) if dom else None
+
+    @staticmethod
+    def _running(host: dict[str, Any]) -> list[dict[str, Any]]:
+        # The paused copy an incoming migration makes does not run yet.
+        return [d for d in host["domains"].values() if d["state"] == "running" and not d.get("incoming_from")]
+
+    def host_stats(self, uri: str) -> HostStats:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "host_stats")
+            host = world.host(path)
+            now = self.clock()
+            running = self._running(host)
+            busy = _cpu_ns(host.get("load"), now) + sum(_cpu_ns(d.get("load"), now) for d in running)
+            used = _memory_mb(host.get("load"), now, 0.0) + sum(
+                _memory_mb(d.get("load"), now, d["memory_mb"]) for d in running)
+            return HostStats(timestamp=now, cpus=host["vcpus"], cpu_busy_ns=busy,
+                             memory_total_mb=float(host["memory_mb"]), memory_used_mb=min(used, host["memory_mb"]))
+
+    def domain_stats(self, uri: str) -> list[DomainStats]:
+        with self.world(uri) as (world, path):
+            self._enter(world, path, "domain_stats")
+            now = self.clock()
+            return [DomainStats(uuid=d["uuid"], name=d["name"], timestamp=now, cpu_time_ns=_cpu_ns(d.get("load"), now),
+                                memory_used_mb=_memory_mb(d.get("load"), now, d["memory_mb"]), vcpus=d["vcpus"])
+                    for d in self._running(world.host(path))]
 
     def cpu_compatible(self, source_uri: str, dest_uri: str, uuid: str) -> tuple[bool, str]:
         with self.world(source_uri, dest_uri) as (world, src):

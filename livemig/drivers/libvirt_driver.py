@@ -12,7 +12,8 @@ from typing import Any
 import libvirt
 
 from livemig.drivers.base import (
-    AbortCheck, DiskInfo, DomainInfo, Driver, DriverError, FilterConflict, HostFacts, InterfaceInfo,
+    AbortCheck, DiskInfo, DomainInfo, DomainStats, Driver, DriverError, FilterConflict, HostFacts, HostStats,
+    InterfaceInfo,
     MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult, MigrationTimedOut, ProgressCallback,
     SourcePaused,
 )
@@ -136,6 +137,15 @@ def _guest_networks(conn: libvirt.virConnect) -> list[str]:
     except libvirt.libvirtError:
         pass
     return sorted(names)
+
+
+def _domain_memory_used_kib(values: dict[str, Any]) -> float:
+    """What the guest says it uses (its balloon driver's available less
+    unused), else the QEMU process's resident size, else its balloon size: a
+    guest without a balloon driver reports nothing."""
+    if "balloon.available" in values and "balloon.unused" in values:
+        return max(0, values["balloon.available"] - values["balloon.unused"])
+    return values.get("balloon.rss") or values.get("balloon.current", 0)
 
 
 def _error(exc: libvirt.libvirtError, what: str) -> DriverError:
@@ -267,6 +277,37 @@ class LibvirtDriver(Driver):
             return found
 
         return self._call(uri, "listing domains", domains)
+
+    # -- load
+    def host_stats(self, uri: str) -> HostStats:
+        def stats(conn: libvirt.virConnect) -> HostStats:
+            cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
+            memory = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            now = time.time()
+            total_kib = memory.get("total", 0)
+            # Buffers and page cache are reclaimable: not "in use" for placement.
+            used_kib = total_kib - sum(memory.get(k, 0) for k in ("free", "buffers", "cached"))
+            return HostStats(timestamp=now, cpus=conn.getInfo()[2],
+                             cpu_busy_ns=cpu.get("kernel", 0) + cpu.get("user", 0),
+                             memory_total_mb=total_kib / 1024, memory_used_mb=max(0, used_kib) / 1024)
+
+        return self._call(uri, "reading host stats", stats)
+
+    def domain_stats(self, uri: str) -> list[DomainStats]:
+        def stats(conn: libvirt.virConnect) -> list[DomainStats]:
+            # One call for every running domain: cpu.time is the QEMU
+            # process's (vCPUs, emulator and I/O threads), what the host pays.
+            records = conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING)
+            now = time.time()
+            return [DomainStats(uuid=dom.UUIDString(), name=dom.name(), timestamp=now,
+                                cpu_time_ns=int(values.get("cpu.time", 0)),
+                                memory_used_mb=_domain_memory_used_kib(values) / 1024,
+                                vcpus=int(values.get("vcpu.current", 0)))
+                    for dom, values in records]
+
+        return self._call(uri, "reading domain stats", stats)
 
     def _lookup(self, conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
         try:
