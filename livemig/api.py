@@ -254,25 +254,65 @@ def list_instances(host: str | None = None, include_deleted: bool = False,
         return [InstanceView.of(i) for i in session.scalars(query)]
 
 
-def host_resources(host: str | None = None, settings: Settings | None = None) -> list[ResourceLine]:
-    """Per host: its totals, what is used, then the usage of each project."""
+def host_resources(host: str | None = None, window_s: float = 3600.0,
+                   settings: Settings | None = None) -> list[ResourceLine]:
+    """Per host: its totals, what is used (allocated, and measured over the
+    last `window_s` seconds), then the usage of each project."""
+    from livemig.load.fleet import host_loads, instance_loads, window_start
+
+    input_bounds.finite_number_in("the window", window_s, 1.0, 366 * 86400.0)
+    since, until = window_start(window_s)
     lines: list[ResourceLine] = []
     with _services(settings).db.reading() as session:
         hosts = [get_host(session, host)] if host else list(session.scalars(sa.select(Host).order_by(Host.name)))
+        measured_hosts = host_loads(session, since, until)
+        measured = instance_loads(session, since, until)
         for h in hosts:
             lines.append(ResourceLine("TOTAL", h.name, "", h.vcpus, h.memory_mb, h.disk_gb))
             per_project: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0])
+            loads: dict[str, list] = collections.defaultdict(list)
             for inst in session.scalars(sa.select(Instance).where(
                     Instance.host == h.name, Instance.state != InstanceState.DELETED.value)):
                 usage = per_project[inst.project]
                 usage[0] += inst.vcpus
                 usage[1] += inst.memory_mb
                 usage[2] += inst.disk_gb
+                if inst.uuid in measured:
+                    loads[inst.project].append(measured[inst.uuid])
             used = [sum(u[i] for u in per_project.values()) for i in range(3)]
-            lines.append(ResourceLine("USED", h.name, "", *used))
+            lines.append(ResourceLine("USED", h.name, "", *used, **_measured_columns([measured_hosts[h.name]]
+                                                                                     if h.name in measured_hosts else [])))
             for project in sorted(per_project):
-                lines.append(ResourceLine("NODE", h.name, project, *per_project[project]))
+                lines.append(ResourceLine("NODE", h.name, project, *per_project[project],
+                                          **_measured_columns(loads[project])))
     return lines
+
+
+def _measured_columns(loads: list) -> dict[str, Any]:
+    """A resource line's measured columns: the sums of these loads' means and
+    peaks, rounded for reading; nothing when there are none."""
+    if not loads:
+        return {}
+    return {"cpu_mean": round(sum(x.cpu_mean for x in loads), 3), "cpu_peak": round(sum(x.cpu_peak for x in loads), 3),
+            "memory_mean_mb": round(sum(x.memory_mean_mb for x in loads), 1),
+            "memory_peak_mb": round(sum(x.memory_peak_mb for x in loads), 1),
+            "samples": sum(x.samples for x in loads)}
+
+
+def sample_load(context: RequestContext, name: str | None = None, settle_s: float = 1.0,
+                settings: Settings | None = None):
+    """One load sampling pass over one host or every host (livemig.load.sampler):
+    two readings `settle_s` apart; returns its PassReport."""
+    from livemig.load.sampler import Sampler
+
+    context.require_admin("sampling load")
+    input_bounds.finite_number_in("the settle time", settle_s, 0.1, 600.0)
+    services = _services(settings)
+    if name is not None:
+        with services.db.reading() as session:
+            get_host(session, name)
+    return Sampler(services.db, services.drivers, services.settings).sample(
+        hosts=None if name is None else [name], settle_s=settle_s)
 
 
 # -- migrations --------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from livemig import fencing, lazy
 from livemig.coordination.jobboard import LivemigJobBoard
 from livemig.coordination.zookeeper import start_client
 from livemig.errors import CoordinationUnavailable, MigrationEnded, MigrationNotFound, ServiceUnavailable
+from livemig.load.sampler import start_sampler_thread
 from livemig.persistence.inventory import controller_id, get_migration
 from livemig.runner import (
     MigrationEventListener, claim_migration, end_unrunnable, ensure_outcome_recorded, load_engine, logbook_name,
@@ -311,9 +312,13 @@ def run_conductor(services: Services, name: str | None = None, once: bool = Fals
         watcher.start()
     LOG.info("conductor %s: waiting for jobs on %s (up to %d at once)", name, services.settings.zookeeper_hosts,
              max_migrations)
+    stop_sampling = None if once else start_sampler_thread(services.db, services.drivers, services.settings,
+                                                           name=f"{name} load sampler")
     try:
         conductor.run()
     finally:
+        if stop_sampling is not None:
+            stop_sampling()
         with contextlib.suppress(Exception):
             conductor.close()
         with contextlib.suppress(Exception):

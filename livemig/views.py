@@ -119,6 +119,16 @@ class ResourceLine(View):
     kind: str  # "TOTAL", "USED" or "NODE"
     host: str
     project: str
+    # Allocated (TOTAL: the host's size).
     vcpus: int
     memory_mb: int
     disk_gb: int
+    # Measured over the window (livemig.load), None where nothing was
+    # sampled: CPU in cores, memory in use in MiB. USED: the host's own
+    # samples (its guests and itself); NODE: the sums of its instances'
+    # means and of their peaks (the peak of the sum is at most that).
+    cpu_mean: float | None = None
+    cpu_peak: float | None = None
+    memory_mean_mb: float | None = None
+    memory_peak_mb: float | None = None
+    samples: int = 0

@@ -39,6 +39,27 @@ class LazyConsole:
 out = LazyConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = LazyConsole(stderr=True, soft_wrap=True)
 
+class Duration(click.ParamType):
+    """Seconds, written as a number of seconds or with a unit: 90, 90s, 30m, 1h, 2d."""
+
+    name = "duration"
+    UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = self.UNITS.get(text[-1:], None)
+        number = text[:-1] if scale is not None else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (seconds, or a number with s, m, h or d)", param, ctx)
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not a positive duration", param, ctx)
+        return seconds
+
+
 format_option = click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
                              show_default=True, help="Human table, or JSON for scripts.")
 

@@ -1,6 +1,8 @@
 """`livemig host ...`"""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from livemig import api
@@ -105,12 +107,25 @@ def disable(state: State, name: str, reason: str | None) -> None:
 
 @host.command()
 @click.argument("name", required=False)
+@click.option("--stats", is_flag=True, help="Then sample the load too: two readings of the hypervisor's "
+              "counters --settle apart, written as load samples.")
+@click.option("--settle", "settle_s", type=click.FloatRange(0.1, 600.0), default=1.0, show_default=True,
+              help="Seconds between the two readings of --stats.")
 @click.pass_obj
 @handle_errors
-def sync(state: State, name: str | None) -> None:
+def sync(state: State, name: str | None, stats: bool, settle_s: float) -> None:
     """Discover the domains on NAME (or every host) and update the instances."""
     for host_name, count in api.sync_hosts(state.context(), name, settings=state.settings).items():
         out.print(f"{host_name}: {count} instance(s)", markup=False)
+    if not stats:
+        return
+    report = api.sample_load(state.context(), name, settle_s=settle_s, settings=state.settings)
+    for host_name, count in sorted(report.written.items()):
+        out.print(f"{host_name}: {count} load sample(s)", markup=False)
+    for host_name, why in sorted(report.skipped.items()):
+        click.echo(f"livemig: warning: {host_name}: no load sample: {why}", err=True)
+    if report.skipped:
+        sys.exit(1)
 
 
 # -- drain / undrain (fleet operations: livemig.operations) ------------------------------------------

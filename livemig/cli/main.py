@@ -8,7 +8,7 @@ import sys
 import click
 
 from livemig import api
-from livemig.cli.common import State, emit, format_option, handle_errors
+from livemig.cli.common import Duration, State, emit, format_option, handle_errors
 from livemig.cli.credential import credential
 from livemig.cli.host import host
 from livemig.cli.instance import instance
@@ -36,14 +36,21 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
 
 @cli.command()
 @click.argument("host_name", required=False)
+@click.option("--window", "window_s", type=Duration(), default="1h", show_default=True,
+              help="Measured load over this long before now (90s, 30m, 1h, 2d).")
 @format_option
 @click.pass_obj
 @handle_errors
-def resources(state: State, host_name: str | None, output_format: str) -> None:
-    """Totals and per-project usage of one host or all (vcpus, memory MB, disk GB)."""
-    lines = api.host_resources(host_name, settings=state.settings)
+def resources(state: State, host_name: str | None, window_s: float, output_format: str) -> None:
+    """Totals and per-project usage of one host or all: allocated (vcpus,
+    memory MB, disk GB) and measured over the window (CPU cores and memory
+    MiB in use, mean and peak; empty where nothing was sampled: see
+    `livemig host sync --stats`)."""
+    lines = api.host_resources(host_name, window_s=window_s, settings=state.settings)
     emit(output_format, lines, [("KIND", "kind"), ("HOST", "host"), ("PROJECT", "project"), ("VCPUS", "vcpus"),
-                                ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb")])
+                                ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"), ("CPU_MEAN", "cpu_mean"),
+                                ("CPU_PEAK", "cpu_peak"), ("MEM_MEAN_MB", "memory_mean_mb"),
+                                ("MEM_PEAK_MB", "memory_peak_mb")])
 
 
 cli.add_command(migrate)

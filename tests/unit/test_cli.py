@@ -56,6 +56,10 @@ BAD_INPUT = [
     ("out-of-range option", ["host", "add", "d", "--uri", "fake:///tmp/x/d.json", "--max-migrations", "0"], 2,
      "0 is not in the range 1<=x<=1024"),
     ("unknown command", ["migrat"], 2, "No such command 'migrat'"),
+    ("bad resources window", ["resources", "--window", "soon"], 2, "'soon' is not a duration"),
+    ("zero resources window", ["resources", "--window", "0m"], 2, "'0m' is not a positive duration"),
+    ("unknown host to sample", ["host", "sync", "zz", "--stats"], 3, "host 'zz' is not in the inventory"),
+    ("bad settle time", ["host", "sync", "--stats", "--settle", "0"], 2, "0.0 is not in the range 0.1<=x<=600.0"),
 ]
 
 
