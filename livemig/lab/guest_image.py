@@ -2,7 +2,9 @@
 brings up virtio networking and serves, on its IP:
   7  TCP echo (the client keeps a stream through migrations),
   9  the guest's boot id (proves it did not reboot),
-  10 a volume probe: writes the line it reads to its iSCSI disk, reads it back.
+  10 a volume probe: writes the line it reads to its iSCSI disk, reads it back,
+  11 a control port (livemig/lab/control.py): make the guest CPU-busy, make it
+     dirty memory, check the static data written at boot.
 
 The packages are downloaded with `apt-get download` and unpacked into the
 lab's cache: nothing is installed on the machine's own boot setup."""
@@ -33,6 +35,12 @@ ip addr add $IP/24 dev eth0
 nc -ll -p 7 -e cat &
 nc -ll -p 9 -e /bin/bootid &
 nc -ll -p 10 -e /bin/volume &
+# Static data for the control port's `check`: a page lost or stale after a
+# migration shows as a different hash.
+mkdir -p /tmp/control
+dd if=/dev/urandom of=/tmp/control/static bs=1M count={static_mib} 2>/dev/null
+md5sum < /tmp/control/static > /tmp/control/static.md5
+nc -ll -p 11 -e /bin/control &
 echo "livemig-guest ready ip=$IP boot_id=$(cat /proc/sys/kernel/random/boot_id) disks=$(ls /dev/vd* 2>&1)" > /dev/ttyS0
 while true; do sleep 3600; done
 """
@@ -46,6 +54,64 @@ if [ -z "$disk" ]; then echo "error: no virtio disk"; exit 0; fi
 echo "$token" | dd of=$disk bs=512 count=1 conv=sync,fsync 2>/dev/null || echo "error: write failed"
 dd if=$disk bs=512 count=1 iflag=direct 2>/dev/null | head -1
 """
+
+# The control port: one command a connection, one line back ("ok ..." or
+# "error: ..."). Loops it starts run detached from the connection (their
+# output goes nowhere), so the answer comes at once and nc closes.
+#   cpu on|off   a busy loop on the vCPU (under TCG: about one host core)
+#   dirty N      rewrite N MiB of zero-filled memory, over and over
+#   dirtyr N     the same with random data (N MiB more to hold its source)
+#   stop         end the dirtying and free its memory
+#   check        re-hash the static data written at boot: ok or corrupt
+#   bootid       the boot id (as port 9)
+# Memory is a file in the initramfs (RAM), sized against a 128 MiB guest.
+CONTROL = """#!/bin/sh
+S=/tmp/control
+read cmd arg rest
+stop_loop() {
+  if [ -f $S/$1.pid ]; then kill $(cat $S/$1.pid) 2>/dev/null; rm -f $S/$1.pid; fi
+}
+mib() {
+  case "$1" in ''|*[!0-9]*) return 1;; esac
+  [ "$1" -ge 1 ] && [ "$1" -le "$2" ]
+}
+case "$cmd" in
+cpu)
+  case "$arg" in
+  on)
+    if [ ! -f $S/cpu.pid ]; then
+      (while :; do :; done) </dev/null >/dev/null 2>&1 &
+      echo $! > $S/cpu.pid
+    fi
+    echo "ok cpu on";;
+  off) stop_loop cpu; echo "ok cpu off";;
+  *) echo "error: cpu on|off";;
+  esac;;
+dirty|dirtyr)
+  max={dirty_max_mib}
+  [ "$cmd" = dirtyr ] && max=$((max / 2))
+  if ! mib "$arg" $max; then echo "error: $cmd takes MiB from 1 to $max"; exit 0; fi
+  stop_loop dirty
+  rm -f $S/dirty $S/random
+  src=/dev/zero
+  if [ "$cmd" = dirtyr ]; then
+    dd if=/dev/urandom of=$S/random bs=1M count=$arg 2>/dev/null
+    src=$S/random
+  fi
+  (while :; do dd if=$src of=$S/dirty bs=1M count=$arg conv=notrunc 2>/dev/null; done) </dev/null >/dev/null 2>&1 &
+  echo $! > $S/dirty.pid
+  echo "ok $cmd $arg";;
+stop) stop_loop dirty; rm -f $S/dirty $S/random; echo "ok stop";;
+check)
+  if [ "$(md5sum < $S/static)" = "$(cat $S/static.md5)" ]; then echo "ok"; else echo "corrupt"; fi;;
+bootid) cat /proc/sys/kernel/random/boot_id;;
+*) echo "error: unknown command '$cmd' (cpu on|off, dirty N, dirtyr N, stop, check, bootid)";;
+esac
+"""
+# Static data hashed by `check`, and the most `dirty` may rewrite (MiB).
+STATIC_MIB = 4
+DIRTY_MAX_MIB = 64
+CONTROL_SCRIPT = CONTROL.replace("{dirty_max_mib}", str(DIRTY_MAX_MIB))
 
 
 def _kernel_package() -> str:
@@ -101,6 +167,11 @@ def download_dir(cache: Path) -> Path:
 
 def _download(cache: Path, packages: list[str]) -> None:
     downloads = download_dir(cache)
+    # A package already downloaded is not fetched again: a changed init
+    # script rebuilds the initramfs from the cache, with no network.
+    packages = [p for p in packages if not any(downloads.glob(f"{p}_*.deb"))]
+    if not packages:
+        return
     proc = subprocess.run(["apt-get", "download", *packages], cwd=downloads, capture_output=True, text=True)
     if proc.returncode != 0:
         subprocess.run(["apt-get", "update"], capture_output=True)
@@ -112,7 +183,7 @@ def guest_material(cache: Path) -> tuple[Path, Path]:
     import hashlib
 
     # Named by what goes into it, so a changed init script rebuilds the image.
-    recipe = hashlib.sha256((INIT + BOOTID + VOLUME + " ".join(MODULES)).encode()).hexdigest()[:12]
+    recipe = hashlib.sha256((_init_script() + BOOTID + VOLUME + CONTROL_SCRIPT).encode()).hexdigest()[:12]
     kernel_out, initrd_out = cache / "vmlinuz", cache / f"initrd-{recipe}.gz"
     secure_cache(cache)
     if kernel_out.exists() and initrd_out.exists():
@@ -141,15 +212,20 @@ def guest_material(cache: Path) -> tuple[Path, Path]:
     return kernel_out, initrd_out
 
 
+def _init_script() -> str:
+    return INIT.format(modules=" ".join(MODULES), static_mib=STATIC_MIB)
+
+
 def _write_initramfs(path: Path, busybox: Path, modules: dict[str, Path]) -> None:
     """A newc cpio archive, gzipped (the kernel unpacks it as its root)."""
     entries: list[tuple[str, int, bytes]] = []
     for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "tmp"):
         entries.append((d, 0o040755, b""))
-    entries.append(("init", 0o100755, INIT.format(modules=" ".join(MODULES)).encode()))
+    entries.append(("init", 0o100755, _init_script().encode()))
     entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
     entries.append(("bin/bootid", 0o100755, BOOTID.encode()))
     entries.append(("bin/volume", 0o100755, VOLUME.encode()))
+    entries.append(("bin/control", 0o100755, CONTROL_SCRIPT.encode()))
     for name, p in modules.items():
         entries.append((f"lib/modules/{name}.ko", 0o100644, p.read_bytes()))
     buf = io.BytesIO()

@@ -25,14 +25,15 @@ from typing import Any, Callable
 
 from livemig.errors import InvalidInput, LivemigError
 from livemig.lab.echo import wait_for_port
+from livemig.lab.control import CONTROL_PORT
 from livemig.lab.guest_image import guest_material
 
 FILTER_NAME = "livemig-lab-sg"
-# A security group for the lab guests: their services (TCP 7-10) and ICMP in,
+# A security group for the lab guests: their services (TCP 7-11) and ICMP in,
 # their answers out, every other IPv4 packet dropped (ARP is not IPv4: passes).
 FILTER_XML = f"""<filter name='{FILTER_NAME}' chain='ipv4' priority='-700'>
-  <rule action='accept' direction='in' priority='100'><ip protocol='tcp' dstportstart='7' dstportend='10'/></rule>
-  <rule action='accept' direction='out' priority='100'><ip protocol='tcp' srcportstart='7' srcportend='10'/></rule>
+  <rule action='accept' direction='in' priority='100'><ip protocol='tcp' dstportstart='7' dstportend='11'/></rule>
+  <rule action='accept' direction='out' priority='100'><ip protocol='tcp' srcportstart='7' srcportend='11'/></rule>
   <rule action='accept' direction='inout' priority='200'><ip protocol='icmp'/></rule>
   <rule action='drop' direction='inout' priority='900'><ip/></rule>
 </filter>"""
@@ -420,7 +421,9 @@ class Lab:
         state["guests"].append(guest)
         self._save(state)
         try:
-            wait_for_port(ip, 7, 120)
+            # The control port is the guest's last service to start (after
+            # the static data it checks is written): every port answers then.
+            wait_for_port(ip, CONTROL_PORT, 120)
         except TimeoutError:
             hint = ""
             if self.domain_type == "kvm":

@@ -61,6 +61,14 @@ def sampler_for(settings, fake, clock, **kwargs) -> Sampler:
                    **kwargs)
 
 
+def sample_every(sampler: Sampler, clock: Clock, step_s: float, passes: int) -> None:
+    """A baseline, then `passes` passes `step_s` apart on the test's clock."""
+    sampler.sample(settle_s=0)
+    for _ in range(passes):
+        clock.t += step_s
+        sampler.sample(settle_s=0)
+
+
 def samples(settings) -> list[LoadSample]:
     with database_for(settings.database_url).reading() as s:
         return list(s.scalars(sa.select(LoadSample).order_by(LoadSample.at, LoadSample.host, LoadSample.instance_uuid)))
@@ -164,11 +172,7 @@ def test_build_fleet_reads_mean_and_peak_of_a_sine_curve(cloud, settings, fake, 
     uuid = fake.create_domain(cloud.uri("a"), "wavy", vcpus=4, memory_mb=512)
     fake.set_load(cloud.uri("a"), uuid, cpu=lp.sine(1.5, 1.0, 600.0), memory=lp.sine(150.0, 50.0, 600.0))
     livemig.sync_hosts(CTX, settings=settings)
-    sampler = sampler_for(settings, fake, clock)
-    sampler.sample(settle_s=0)
-    for _ in range(40):
-        clock.t += 30
-        sampler.sample(settle_s=0)
+    sample_every(sampler_for(settings, fake, clock), clock, 30, passes=40)
     with database_for(settings.database_url).reading() as s:
         vm = build_fleet(s, window_s=1200, now=to_datetime(clock.t)).instances[uuid]
         a = host_loads(s, to_datetime(clock.t - 1200), to_datetime(clock.t))["a"]
@@ -182,11 +186,7 @@ def test_build_fleet_reads_mean_and_peak_of_a_sine_curve(cloud, settings, fake, 
 
 def test_build_fleet_sees_a_step_only_in_a_window_after_it(cloud, settings, fake, clock):
     fake.set_load(cloud.uri("a"), cloud.vm, cpu=lp.step(0.1, 0.9, clock.t + 600))
-    sampler = sampler_for(settings, fake, clock)
-    sampler.sample(settle_s=0)
-    for _ in range(20):
-        clock.t += 60
-        sampler.sample(settle_s=0)
+    sample_every(sampler_for(settings, fake, clock), clock, 60, passes=20)
     with database_for(settings.database_url).reading() as s:
         recent = build_fleet(s, window_s=300, now=to_datetime(clock.t)).instances[cloud.vm]
         whole = build_fleet(s, window_s=1200, now=to_datetime(clock.t)).instances[cloud.vm]
