@@ -21,8 +21,8 @@ _EXPORTS = {
     "livemig.api": ("abort", "add_host", "choose_destination", "close", "create_migration", "host_resources", "list_hosts",
                     "list_instances", "list_migrations", "migrate", "reconcile", "resume", "set_host_enabled", "show_migration",
                     "sync_hosts"),
-    "livemig.operations.api": ("abort_operation", "drain_host", "list_operations", "resume_operation",
-                               "show_operation", "undrain_host"),
+    "livemig.operations.api": ("abort_operation", "consolidate_fleet", "drain_host", "list_operations",
+                               "rebalance_fleet", "resume_operation", "show_operation", "undrain_host", "wake_host"),
     "livemig.config": ("Settings", "load_settings"),
     "livemig.context": ("RequestContext", "admin_context"),
     "livemig.errors": ("LivemigError", "MigrationFailed", "NoValidHost"),
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     )
     from livemig.config import Settings, load_settings
     from livemig.operations.api import (
-        abort_operation, drain_host, list_operations, resume_operation, show_operation, undrain_host,
+        abort_operation, consolidate_fleet, drain_host, list_operations, rebalance_fleet, resume_operation,
+        show_operation, undrain_host, wake_host,
     )
     from livemig.context import RequestContext, admin_context
     from livemig.errors import LivemigError, MigrationFailed, NoValidHost

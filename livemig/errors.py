@@ -65,6 +65,10 @@ class HostInMaintenance(PrecheckFailed):
     """The destination is in maintenance (a drain empties it): no new placements."""
 
 
+class HostInStandby(PrecheckFailed):
+    """The destination is in standby (a consolidation emptied it): no placements until `host wake`."""
+
+
 class InsufficientCapacity(PrecheckFailed):
     pass
 

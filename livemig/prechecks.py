@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from livemig.disk_sharing import judge_disks, refusal
 from livemig.drivers.registry import DriverRegistry
 from livemig.errors import (
-    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostUnreachable, InstanceNotOnSource,
+    Conflict, CpuIncompatible, HostDisabled, HostInMaintenance, HostInStandby, HostUnreachable, InstanceNotOnSource,
     InsufficientCapacity, InvalidInput, PrecheckFailed,
 )
 from livemig.persistence.inventory import find_instance, get_hosts, unfinished, unfinished_migrations
@@ -87,6 +87,10 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
         # being drained takes no new placements (its source role is fine).
         reason = f" ({dst.maintenance_reason})" if dst.maintenance_reason else ""
         raise HostInMaintenance(f"host {dst.name} is in maintenance{reason}: no new placements")
+    if dst.standby:
+        reason = f" ({dst.standby_reason})" if dst.standby_reason else ""
+        raise HostInStandby(f"host {dst.name} is in standby{reason}: no placements until `livemig host wake "
+                            f"{dst.name}`")
     if src.zone != dst.zone:
         raise PrecheckFailed(f"hosts {src.name} ({src.zone}) and {dst.name} ({dst.zone}) are in different zones")
     other = session.scalars(_other_migration_statement(),

@@ -35,12 +35,17 @@ class HostView(View):
     maintenance: bool = False
     maintenance_reason: str | None = None
     maintenance_since: str | None = None
+    # In standby: emptied by a consolidation, no placements until `host wake`.
+    standby: bool = False
+    standby_reason: str | None = None
+    standby_since: str | None = None
 
     @classmethod
     def of(cls, h: Host) -> "HostView":
         return cls(h.name, h.uri, h.zone, h.enabled, h.disabled_reason, h.vcpus, h.memory_mb, h.disk_gb,
                    h.max_concurrent_migrations, _iso(h.last_seen), list(h.shared_paths or []),
-                   bool(h.maintenance), h.maintenance_reason, _iso(h.maintenance_since))
+                   bool(h.maintenance), h.maintenance_reason, _iso(h.maintenance_since), bool(h.standby),
+                   h.standby_reason, _iso(h.standby_since))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """A real drain process that SIGKILLs itself at a chosen point of its operation.
 
 Usage: python -m tests.helpers_die_operation DATA_DIR HOST POINT N [PARALLEL]
+HOST `plan=FILE` runs the rebalance or consolidation plan document in FILE
+(JSON, livemig.operations.fleet_plans' format) instead of a drain.
 POINT:
   planning    the plan is computed and its moves written, not committed
   planned     the plan is committed; TaskFlow has not recorded the step's end
@@ -80,7 +82,17 @@ def main() -> None:
     parallel = int(sys.argv[5]) if len(sys.argv) > 5 else None
     settings = Settings(data_dir=data_dir, poll_interval_s=0.02, queue_timeout_s=60.0)
     install_kill_point(point, n)
-    drain_host(admin_context("tests"), host, parallel=parallel, settings=settings)
+    if host.startswith("plan="):
+        import json
+
+        from livemig.operations.api import consolidate_fleet, rebalance_fleet
+
+        with open(host[len("plan="):]) as file:
+            plan = json.load(file)
+        run = consolidate_fleet if plan["kind"] == "consolidate" else rebalance_fleet
+        run(admin_context("tests"), plan=plan, settings=settings)
+    else:
+        drain_host(admin_context("tests"), host, parallel=parallel, settings=settings)
     sys.exit(3)  # never reached if the kill point was hit
 
 

@@ -1,15 +1,17 @@
 """The library entry points of fleet operations (re-exported from livemig):
-drain_host, undrain_host, list_operations, show_operation, abort_operation,
-resume_operation. Each returns the operation's view (operations/views.py).
+drain_host, undrain_host, rebalance_fleet, consolidate_fleet, wake_host,
+list_operations, show_operation, abort_operation, resume_operation. Each
+returns the operation's view (operations/views.py).
 
 Without ZooKeeper an operation runs in the calling process, and
 `resume_operation` continues one whose process died. With ZooKeeper it is a
 job on the board that conductors run (see operations/jobs.py)."""
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
@@ -277,6 +279,118 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
     if errors and not OperationStatus(view.status).finished:
         raise errors[0]
     return view
+
+
+# -- rebalance / consolidate: a planner's plan, run wave after wave ------------------------------------
+
+METRICS = ("cpu", "memory", "both")
+DEFAULT_WINDOW_S = 3600.0
+
+
+def rebalance_fleet(context: RequestContext, *, metric: str = "cpu", threshold: float = 0.05,
+                    min_gain: float = 0.01, max_moves: int | None = None, window_s: float = DEFAULT_WINDOW_S,
+                    dry_run: bool = False, wait: bool = True, plan: Mapping[str, Any] | None = None,
+                    settings: Settings | None = None, progress: OperationProgress | None = None) -> OperationView:
+    """Spread the load: move instances off the busiest hosts until the
+    imbalance (the standard deviation of per-host normalised `metric` load,
+    measured over `window_s`, by allocation where nothing was sampled) is
+    below `threshold`, each move gaining at least `min_gain`, at most
+    `max_moves`. The plan (`dry_run`: only the plan, nothing changed) runs
+    wave after wave as an operation; `plan`: the document of an earlier dry
+    run, run as it is (what was shown is what runs)."""
+    context.require_admin("rebalancing the fleet")
+    if metric not in METRICS:
+        raise InvalidInput(f"unknown metric {metric!r} ({', '.join(METRICS)})")
+    arguments = {"metric": metric, "threshold": _non_negative("--threshold", threshold),
+                 "min_gain": _non_negative("--min-gain", min_gain), "max_moves": _max_moves(max_moves),
+                 "window_s": _window(window_s)}
+    return _planned_operation(context, OperationKind.REBALANCE, arguments, dry_run, wait, plan, settings, progress)
+
+
+def consolidate_fleet(context: RequestContext, *, headroom: float = 0.2, max_moves: int | None = None,
+                      window_s: float = DEFAULT_WINDOW_S, dry_run: bool = False, wait: bool = True,
+                      plan: Mapping[str, Any] | None = None, settings: Settings | None = None,
+                      progress: OperationProgress | None = None) -> OperationView:
+    """Pack instances onto as few hosts as possible (by allocation and by
+    measured peak load over `window_s`, keeping `headroom`, a fraction, of
+    each host free), then put each host emptied in standby. Otherwise as
+    rebalance_fleet."""
+    context.require_admin("consolidating the fleet")
+    if not (isinstance(headroom, (int, float)) and 0.0 <= headroom < 1.0):
+        raise InvalidInput(f"--headroom must be at least 0% and below 100% (got {headroom!r} as a fraction)")
+    arguments = {"headroom": float(headroom), "max_moves": _max_moves(max_moves), "window_s": _window(window_s)}
+    return _planned_operation(context, OperationKind.CONSOLIDATE, arguments, dry_run, wait, plan, settings,
+                              progress)
+
+
+def wake_host(context: RequestContext, host: str, settings: Settings | None = None) -> HostView:
+    """Bring host HOST back from standby: it takes placements again."""
+    from livemig.operations.standby import wake
+
+    context.require_admin("waking a host")
+    with _services(settings).db.session() as session:
+        return HostView.of(wake(session, host))
+
+
+def _non_negative(option: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise InvalidInput(f"{option} must be a number at least 0 (got {value!r})")
+    return float(value)
+
+
+def _max_moves(value: int | None) -> int | None:
+    if value is not None and not (isinstance(value, int) and value >= 1):
+        raise InvalidInput(f"--max-moves must be at least 1 (got {value!r})")
+    return value
+
+
+def _window(value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise InvalidInput(f"--window must be a positive duration (got {value!r})")
+    return float(value)
+
+
+def _planned_operation(context: RequestContext, kind: OperationKind, arguments: dict, dry_run: bool, wait: bool,
+                       plan: Mapping[str, Any] | None, settings: Settings | None,
+                       progress: OperationProgress | None) -> OperationView:
+    from livemig.operations.fleet_plans import make_plan
+
+    services = _services(settings)
+    if not wait and not services.settings.zookeeper_hosts:
+        raise InvalidInput("--no-wait needs ZooKeeper (conductors run the operation); without it the operation "
+                           "runs in this process")
+    if plan is not None and plan.get("kind") != kind.value:
+        raise InvalidInput(f"the plan given is a {plan.get('kind')!r} plan, not a {kind.value} plan")
+    with services.db.reading() as session:
+        if not dry_run:
+            _refuse_second_fleet_operation(session)
+        if plan is None:
+            plan = make_plan(session, kind, arguments, services.settings)
+    plan = dict(plan)
+    if dry_run:
+        moves = [MoveView.planned(i, m) for i, m in enumerate(plan["moves"])]
+        return OperationView.dry_run(kind.value, None, context.user, arguments, moves, plan)
+    from livemig.operations.runner import create_operation_logbook
+
+    with services.db.session() as session:
+        _refuse_second_fleet_operation(session)
+        operation = create_operation(session, kind.value, context.user, None, arguments)
+        operation.plan = plan
+        operation.logbook_id, operation.flow_id = create_operation_logbook(services, operation.id,
+                                                                           session.connection())
+        operation_id = operation.id
+    return _run(services, operation_id, wait, progress)
+
+
+def _refuse_second_fleet_operation(session) -> None:
+    """One rebalance or consolidation at a time: each plans the whole fleet
+    as it is, and a second would plan against moves the first has not made."""
+    running = session.scalar(sa.select(Operation.id).where(
+        Operation.kind.in_([k.value for k in OperationKind if k.planned]),
+        Operation.status.in_(_UNFINISHED)).limit(1))
+    if running is not None:
+        raise Conflict(f"operation {running} (a fleet-wide plan) is not finished "
+                       f"(`livemig operation show {running}`)")
 
 
 # -- list / show / abort / resume ----------------------------------------------------------------------

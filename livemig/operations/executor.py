@@ -3,6 +3,13 @@ ordinary livemig migrations (each with its own flow, reservations and host
 limits), follows them, re-plans a failed one on a host not yet tried, and
 returns when no move is planned or in flight.
 
+A planner's operation (rebalance, consolidate) runs its plan as made: a
+move is submitted only once every move of the waves before it has ended,
+and a move that fails or is refused fails with its reason (re-planning it
+elsewhere would undo the plan); a later move that counted on it is checked
+by its own precheck when its turn comes. A consolidation puts each host it
+emptied in standby once the moves from it have ended (livemig.operations.standby).
+
 Everything it knows is in the database, so that a runner killed at any
 point and started again (`operation resume`, another conductor) continues
 where it was: a move's migration is recorded in the transaction that marks
@@ -30,7 +37,8 @@ from livemig.operations.planning import replan_move
 from livemig.operations.records import (
     add_operation_event, get_operation, hosts_tried, move_migrations, operation_moves,
 )
-from livemig.operations.states import MoveStatus
+from livemig.operations.standby import standby_emptied_hosts
+from livemig.operations.states import MoveStatus, OperationKind
 from livemig.persistence.inventory import unfinished_migrations
 from livemig.persistence.models import Host, Instance, Migration, OperationMove
 from livemig.scheduler.state import Snapshot
@@ -156,6 +164,8 @@ class MoveExecutor:
         # Planned moves already checked for a migration a crash left unmarked:
         # this runner's own submissions mark theirs in the same transaction.
         self._looked_for_lost: set[int] = set()
+        # Hosts a consolidation emptied whose standby has been decided.
+        self._standby_decided: set[str] = set()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -194,6 +204,8 @@ class MoveExecutor:
             abort, abort_now = operation.abort_requested, operation.abort_now
             arguments = dict(operation.arguments or {})
             requested_by = operation.requested_by
+            kind = OperationKind(operation.kind)
+            emptied = list((operation.plan or {}).get("emptied") or [])
             moves = operation_moves(session, self.operation_id)
             ids = [m.migration_id for m in moves if MoveStatus(m.status).in_flight]
             statuses = dict(session.execute(sa.select(Migration.id, Migration.status)
@@ -209,15 +221,18 @@ class MoveExecutor:
             status = MigrationStatus(statuses[move.migration_id])
             # Write only on a change (one read above for every move in flight).
             if status.finished or move.status != _MOVE_OF_MIGRATION[status].value:
-                self._follow_move(move, arguments, abort)
+                self._follow_move(move, arguments, abort, kind)
                 changed = True
-        tally = self._submit_planned(arguments, requested_by, abort)
+        tally = self._submit_planned(arguments, requested_by, abort, kind)
         tally.changed = tally.changed or changed
+        if kind is OperationKind.CONSOLIDATE and not abort and set(emptied) - self._standby_decided:
+            self._standby_decided |= standby_emptied_hosts(self.services, self.operation_id, emptied,
+                                                           self._standby_decided)
         return tally
 
     # -- following ----------------------------------------------------------------------------------
 
-    def _follow_move(self, move: OperationMove, arguments: dict, abort: bool) -> None:
+    def _follow_move(self, move: OperationMove, arguments: dict, abort: bool, kind: OperationKind) -> None:
         with self.services.db.session() as session:
             move = session.get(OperationMove, move.id)
             migration = session.get(Migration, move.migration_id)
@@ -241,6 +256,10 @@ class MoveExecutor:
                 move.status, move.reason = MoveStatus.CANCELLED.value, f"aborted: migration {migration.id} {why}"
                 add_operation_event(session, self.operation_id, "move-cancelled",
                                     f"{move.instance_name}: {move.reason}")
+                return
+            if kind.planned:
+                self._fail(session, move, f"failed on {migration.dest_host} (migration {migration.id}: {why}); "
+                                          f"not re-planned: a {kind.value} runs its plan as made")
                 return
             self._replan_or_fail(session, move, migration, why, arguments)
 
@@ -294,7 +313,7 @@ class MoveExecutor:
 
     # -- submitting ---------------------------------------------------------------------------------
 
-    def _submit_planned(self, arguments: dict, requested_by: str, abort: bool) -> _Tally:
+    def _submit_planned(self, arguments: dict, requested_by: str, abort: bool, kind: OperationKind) -> _Tally:
         tally = _Tally()
         with self.services.db.reading() as session:
             moves = operation_moves(session, self.operation_id)
@@ -303,6 +322,7 @@ class MoveExecutor:
         parallel = arguments.get("parallel")
         in_flight = [m for m in moves if MoveStatus(m.status).in_flight]
         tally.in_flight = [m.migration_id for m in in_flight]
+        wave = current_wave(moves)
         for move in moves:
             if move.status != MoveStatus.PLANNED.value or abort:
                 continue
@@ -310,6 +330,9 @@ class MoveExecutor:
             self._looked_for_lost.add(move.id)
             if adopted is not None:
                 tally.in_flight.append(adopted)
+                continue
+            if move.wave is not None and wave is not None and move.wave > wave:
+                tally.planned += 1  # its wave starts when the ones before it have ended
                 continue
             if parallel is not None and len(tally.in_flight) >= parallel:
                 tally.planned += 1
@@ -320,7 +343,7 @@ class MoveExecutor:
                 # until the hosts have a free slot (other moves can go first).
                 tally.planned += 1
                 continue
-            migration_id = self._submit(move, arguments, requested_by)
+            migration_id = self._submit(move, arguments, requested_by, kind)
             if migration_id is None:
                 with self.services.db.reading() as session:
                     status = session.get(OperationMove, move.id).status
@@ -337,9 +360,7 @@ class MoveExecutor:
         """A migration of this move recorded after its last known one (a
         submission whose marking a crash lost): followed, not submitted again."""
         with self.services.db.session() as session:
-            found = session.scalars(sa.select(Migration).where(
-                Migration.operation_id == self.operation_id, Migration.instance_uuid == move.instance_uuid,
-                Migration.id > (move.migration_id or 0)).order_by(Migration.id.desc())).first()
+            found = session.scalars(_lost_migrations(self.operation_id, move).order_by(Migration.id.desc())).first()
             if found is None:
                 return None
             check_operation_claim(session, self.operation_id)
@@ -349,7 +370,7 @@ class MoveExecutor:
                                 f"{move.instance_name}: migration {found.id} found again")
             return found.id
 
-    def _submit(self, move: OperationMove, arguments: dict, requested_by: str) -> int | None:
+    def _submit(self, move: OperationMove, arguments: dict, requested_by: str, kind: OperationKind) -> int | None:
         """Record the move's migration (marking the move submitted in the same
         transaction) and hand it to the runner; None if it was not submitted."""
         from livemig import api
@@ -394,26 +415,31 @@ class MoveExecutor:
         except Conflict as exc:
             if "already in migration" in str(exc):
                 return None  # another migration moves it now: look again later
-            return self._refused_at_submit(move, str(exc), arguments)
+            return self._refused_at_submit(move, str(exc), arguments, kind)
         except PrecheckFailed as exc:
-            return self._refused_at_submit(move, str(exc), arguments)
+            return self._refused_at_submit(move, str(exc), arguments, kind)
         except HostUnreachable as exc:
-            return self._refused_at_submit(move, str(exc), arguments)
+            return self._refused_at_submit(move, str(exc), arguments, kind)
         except ServiceUnavailable:
             raise  # the database or ZooKeeper: nothing recorded, submitted when it is back
         except LivemigError as exc:
-            return self._refused_at_submit(move, f"{type(exc).__name__}: {exc}", arguments)
+            return self._refused_at_submit(move, f"{type(exc).__name__}: {exc}", arguments, kind)
         self.runner.submitted(migration_id)
         return migration_id
 
-    def _refused_at_submit(self, move: OperationMove, why: str, arguments: dict) -> None:
+    def _refused_at_submit(self, move: OperationMove, why: str, arguments: dict, kind: OperationKind) -> None:
         """The precheck refused the planned destination (it filled up since
-        the plan, say): another host, or the move fails."""
+        the plan, say): another host, or the move fails (a planner's move,
+        whose destination was part of its plan, always fails)."""
         refused = self._refused.setdefault(move.id, set())
         refused.add(move.dest_host)
         with self.services.db.session() as session:
             check_operation_claim(session, self.operation_id)
             row = session.get(OperationMove, move.id)
+            if kind.planned:
+                self._fail(session, row, f"refused by {move.dest_host}: {why}; not re-planned: a {kind.value} "
+                                         f"runs its plan as made")
+                return None
             tried = hosts_tried(move_migrations(session, self.operation_id, move.instance_uuid)) | refused
             if len(tried) > self.max_retries:
                 self._fail(session, row, f"refused by {move.dest_host}: {why}; no retry left")
@@ -445,9 +471,8 @@ class MoveExecutor:
                                 f"{len(planned)} move(s) not started were cancelled")
 
     def _adopt_in(self, session: Session, row: OperationMove) -> int | None:
-        found = session.scalar(sa.select(Migration.id).where(
-            Migration.operation_id == self.operation_id, Migration.instance_uuid == row.instance_uuid,
-            Migration.id > (row.migration_id or 0)).order_by(Migration.id.desc()).limit(1))
+        found = session.scalar(_lost_migrations(self.operation_id, row).with_only_columns(Migration.id)
+                               .order_by(Migration.id.desc()).limit(1))
         if found is not None:
             row.migration_id, row.status = found, MoveStatus.SUBMITTED.value
         return found
@@ -464,6 +489,21 @@ class MoveExecutor:
                 api.abort(context, move.migration_id, settings=self.services.settings)
             except LivemigError as exc:  # past the point of no return, or ended meanwhile
                 LOG.info("operation %s: migration %s not aborted: %s", self.operation_id, move.migration_id, exc)
+
+
+def current_wave(moves: Iterable[OperationMove]) -> int | None:
+    """The lowest wave with a move not ended: only its moves may start (None:
+    every wave has ended, or the moves have no waves)."""
+    return min((m.wave for m in moves if m.wave is not None and not MoveStatus(m.status).finished), default=None)
+
+
+def _lost_migrations(operation_id: int, move: OperationMove) -> sa.Select:
+    """The operation's migrations of this move recorded after its last known
+    one. A move is its instance leaving its source: a plan's stop-over moves
+    one instance twice, from two sources, and each finds only its own."""
+    return sa.select(Migration).where(
+        Migration.operation_id == operation_id, Migration.instance_uuid == move.instance_uuid,
+        Migration.source_host == move.source_host, Migration.id > (move.migration_id or 0))
 
 
 def _why_not_movable(instance: Instance | None, move: OperationMove, source: Host | None) -> str | None:

@@ -65,13 +65,14 @@ def operation_moves(session: Session, operation_id: int) -> list[OperationMove]:
 
 def record_moves(session: Session, operation_id: int, moves: Iterable[dict[str, Any]]) -> list[OperationMove]:
     """The plan's moves: dicts with instance_uuid, instance_name, source_host,
-    dest_host (None: stays) and reason; in plan order."""
+    dest_host (None: stays), reason and (a planner's) wave; in plan order."""
     rows = []
     for position, move in enumerate(moves):
         status = MoveStatus.PLANNED if move["dest_host"] else MoveStatus.SKIPPED
         row = OperationMove(operation_id=operation_id, position=position, instance_uuid=move["instance_uuid"],
                             instance_name=move["instance_name"], source_host=move["source_host"],
-                            dest_host=move["dest_host"], status=status.value, reason=move.get("reason"))
+                            dest_host=move["dest_host"], status=status.value, reason=move.get("reason"),
+                            wave=move.get("wave"))
         session.add(row)
         rows.append(row)
     session.flush()

@@ -8,6 +8,15 @@ class OperationKind(str, enum.Enum):
     DRAIN = "drain"
     # `host undrain --return`: the instances a drain moved go back.
     RETURN = "return"
+    # Fleet-wide: a planner's plan (livemig.planning), run wave after wave.
+    REBALANCE = "rebalance"
+    CONSOLIDATE = "consolidate"
+
+    @property
+    def planned(self) -> bool:
+        """Its moves are a planner's waves, run as planned: a failed move is
+        not re-planned elsewhere (that would undo the plan)."""
+        return self in (OperationKind.REBALANCE, OperationKind.CONSOLIDATE)
 
 
 class OperationStatus(str, enum.Enum):

@@ -15,6 +15,7 @@ from livemig.operations.planning import plan_drain, plan_return
 from livemig.operations.records import (
     add_operation_event, get_operation, operation_moves, record_moves, set_operation_status,
 )
+from livemig.operations.standby import hosts_in_standby_by
 from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.persistence.models import Instance
 from livemig.services import Services
@@ -72,6 +73,9 @@ class PlanOperation(OperationTask):
                 return  # planned before a crash: the recorded plan is the plan
             check_operation_claim(session, operation_id)
             arguments = dict(operation.arguments or {})
+            if OperationKind(operation.kind).planned:
+                self._record_planners_moves(session, operation)
+                return
             world = snapshot(session)
             if operation.kind == OperationKind.RETURN.value:
                 placements = plan_return(world, operation.host, arguments.get("instances") or [])
@@ -90,6 +94,21 @@ class PlanOperation(OperationTask):
                                 f"{placed} of {len(moves)} instance(s) placed"
                                 + (f"; {len(moves) - placed} stay" if placed < len(moves) else ""))
             set_operation_status(session, operation_id, OperationStatus.RUNNING)
+
+    @staticmethod
+    def _record_planners_moves(session, operation) -> None:
+        """A rebalance's or consolidation's plan was made (and shown) when it
+        was requested, and recorded with it: its moves, wave by wave."""
+        plan = operation.plan or {}
+        moves = [{"instance_uuid": m["instance_uuid"], "instance_name": m["instance"], "source_host": m["source"],
+                  "dest_host": m["dest"], "wave": m["wave"],
+                  "reason": "stop-over" if m.get("stop_over") else None} for m in plan.get("moves", [])]
+        record_moves(session, operation.id, moves)
+        waves = len({m["wave"] for m in moves})
+        add_operation_event(session, operation.id, "planned",
+                            f"{len(moves)} move(s) in {waves} wave(s) ({plan.get('method', 'no method')}"
+                            f"{', proven optimal' if plan.get('optimal') else ''})")
+        set_operation_status(session, operation.id, OperationStatus.RUNNING)
 
 
 class RunMoves(OperationTask):
@@ -163,6 +182,9 @@ class EndOperation(OperationTask):
                 status, reason = OperationStatus.COMPLETED, f"{moved} moved"
                 if operation.kind == OperationKind.DRAIN.value:
                     reason += f"; {operation.host} is empty"
+            if operation.kind == OperationKind.CONSOLIDATE.value:
+                standby = hosts_in_standby_by(session, operation_id, (operation.plan or {}).get("emptied") or [])
+                reason += f"; in standby: {', '.join(standby) or 'none'}"
             set_operation_status(session, operation_id, status, reason)
 
 

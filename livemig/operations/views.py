@@ -22,13 +22,21 @@ class MoveView(View):
     reason: str | None
     # Where the plan first put it (dest_host follows re-plans and retries).
     planned_dest: str | None = None
+    # A planner's wave (rebalance, consolidate): it starts once the waves before it have ended.
+    wave: int | None = None
 
     @classmethod
     def of(cls, m: OperationMove, migration: Migration | None = None, planned_dest: str | None = None) -> "MoveView":
         progress = 1.0 if m.status == "completed" else (migration.progress if migration is not None else 0.0)
         return cls(m.position, m.instance_uuid, m.instance_name, m.source_host, m.dest_host, m.status,
                    m.migration_id, migration.status if migration is not None else None, progress, m.reason,
-                   planned_dest)
+                   planned_dest, m.wave)
+
+    @classmethod
+    def planned(cls, position: int, move: dict[str, Any]) -> "MoveView":
+        """A move of a planner's plan document (livemig.operations.fleet_plans), not recorded."""
+        return cls(position, move["instance_uuid"], move["instance"], move["source"], move["dest"], "planned", None,
+                   None, 0.0, "stop-over" if move.get("stop_over") else None, move["dest"], move["wave"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +87,19 @@ class OperationView(View):
                    dict(o.plan or {}), [OperationEventView.of(e) for e in events])
 
     @classmethod
-    def dry_run(cls, kind: str, host: str, requested_by: str, arguments: dict[str, Any],
-                moves: list[MoveView]) -> "OperationView":
+    def dry_run(cls, kind: str, host: str | None, requested_by: str, arguments: dict[str, Any],
+                moves: list[MoveView], plan: dict[str, Any] | None = None) -> "OperationView":
+        """`plan`: a planner's plan document (else the moves make it)."""
         counts: dict[str, int] = {}
         for move in moves:
             counts[move.status] = counts.get(move.status, 0) + 1
         stay = counts.get("skipped", 0)
-        reason = f"dry run: {len(moves) - stay} of {len(moves)} instance(s) placed; nothing changed"
-        plan = {"moves": [{"instance": m.instance_name, "source": m.source_host, "dest": m.dest_host,
-                           "reason": m.reason} for m in moves]}
+        if plan is None:
+            reason = f"dry run: {len(moves) - stay} of {len(moves)} instance(s) placed; nothing changed"
+            plan = {"moves": [{"instance": m.instance_name, "source": m.source_host, "dest": m.dest_host,
+                               "reason": m.reason} for m in moves]}
+        else:
+            reason = f"dry run: {len(moves)} move(s); nothing changed"
         return cls(None, kind, "dry-run", host, requested_by, arguments, reason, None, None, None, False, counts,
                    moves, plan)
 

@@ -35,6 +35,11 @@ class Host(Base):
     maintenance: Mapped[bool] = mapped_column(default=False)
     maintenance_reason: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
     maintenance_since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Standby: emptied by a consolidation, ready to be powered off; no
+    # placements until `host wake`. The reason is shown in `host list`.
+    standby: Mapped[bool] = mapped_column(default=False)
+    standby_reason: Mapped[str | None] = mapped_column(sa.String(1024), default=None)
+    standby_since: Mapped[dt.datetime | None] = mapped_column(default=None)
     # The bridges (names) the host offers guests, as last discovered by
     # `host sync`: the scheduler places an instance only where its networks are.
     networks: Mapped[list[Any]] = mapped_column(default=list)
@@ -214,7 +219,8 @@ class OperationMove(Base):
     migration (linked by id, so a resumed operation never submits it twice)."""
 
     __tablename__ = "livemig_operation_moves"
-    __table_args__ = (sa.UniqueConstraint("operation_id", "instance_uuid"),)
+    # By position, not by instance: a plan's stop-over moves one instance twice.
+    __table_args__ = (sa.UniqueConstraint("operation_id", "position", name="uq_livemig_operation_moves_position"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     operation_id: Mapped[int] = mapped_column(index=True)
@@ -228,6 +234,9 @@ class OperationMove(Base):
     status: Mapped[str] = mapped_column(sa.String(32))
     migration_id: Mapped[int | None] = mapped_column(default=None, index=True)
     reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    # A planned operation's wave (rebalance, consolidate): submitted only once
+    # every move of the waves before it has ended. None (a drain): no order.
+    wave: Mapped[int | None] = mapped_column(default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -62,6 +62,17 @@ class MaintenanceFilter:
         return None
 
 
+class StandbyFilter:
+    """A host a consolidation emptied stays empty (it may be powered off)."""
+
+    name = "standby"
+
+    def why_not(self, host: HostState, request: Request) -> str | None:
+        if host.standby:
+            return "host is in standby" + (f" ({host.standby_reason})" if host.standby_reason else "")
+        return None
+
+
 class ZoneFilter:
     """Live migration stays within a zone (as the prechecks require)."""
 
@@ -189,7 +200,7 @@ class SlotsFilter:
 
 # In the order they are asked: the first refusal is the one reported.
 FILTERS: tuple[Filter, ...] = (
-    SourceHostFilter(), EnabledFilter(), MaintenanceFilter(), ZoneFilter(), VcpusFilter(), MemoryFilter(),
+    SourceHostFilter(), EnabledFilter(), MaintenanceFilter(), StandbyFilter(), ZoneFilter(), VcpusFilter(), MemoryFilter(),
     DiskFilter(), CpuModelFilter(), HypervisorVersionFilter(), NetworksFilter(), StorageFilter(), AntiAffinityFilter(),
     SlotsFilter(),
 )

@@ -87,5 +87,6 @@ def snapshot(session: Session, *, exclude_migration: int | None = None) -> Snaps
             vcpus_used=vcpus, memory_mb_used=memory_mb, disk_gb_used=disk_gb, cpu_model=host.cpu_model,
             hypervisor_version=host.hypervisor_version, networks=frozenset(host.networks or ()),
             slots=host.max_concurrent_migrations, busy=busy[host.name], groups=frozenset(groups[host.name]),
-            shared_paths=tuple(host.shared_paths or ()), disabled_reason=host.disabled_reason, maintenance_reason=host.maintenance_reason)
+            shared_paths=tuple(host.shared_paths or ()), disabled_reason=host.disabled_reason,
+            maintenance_reason=host.maintenance_reason, standby=host.standby, standby_reason=host.standby_reason)
     return Snapshot(hosts=hosts, instances=instances)

@@ -36,6 +36,9 @@ class HostState:
     shared_paths: tuple[str, ...] = ()
     disabled_reason: str | None = None
     maintenance_reason: str | None = None
+    # Emptied by a consolidation: no placements until `host wake`.
+    standby: bool = False
+    standby_reason: str | None = None
 
     @property
     def vcpus_free(self) -> float:
