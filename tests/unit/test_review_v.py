@@ -147,7 +147,7 @@ def test_operation_list_refuses_an_unknown_kind(tmp_path, settings):
     proc = subprocess.run([sys.executable, "-m", "livemig.cli", "operation", "list", "--kind", "bogus"],
                           cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "livemig: error: unknown operation kind 'bogus' (drain, return)"
+    assert proc.stderr.strip() == "livemig: error: unknown operation kind 'bogus' (drain, return, rebalance, consolidate)"
     assert livemig.list_operations(kind="drain", settings=settings) == []
 
 
