@@ -30,6 +30,7 @@ from livemig.persistence.inventory import (
     add_event, find_instance, get_host, get_migration, record_leftover, unfinished_migrations,
 )
 from livemig.persistence.models import Event, Host, Instance, Migration, utcnow
+from livemig.policies import InstanceFacts, MigrationPolicyOptions, load_policy_book, resolve
 from livemig.prechecks import check_migration
 from livemig.private_files import prepare_sqlite_database
 from livemig.scheduler.inventory import snapshot as scheduler_snapshot
@@ -37,7 +38,7 @@ from livemig.scheduler.select import Refusal, Selection, choose_with_slots
 from livemig.runner import create_logbook, migration_store, new_logbook_ids, resume_migration, run_migration
 from livemig.services import Services, close_all as close_services, services_for
 from livemig.states import INSTANCE_STATE_OF_DOMAIN, DomainState, InstanceState, MigrationStatus
-from livemig.views import HostView, InstanceView, MigrationView, ResourceLine
+from livemig.views import HostView, InstanceView, MigrationView, PolicyView, ResourceLine
 
 LOG = logging.getLogger("livemig.api")
 
@@ -236,6 +237,7 @@ def _upsert_instance(session, host_name: str, dom: DomainInfo) -> None:
     inst.state = INSTANCE_STATE_OF_DOMAIN[dom.state].value
     inst.vcpus, inst.memory_mb, inst.disk_gb, inst.cpu_model = dom.vcpus, dom.memory_mb, dom.disk_gb, dom.cpu_model
     inst.group = dom.group
+    inst.labels = dict(dom.labels)
     inst.volumes = [driver_dict(d) for d in dom.disks]
     inst.interfaces = [driver_dict(i) for i in dom.interfaces]
 
@@ -252,6 +254,28 @@ def list_instances(host: str | None = None, include_deleted: bool = False,
         if not include_deleted:
             query = query.where(Instance.state != InstanceState.DELETED.value)
         return [InstanceView.of(i) for i in session.scalars(query)]
+
+
+# -- migration policies ------------------------------------------------------------------------------
+
+def list_policies(settings: Settings | None = None) -> list[PolicyView]:
+    """The migration policies (built-in and from the settings file), each
+    with the rules that choose it and the instances it applies to now."""
+    book = load_policy_book()
+    chosen: dict[str, list[str]] = collections.defaultdict(list)
+    for inst in list_instances(settings=settings):
+        policy, _rule = book.policy_for(InstanceFacts(inst.name, inst.project, inst.labels))
+        chosen[policy.name].append(inst.name)
+    return [PolicyView(p.name, p.source, p.description, dict(p.options),
+                       MigrationPolicyOptions(**p.options).to_dict(),
+                       [{"name": r.name, "criteria": r.describe()} for r in book.rules if r.policy == p.name],
+                       chosen.get(p.name, []))
+            for p in sorted(book.policies.values(), key=lambda p: p.name)]
+
+
+def show_policy(name: str, settings: Settings | None = None) -> PolicyView:
+    load_policy_book().get(name)  # an unknown name: InvalidInput, before the inventory is read
+    return next(view for view in list_policies(settings) if view.name == name)
 
 
 def host_resources(host: str | None = None, window_s: float = 3600.0,
@@ -427,16 +451,20 @@ def _record_migration(context: RequestContext, services: Services, instance: str
                       dest: str | None, options: Mapping[str, Any], *, to: str | None = None,
                       weigher: str | None = None, candidates: Iterable[str] | None = None,
                       retry_elsewhere: bool = False, operation_id: int | None = None,
-                      on_recorded: Callable[[Any, int], None] | None = None,
+                      on_recorded: Callable[[Any, int], None] | None = None, policy: str | None = None,
                       ) -> tuple[int, tuple[str, str], tuple[str, str]]:
     """The migration row and its logbook; returns the id, the (logbook, flow)
     uuids and the (source, destination). `options`: the migration's own
-    (config.MIGRATION_OPTIONS); `to`, `weigher`, `candidates`,
+    (livemig.policies.options), over `policy` (else the policy the rules
+    choose for the instance); `to`, `weigher`, `candidates`,
     `retry_elsewhere` and `operation_id` as for `migrate`.
     `on_recorded(session, migration_id)` runs in the same transaction (an
     operation marks its move submitted there: never submitted twice)."""
     context.require_admin("live migration")
     options = check_migration_options(options)
+    book = load_policy_book()
+    if policy is not None:
+        book.get(policy)  # an unknown name is refused before anything is opened
     weigher = weigher or services.settings.weigher
     if dest is not None and to is not None and dest != to:
         raise InvalidInput(f"two destinations given ({dest} and --to {to})")
@@ -444,6 +472,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
     book_id, flow_id = new_logbook_ids()
     with services.db.session() as session:
         inst = find_instance(session, instance)
+        resolved = resolve(book, InstanceFacts(inst.name, inst.project, dict(inst.labels or {})), policy, options)
+        options = resolved.record()
         for host in ([to] if to is not None else []) + (candidates or []):
             get_host(session, host)
         if dest is None or source is None:
@@ -468,10 +498,12 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
                               logbook_id=book_id, flow_id=flow_id, options=options, scheduled=scheduled,
-                              operation_id=operation_id)
+                              operation_id=operation_id, policy=resolved.policy)
         session.add(migration)
         session.flush()
         detail = f" ({how}" + (f"; refused: {'; '.join(refused)}" if refused else "") + ")"
+        chose_policy = f" by rule {resolved.rule}" if resolved.rule else "" if policy else " (no rule matched)"
+        detail += f"; policy {resolved.policy}{chose_policy}"
         add_event(session, migration.id, "status", "migration", MigrationStatus.QUEUED.value,
                   f"requested by {context.user}: {inst.name} {source} -> {dest}{detail}")
         migration_id, instance_uuid = migration.id, inst.uuid
@@ -489,7 +521,7 @@ def migrate(context: RequestContext, instance: str, source: str | None = None, d
             settings: Settings | None = None, progress: ProgressHook | None = None,
             options: Mapping[str, Any] | None = None, weigher: str | None = None,
             candidates: Iterable[str] | None = None, retry_elsewhere: bool = False,
-            operation_id: int | None = None) -> MigrationView:
+            operation_id: int | None = None, policy: str | None = None) -> MigrationView:
     """Live-migrate INSTANCE (name or uuid) off the host it runs on.
 
     `source`, if given, must be the inventory's host of the instance. With
@@ -508,9 +540,12 @@ def migrate(context: RequestContext, instance: str, source: str | None = None, d
     posted as a job for the conductors and, if `wait`, followed to its end
     (otherwise the queued migration is returned). A migration waits in
     `queued` for busy hosts up to `queue_timeout_s` (default: the setting);
-    with `queue=False` it fails at once if they are busy. `options`: this
-    migration's own choices among config.MIGRATION_OPTIONS (max_downtime_ms,
-    bandwidth_mib_s, queue_timeout_s); the rest are the runner's settings.
+    with `queue=False` it fails at once if they are busy. `policy`: the
+    named migration policy (livemig.policies; default: the one the policy
+    rules choose for the instance, else `default`); `options`: this
+    migration's own choices (livemig.policies.options: max_downtime_ms,
+    bandwidth_mib_s, auto_converge, post_copy, ...) over the policy's; the
+    rest are the runner's settings. Both are recorded with the migration.
     Returns the completed migration; raises MigrationFailed if it failed,
     NoValidHost (saying per host why) if no host may take it."""
     # Before anything is opened: a refused caller leaves no trace (not even
@@ -521,7 +556,7 @@ def migrate(context: RequestContext, instance: str, source: str | None = None, d
     services = _services(settings)
     options = _with_queue_timeout(options, queue_timeout_s)
     choice = {"to": to, "weigher": weigher, "candidates": candidates, "retry_elsewhere": retry_elsewhere,
-              "operation_id": operation_id}
+              "operation_id": operation_id, "policy": policy}
     if services.settings.zookeeper_hosts:
         from livemig.jobs import post_migration_job
 
@@ -576,6 +611,30 @@ def abort(context: RequestContext, migration_id: int, settings: Settings | None 
         instance_uuid = migration.instance_uuid
     # Abort the hypervisor job directly too: it works even if the controller is dead.
     services.drivers.for_uri(source_uri).abort_migration(source_uri, instance_uuid)
+    return show_migration(migration_id, settings=services.settings)
+
+
+def force_complete(context: RequestContext, migration_id: int, settings: Settings | None = None) -> MigrationView:
+    """Ask a running migration to complete now, as Nova does: it switches to
+    post-copy if its policy allows post-copy, else the guest is paused until
+    the copy finishes. Recorded on the migration: the controller that runs
+    it (whichever) acts on it at its next poll."""
+    context.require_admin("forcing a migration to complete")
+    services = _services(settings)
+    with services.db.session() as session:
+        migration = get_migration(session, migration_id)
+        status = MigrationStatus(migration.status)
+        if status.finished:
+            raise Conflict(f"migration {migration_id} already ended ({migration.status})")
+        if status is not MigrationStatus.RUNNING:
+            raise Conflict(f"migration {migration_id} is {migration.status}: only a running migration can be "
+                           f"forced to complete")
+        if not migration.force_complete_requested:
+            migration.force_complete_requested = True
+            allowed = MigrationPolicyOptions.from_mapping(migration.options or {}).post_copy_allowed
+            how = "switch to post-copy" if allowed else "pause the guest until the copy completes"
+            add_event(session, migration_id, "note", "force-complete", "",
+                      f"force-complete requested by {context.user} ({how})")
     return show_migration(migration_id, settings=services.settings)
 
 

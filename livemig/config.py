@@ -6,8 +6,9 @@ from: a bad one is refused when the settings are loaded, before anything is
 recorded, instead of failing later inside a hypervisor call.
 
 Settings never travel with a migration: a conductor runs every flow with its
-own. What a requester may choose for one migration is the small set in
-MIGRATION_OPTIONS, checked by the same rules.
+own. What a requester may choose for one migration are its options
+(livemig.policies.options: a few of them, MIGRATION_OPTIONS among them, are
+also settings, which they replace for that migration only).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from livemig.errors import InvalidInput
+from livemig.policies.options import SETTING_OPTIONS, check_options
 from livemig.states import UnrecoverablePolicy
 
 
@@ -110,8 +112,10 @@ class Settings:
         return cls(**dict(values))
 
     def with_options(self, options: Mapping[str, Any]) -> "Settings":
-        """These settings with one migration's options over them."""
-        return dataclasses.replace(self, **check_migration_options(options)) if options else self
+        """These settings with one migration's options that are settings over them."""
+        chosen = {name: value for name, value in check_migration_options(options).items()
+                  if name in MIGRATION_OPTIONS}
+        return dataclasses.replace(self, **chosen) if chosen else self
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -211,9 +215,9 @@ SPECS: dict[str, Spec] = {
     "host_peak_watts": Spec(float, 0.0, 100_000.0),
 }
 
-# What a requester may choose for one migration; everything else is the
-# conductor's own setting.
-MIGRATION_OPTIONS = ("max_downtime_ms", "bandwidth_mib_s", "queue_timeout_s")
+# The settings a requester may choose for one migration, among its other
+# options (livemig.policies.options); everything else is the conductor's own.
+MIGRATION_OPTIONS = SETTING_OPTIONS
 
 
 # Settings whose value may hold a password: never echoed in an error.
@@ -245,16 +249,8 @@ def check_setting(name: str, value: Any) -> None:
 
 
 def check_migration_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """One migration's options, checked; raises InvalidInput."""
-    unknown = set(options) - set(MIGRATION_OPTIONS)
-    if unknown:
-        raise InvalidInput(f"unknown migration option(s): {', '.join(sorted(unknown))} "
-                           f"(known: {', '.join(MIGRATION_OPTIONS)})")
-    checked = {}
-    for name, value in options.items():
-        check_setting(name, value)
-        checked[name] = float(value) if SPECS[name].kind is float else value
-    return checked
+    """One migration's options (livemig.policies.options), checked; raises InvalidInput."""
+    return check_options(options)
 
 
 def _coerce(name: str, raw: str) -> Any:

@@ -18,6 +18,7 @@ from livemig.config import Settings
 from livemig.coordination.base import ReservationService
 from livemig.drivers.registry import DriverRegistry
 from livemig.persistence.database import Database, database_for
+from livemig.policies.options import MigrationPolicyOptions
 
 
 # How long a host's URI is reused without asking the database again (every
@@ -27,6 +28,9 @@ HOST_URI_TTL_S = 30.0
 
 
 class Services:
+    # A flow built without options runs with every option's default.
+    options = MigrationPolicyOptions()
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self._host_uris: dict[str, tuple[str, float]] = {}
@@ -91,12 +95,14 @@ class Services:
 
 class MigrationServices:
     """A process's services as one migration sees them: the same database,
-    drivers and reservations, with that migration's options (see
-    config.MIGRATION_OPTIONS) over the process's settings."""
+    drivers and reservations, with that migration's options: those that are
+    settings (config.MIGRATION_OPTIONS) over the process's settings, all of
+    them in `options`."""
 
     def __init__(self, base: Services, options: Mapping[str, Any]):
         self._base = base
         self.settings = base.settings.with_options(options)
+        self.options = MigrationPolicyOptions.from_mapping(options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._base, name)

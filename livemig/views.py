@@ -60,11 +60,12 @@ class InstanceView(View):
     disk_gb: int
     volumes: list[Any]
     interfaces: list[Any]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, i: Instance) -> "InstanceView":
         return cls(i.uuid, i.name, i.project, i.host, i.state, i.vcpus, i.memory_mb, i.disk_gb,
-                   list(i.volumes or []), list(i.interfaces or []))
+                   list(i.volumes or []), list(i.interfaces or []), dict(i.labels or {}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,15 @@ class MigrationView(View):
     # ({"attempt", "host", "outcome", "reason", ...}, the current one last).
     scheduled: bool = False
     attempts: list[dict] = dataclasses.field(default_factory=list)
+    # The policy it runs under and the options chosen (policy and flags; any
+    # other option has its default, livemig.policies.options).
+    policy: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Where the job is (pre-copy iteration N, post-copy, paused to complete).
+    phase: str = ""
+    throttle_pct: int | None = None
+    postcopy_requests: int | None = None
+    force_complete_requested: bool = False
 
     @classmethod
     def of(cls, m: Migration, events: list[Event] | None = None) -> "MigrationView":
@@ -116,7 +126,9 @@ class MigrationView(View):
                    m.memory_total, m.memory_processed, m.memory_remaining, m.memory_bps, m.iteration,
                    m.expected_downtime_ms, m.downtime_ms, m.error_reason, m.requested_by, _iso(m.created_at),
                    _iso(m.started_at), _iso(m.finished_at), duration,
-                   [EventView.of(e) for e in events or []], bool(m.scheduled), [dict(a) for a in m.attempts or []])
+                   [EventView.of(e) for e in events or []], bool(m.scheduled), [dict(a) for a in m.attempts or []],
+                   m.policy, dict(m.options or {}), m.phase or "", m.throttle_pct, m.postcopy_requests,
+                   bool(m.force_complete_requested))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,3 +149,17 @@ class ResourceLine(View):
     memory_mean_mb: float | None = None
     memory_peak_mb: float | None = None
     samples: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyView(View):
+    name: str
+    source: str  # "built-in" or the settings file that defines it
+    description: str
+    # The options it sets, and all of its options (None: the runner's setting).
+    options: dict[str, Any]
+    effective: dict[str, Any]
+    # The rules that choose it ({"name", "criteria"}) and the instances they
+    # choose it for now (`default`: those no rule matches).
+    rules: list[dict[str, str]]
+    instances: list[str]

@@ -139,11 +139,13 @@ def sync(state: State, name: str | None, stats: bool, settle_s: float) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the plan; change nothing.")
 @click.option("--reason", default=None, help="Why (shown in `host list`).")
 @click.option("--no-wait", is_flag=True, help="With ZooKeeper: return once the operation is posted.")
+@click.option("--policy", default=None, metavar="NAME",
+              help="The migration policy of every move (default: each instance's, by the policy rules).")
 @format_option
 @click.pass_obj
 @handle_errors
 def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, yes: bool, dry_run: bool,
-          reason: str | None, no_wait: bool, output_format: str) -> None:
+          reason: str | None, no_wait: bool, policy: str | None, output_format: str) -> None:
     """Empty host NAME: maintenance, a plan, then live migrations of its instances."""
     import sys
 
@@ -153,7 +155,7 @@ def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, ye
 
     context = state.context()
     plan = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, dry_run=True,
-                                 wait=not no_wait, settings=state.settings)
+                                 wait=not no_wait, settings=state.settings, policy=policy)
     if dry_run:
         print_operation(plan, output_format)
         return
@@ -172,7 +174,7 @@ def drain(state: State, name: str, to: tuple[str, ...], parallel: int | None, ye
     # Each move's outcome is shown by the progress (not also as a log line).
     with outcome_reported_here(), OperationProgress(enabled=output_format == "table") as progress:
         view = operations.drain_host(context, name, to=to, parallel=parallel, reason=reason, wait=not no_wait,
-                                     settings=state.settings, progress=progress)
+                                     settings=state.settings, progress=progress, policy=policy)
     if no_wait:
         print_operation(view, output_format, events=False)
         return

@@ -14,6 +14,7 @@ from livemig.cli.host import host
 from livemig.cli.instance import instance
 from livemig.cli.migration import migrate, migration
 from livemig.cli.operation import operation
+from livemig.cli.policy import policy
 from livemig.cli.reconcile import reconcile
 
 
@@ -59,6 +60,7 @@ cli.add_command(host)
 cli.add_command(instance)
 cli.add_command(reconcile)
 cli.add_command(operation)
+cli.add_command(policy)
 
 
 cli.add_command(credential)

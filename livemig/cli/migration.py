@@ -9,6 +9,7 @@ import click
 from livemig import api
 from livemig.cli import bounded
 from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out, outcome_reported_here
+from livemig.cli.migration_flags import flag_options, migration_option_flags
 from livemig.cli.progress import MigrationProgress
 from livemig.errors import InvalidInput, MigrationFailed
 from livemig.scheduler.select import Selection
@@ -23,7 +24,8 @@ SHOW_FIELDS = [("id", "id"), ("instance", "instance_name"), ("instance uuid", "i
                ("iteration", "iteration"), ("expected downtime ms", "expected_downtime_ms"),
                ("downtime ms", "downtime_ms"), ("requested by", "requested_by"), ("created", "created_at"),
                ("started", "started_at"), ("finished", "finished_at"), ("duration s", "duration_s"),
-               ("reason", "error_reason"), ("scheduled", "scheduled")]
+               ("reason", "error_reason"), ("scheduled", "scheduled"), ("policy", "policy"),
+               ("phase", "phase"), ("throttle %", "throttle_pct"), ("post-copy requests", "postcopy_requests")]
 
 
 def _report(view: MigrationView, output_format: str) -> None:
@@ -88,12 +90,16 @@ def _report_choice(name: str, source: str, selection: Selection, weigher: str, e
                    "hosts); follow it with `livemig migration show`.")
 @click.option("--no-queue", is_flag=True, help="Fail at once if a host is busy instead of waiting in `queued`.")
 @click.option("--quiet", "-q", is_flag=True, help="Print the result only (no progress bar or status lines).")
+@click.option("--policy", default=None, metavar="NAME",
+              help="The migration policy (`livemig policy list`; default: the one its rules choose).")
+@migration_option_flags
 @format_option
 @click.argument("arguments", nargs=-1, metavar="INSTANCE | SRC INSTANCE DST")
 @click.pass_obj
 @handle_errors
 def migrate(state: State, live: bool, to: str | None, dry_run: bool, weigher: str | None, no_wait: bool,
-            no_queue: bool, quiet: bool, output_format: str, arguments: tuple[str, ...]) -> None:
+            no_queue: bool, quiet: bool, policy: str | None, output_format: str, arguments: tuple[str, ...],
+            **flags: object) -> None:
     """Live-migrate INSTANCE (name or uuid) off the host it runs on.
 
     \b
@@ -102,10 +108,12 @@ def migrate(state: State, live: bool, to: str | None, dry_run: bool, weigher: st
     livemig migrate --live SRC INSTANCE DST    SRC must be the instance's host
 
     A destination livemig chose that fails before switchover is replaced by
-    the next best host (up to the max_retries setting); a named one is not."""
+    the next best host (up to the max_retries setting); a named one is not.
+    The options given here override the policy's, for this migration only."""
     if not live:
         raise InvalidInput("only live migration is supported: pass --live")
     source, instance, dest = _parse_forms(arguments, to)
+    options = flag_options(flags)
     if dry_run:
         if dest is not None:
             to = dest
@@ -127,7 +135,8 @@ def migrate(state: State, live: bool, to: str | None, dry_run: bool, weigher: st
     with outcome_reported_here(), MigrationProgress(enabled=not quiet and output_format == "table") as progress:
         try:
             view = api.migrate(state.context(), instance, source, dest, to=to, wait=not no_wait,
-                               queue=not no_queue, settings=state.settings, progress=progress, weigher=weigher)
+                               queue=not no_queue, settings=state.settings, progress=progress, weigher=weigher,
+                               policy=policy, options=options)
         except MigrationFailed as exc:
             if exc.migration_id is not None and output_format == "json":
                 _report(api.show_migration(exc.migration_id, settings=state.settings), output_format)
@@ -164,6 +173,9 @@ def show(state: State, migration_id: int, output_format: str) -> None:
         click.echo(json.dumps(view.to_dict(), indent=2, default=str))
         return
     emit_one(output_format, view, SHOW_FIELDS)
+    if view.options:
+        # Plain text: one line, the options the migration ran with.
+        click.echo(f"{'options':<20} " + " ".join(f"{name}={_shown(value)}" for name, value in view.options.items()))
     for attempt in view.attempts:
         reason = f": {attempt['reason']}" if attempt.get("reason") else ""
         # Plain text: rich would read brackets in a reason as markup.
@@ -195,3 +207,21 @@ def abort(state: State, migration_id: int) -> None:
     """Cancel a queued or running migration (the VM stays on its source)."""
     api.abort(state.context(), migration_id, settings=state.settings)
     out.print(f"migration {migration_id}: abort requested")
+
+
+@migration.command("force-complete")
+@click.argument("migration_id", type=bounded.MIGRATION_ID)
+@click.pass_obj
+@handle_errors
+def force_complete(state: State, migration_id: int) -> None:
+    """Complete a running migration now: switch to post-copy if its policy
+    allows it, else pause the guest until the copy finishes."""
+    view = api.force_complete(state.context(), migration_id, settings=state.settings)
+    how = "post-copy" if view.options.get("post_copy", "off") != "off" else "pausing the guest"
+    out.print(f"migration {migration_id}: force-complete requested ({how})", markup=False)
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if value == "" else str(value)

@@ -75,6 +75,8 @@ class DomainInfo:
     cpu_model: str | None = None
     # The anti-affinity group label of the domain's livemig metadata.
     group: str | None = None
+    # The labels of the livemig metadata (migration policy rules match them).
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
     disks: list[DiskInfo] = dataclasses.field(default_factory=list)
     interfaces: list[InterfaceInfo] = dataclasses.field(default_factory=list)
     # A migration job (outgoing or incoming) runs; other jobs (backup, dump)
@@ -156,12 +158,34 @@ class MigrationOptions:
     # (seconds into the job, allowed downtime in ms), ascending; empty: the
     # maximum from the start.
     downtime_schedule: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    # The migration's policy options (livemig.policies.options, same names).
+    postcopy_bandwidth_mib_s: int = 0
+    auto_converge: bool = False
+    auto_converge_initial: int = 20
+    auto_converge_increment: int = 10
+    # "off", "after-first-pass", "after-seconds" (post_copy_after_s into the
+    # job) or "on-stall"; anything but "off" starts the job able to switch.
+    post_copy: str = "off"
+    post_copy_after_s: float = 30.0
+    # What the completion timeout does: "abort", or "force-complete"
+    # (post-copy if allowed, else pause the guest so that the copy ends).
+    timeout_action: str = "abort"
+    # No new low in memory_remaining for this long: the job does not converge.
+    stall_s: float = 30.0
+    tls: bool = False
+    parallel_connections: int = 0
+    compression: str = ""
+    copy_storage: str = "off"
     # Called immediately before the driver changes a running job (raises its
     # allowed downtime, aborts it); raises (livemig.fencing.Fenced) when the
     # caller may no longer act on the job because another controller has
     # claimed the migration since. The driver then stops following the job
     # and leaves it alone: its new owner follows it.
     before_job_change: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def post_copy_allowed(self) -> bool:
+        return self.post_copy != "off"
 
     def may_change_job(self) -> None:
         if self.before_job_change is not None:

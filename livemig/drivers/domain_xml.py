@@ -71,6 +71,17 @@ def parse_group(root: ET.Element) -> str | None:
     return group.text.strip() if group is not None and group.text and group.text.strip() else None
 
 
+def parse_labels(root: ET.Element) -> dict[str, str]:
+    """<livemig:label name="KEY">VALUE</livemig:label> in the livemig
+    metadata: what migration policy rules match."""
+    labels = {}
+    for label in root.findall(f"./metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}label"):
+        key = (label.get("name") or "").strip()
+        if key:
+            labels[key] = (label.text or "").strip()
+    return labels
+
+
 def parse_cpu_model(root: ET.Element) -> str | None:
     model = root.find("./cpu/model")
     if model is not None and model.text:

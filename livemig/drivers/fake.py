@@ -218,7 +218,8 @@ class FakeDriver(Driver):
     def create_domain(self, uri: str, name: str, *, vcpus: int = 1, memory_mb: int = 512, disk_gb: int = 1,
                       project: str = "default", cpu_model: str = "qemu64", uuid: str | None = None,
                       disks: list[DiskInfo] | None = None, interfaces: list[InterfaceInfo] | None = None,
-                      state: str = "running", group: str | None = None) -> str:
+                      state: str = "running", group: str | None = None,
+                      labels: dict[str, str] | None = None) -> str:
         import dataclasses
 
         uuid = uuid or str(uuidlib.uuid4())
@@ -226,6 +227,7 @@ class FakeDriver(Driver):
             world.host(path)["domains"][uuid] = {
                 "uuid": uuid, "name": name, "state": state, "vcpus": vcpus, "memory_mb": memory_mb,
                 "disk_gb": disk_gb, "project": project, "cpu_model": cpu_model, "group": group,
+                "labels": dict(labels or {}),
                 "disks": [dataclasses.asdict(d) for d in disks or []],
                 "interfaces": [dataclasses.asdict(i) for i in interfaces or []],
             }
@@ -317,7 +319,7 @@ class FakeDriver(Driver):
         return DomainInfo(
             uuid=dom["uuid"], name=dom["name"], state=DomainState(dom["state"]), vcpus=dom["vcpus"],
             memory_mb=dom["memory_mb"], disk_gb=dom["disk_gb"], project=dom["project"],
-            cpu_model=dom.get("cpu_model"), group=dom.get("group"), disks=[DiskInfo(**d) for d in dom["disks"]],
+            cpu_model=dom.get("cpu_model"), group=dom.get("group"), labels=dict(dom.get("labels") or {}), disks=[DiskInfo(**d) for d in dom["disks"]],
             interfaces=[InterfaceInfo(**i) for i in dom["interfaces"]],
             migration_job_active=bool(dom.get("job")), incoming=bool(dom.get("incoming_from")),
         )

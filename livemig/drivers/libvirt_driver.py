@@ -18,7 +18,7 @@ from livemig.drivers.base import (
     SourcePaused,
 )
 from livemig.drivers.domain_xml import (
-    parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_project, strip_uuid,
+    parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_labels, parse_project, strip_uuid,
 )
 from livemig.errors import HostUnreachable, LivemigError
 from livemig.states import DomainState
@@ -262,7 +262,7 @@ class LibvirtDriver(Driver):
                     and not dom.isPersistent())
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=state, vcpus=int(root.findtext("vcpu", "1")),
                           memory_mb=int(dom.maxMemory() / 1024), disk_gb=disk_gb, project=parse_project(root),
-                          cpu_model=parse_cpu_model(root), group=parse_group(root), disks=disks, interfaces=parse_interfaces(root),
+                          cpu_model=parse_cpu_model(root), group=parse_group(root), labels=parse_labels(root), disks=disks, interfaces=parse_interfaces(root),
                           migration_job_active=job_active, incoming=incoming)
 
     def list_domains(self, uri: str) -> list[DomainInfo]:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import sqlalchemy as sa
 
 from livemig.config import Settings, check_migration_options
+from livemig.policies import checked_policy
 from livemig.context import RequestContext
 from livemig.errors import Conflict, InvalidInput, QueueTimeout
 from livemig.operations.claims import OperationEnded
@@ -45,7 +46,7 @@ def _services(settings: Settings | None) -> Services:
 def drain_host(context: RequestContext, host: str, *, to: Iterable[str] = (), parallel: int | None = None,
                reason: str | None = None, dry_run: bool = False, wait: bool = True, weigher: str = "spread",
                options: Mapping[str, object] | None = None, settings: Settings | None = None,
-               progress: OperationProgress | None = None) -> OperationView:
+               progress: OperationProgress | None = None, policy: str | None = None) -> OperationView:
     """Empty HOST: put it in maintenance (no new placements), plan a
     destination for each of its instances (spread, largest first, `to`
     limiting the destinations) and move them as live migrations, at most
@@ -53,10 +54,13 @@ def drain_host(context: RequestContext, host: str, *, to: Iterable[str] = (), pa
     re-planned on a host not yet tried. Ends `completed` when HOST is empty,
     else `partial` (each instance that stayed, and why; HOST stays in
     maintenance). `dry_run`: the plan only, nothing changed. `wait=False`
-    (ZooKeeper only): return once the operation is posted."""
+    (ZooKeeper only): return once the operation is posted. `policy`: the
+    migration policy of every move (default: each instance's by the rules),
+    `options` over it."""
     context.require_admin("draining a host")
     to = list(dict.fromkeys(to))
     arguments = _checked_drain_arguments(host, to, parallel, weigher, options, reason)
+    arguments["policy"] = checked_policy(policy)
     services = _services(settings)
     if not wait and not services.settings.zookeeper_hosts:
         raise InvalidInput("--no-wait needs ZooKeeper (conductors run the operation); without it the operation "

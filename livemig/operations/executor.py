@@ -403,7 +403,7 @@ class MoveExecutor:
         try:
             migration_id, _ids, _hosts = api._record_migration(
                 context, self.services, move.instance_uuid, move.source_host, move.dest_host, options,
-                operation_id=self.operation_id, on_recorded=mark_submitted)
+                operation_id=self.operation_id, on_recorded=mark_submitted, policy=arguments.get("policy"))
         except OperationFenced:
             raise
         except InstanceNotOnSource as exc:

@@ -73,6 +73,8 @@ class Instance(Base):
     # Anti-affinity: instances sharing a group label (from the domain's
     # livemig metadata) are never placed on one host.
     group: Mapped[str | None] = mapped_column(sa.String(255), default=None, index=True)
+    # The labels of the domain's livemig metadata: migration policy rules match them.
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -106,6 +108,17 @@ class Migration(Base):
     # Per-migration options (JSON-able), chosen when it was requested; every
     # other setting is the running controller's own.
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The migration policy those options came from (livemig.policies).
+    policy: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    # `migration force-complete`: the runner (whichever conductor) switches
+    # to post-copy if the policy allows it, else pauses the guest.
+    force_complete_requested: Mapped[bool] = mapped_column(default=False)
+    # Where the hypervisor job is: "pre-copy", "post-copy", "paused to
+    # complete"; the CPU throttle of auto-converge (%) and the pages the
+    # destination asked for in post-copy.
+    phase: Mapped[str] = mapped_column(sa.String(64), default="")
+    throttle_pct: Mapped[int | None] = mapped_column(default=None)
+    postcopy_requests: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     # The fleet operation this migration is a move of, if any.
     operation_id: Mapped[int | None] = mapped_column(default=None, index=True)
     # Whether the destination was chosen by livemig's scheduler (then a

@@ -25,6 +25,11 @@ from livemig.tasks.undo import StillFailing, never_raises, record_leftover_for_r
 REVERT_HOST_WAIT_S = 20.0
 # In execute a host that does not answer fails the step (its revert asks again).
 EXECUTE_PATIENCE_S = 2.0
+# The policy options the driver applies as they are (the others become the
+# settings-based downtime schedule and timeout).
+DRIVER_POLICY_OPTIONS = ("postcopy_bandwidth_mib_s", "auto_converge", "auto_converge_initial",
+                         "auto_converge_increment", "post_copy", "post_copy_after_s", "timeout_action", "stall_s",
+                         "tls", "parallel_connections", "compression", "copy_storage")
 
 
 class DomainLost(DriverError):
@@ -132,14 +137,17 @@ class MigrateDomain(MigrationTask):
         return None
 
     def _options(self, migration_id: int, instance_uuid: str) -> MigrationOptions:
-        settings = self.services.settings
+        settings = self.services.settings  # with the migration's options that are settings
+        chosen = self.services.options
         with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
             memory_gib = max(instance.memory_mb / 1024.0, 0.0) if instance else 1.0
+        timeout_s = chosen.timeout_s if chosen.timeout_s is not None else \
+            max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib)
         return MigrationOptions(
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
-            timeout_s=max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib),
-            poll_interval_s=settings.poll_interval_s,
+            timeout_s=timeout_s, poll_interval_s=settings.poll_interval_s,
+            **{name: getattr(chosen, name) for name in DRIVER_POLICY_OPTIONS},
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
                                                 settings.downtime_step_delay_s_per_gib * memory_gib),
             # A controller frozen mid-job wakes to find another owner: it

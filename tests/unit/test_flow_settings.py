@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from taskflow import engines
 
 import livemig
+from livemig.policies import MigrationPolicyOptions
 from livemig import services as services_module
 from livemig.persistence.database import database_for
 from livemig.services import building_flows_with, configure, services_for
@@ -37,15 +38,19 @@ def flow_detail(settings, migration_id):
     with contextlib.closing(services.db.taskflow_backend().get_connection()) as conn:
         return conn.get_logbook(book_id).find(flow_id)
 
+# What a migration records beside the options chosen: every other option's
+# default (those left to the runner's settings are left out).
+DEFAULT_OPTIONS = {name: value for name, value in MigrationPolicyOptions().to_dict().items() if value is not None}
+
 
 def test_the_logbook_holds_the_identity_and_options_not_the_settings(cloud):
     settings = cloud.settings.replace(unrecoverable_policy="mark-error", admin_group="ops-c1-marker")
     view = livemig.create_migration(CTX, "vm1", "a", "b", settings=settings, queue_timeout_s=7,
                                     options={"max_downtime_ms": 42})
     detail = flow_detail(settings, view.id)
-    assert detail.meta["factory"]["args"] == [{"max_downtime_ms": 42, "queue_timeout_s": 7.0}]
+    assert detail.meta["factory"]["args"] == [{**DEFAULT_OPTIONS, "max_downtime_ms": 42, "queue_timeout_s": 7.0}]
     assert set(detail.meta["store"]) == {"migration_id", "instance_uuid", "source_host", "dest_host"}
-    assert cloud.migration(view.id).options == {"max_downtime_ms": 42, "queue_timeout_s": 7.0}
+    assert cloud.migration(view.id).options == {**DEFAULT_OPTIONS, "max_downtime_ms": 42, "queue_timeout_s": 7.0}
     # Nothing of the poster's settings in any of TaskFlow's rows.
     with database_for(settings.database_url).engine.connect() as conn:
         text = " ".join(repr(tuple(row)) for table in ("logbooks", "flowdetails", "atomdetails")
@@ -78,7 +83,7 @@ def test_a_migration_with_options_runs_and_records_them(cloud):
                            options={"max_downtime_ms": 120, "bandwidth_mib_s": 50})
     assert view.status == "completed"
     assert cloud.running_on() == ["b"]
-    assert cloud.migration(view.id).options == {"max_downtime_ms": 120, "bandwidth_mib_s": 50}
+    assert cloud.migration(view.id).options == {**DEFAULT_OPTIONS, "max_downtime_ms": 120, "bandwidth_mib_s": 50}
 
 
 def test_a_logbook_saved_with_the_whole_settings_keeps_only_the_options(cloud):

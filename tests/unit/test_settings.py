@@ -75,7 +75,7 @@ def test_overrides_and_constructed_settings_are_checked(tmp_path):
 def test_migration_options_are_checked_like_settings():
     assert check_migration_options({"queue_timeout_s": 0, "max_downtime_ms": 50}) == \
         {"queue_timeout_s": 0.0, "max_downtime_ms": 50}
-    with pytest.raises(InvalidInput, match="setting bandwidth_mib_s must be an integer from 0"):
+    with pytest.raises(InvalidInput, match="option bandwidth_mib_s must be an integer from 0"):
         check_migration_options({"bandwidth_mib_s": -5})
     with pytest.raises(InvalidInput, match="unknown migration option"):
         check_migration_options({"database_url": "sqlite:////tmp/x.db"})
