@@ -19,9 +19,9 @@ True when CP-SAT proved the number of hosts minimal, or when the plan uses
 as many hosts as the lower bound (then nothing can use fewer, whichever
 method found it); `method` says which found the plan.
 
-The heuristic keeps the fullest hosts: for k hosts kept (the hosts holding
-an unmovable instance, then the rest fullest first), instances on kept
-hosts stay and the others are packed onto the kept hosts by best-fit
+The heuristic keeps k hosts (those holding an unmovable instance, then
+the others largest first, or fullest first: both are tried): instances
+on kept hosts stay, the others are packed onto the kept hosts by best-fit
 decreasing, with a repair step that makes room by moving one instance
 from a kept host to another; the smallest k that packs (and keeps within
 `max_moves`) is found by bisection between the lower bound and the hosts
@@ -60,7 +60,7 @@ def plan_consolidation(fleet: Fleet, *, headroom: float = 0.0, use_measured: boo
         raise ValueError(f"max_moves must be at least 0, not {max_moves}")
     start = cap.current_hosts(fleet)
     lower = bounds.lower_bound(fleet, headroom, use_measured)
-    target, notes = pack_fullest_first(fleet, headroom, use_measured, max_moves, lower)
+    target, notes = pack_first_fit_decreasing(fleet, headroom, use_measured, max_moves, lower)
     candidates = [(target, "first-fit-decreasing", False, tuple(notes))]
     if fleet.instances and (method == "cp-sat" or (method == "auto" and _pairs(fleet) <= CP_SAT_MAX_PAIRS)):
         solved = solve_cp_sat(fleet, headroom, use_measured, time_limit_s, max_moves, lower, hint=target)
@@ -120,15 +120,28 @@ def _cost(fleet: Fleet, start: Mapping[str, str], target: Mapping[str, str]) -> 
     return (len(set(target.values())), len(moved), sum(fleet.instances[u].memory_mb for u in moved))
 
 
-def pack_fullest_first(fleet: Fleet, headroom: float, use_measured: bool, max_moves: int | None,
-                       lower: int) -> tuple[dict[str, str], list[str]]:
-    """The heuristic (see the module docstring): a target host per instance,
-    and notes on instances that could not be placed and stay where they are."""
+def pack_first_fit_decreasing(fleet: Fleet, headroom: float, use_measured: bool, max_moves: int | None,
+                              lower: int) -> tuple[dict[str, str], list[str]]:
+    """The heuristic (see the module docstring), keeping the largest hosts
+    first and then the fullest first: the better target (hosts, moves,
+    memory), and notes when nothing packs."""
     start = cap.current_hosts(fleet)
-    order = _keep_order(fleet, start, headroom, use_measured)
+    packed = [_pack_kept_prefix(fleet, start, _keep_order(fleet, start, headroom, use_measured, largest_first),
+                                headroom, use_measured, max_moves, lower) for largest_first in (True, False)]
+    found = [target for target in packed if target is not None]
+    if found:
+        return min(found, key=lambda target: _cost(fleet, start, target)), []
+    # Nothing packs (a host is over capacity and its instances fit nowhere
+    # else, or max_moves is too small): everything stays.
+    return dict(start), ["no packing frees a host within the constraints: nothing moves"]
+
+
+def _pack_kept_prefix(fleet: Fleet, start: Mapping[str, str], order: Sequence[str], headroom: float,
+                      use_measured: bool, max_moves: int | None, lower: int) -> dict[str, str] | None:
+    """The packing onto the shortest prefix of `order` that holds every
+    instance (within `max_moves`), found by bisection; None if none does."""
     forced = {i.host for i in fleet.instances.values() if not i.movable}
-    low = max(lower, len(forced), 1)
-    high = len(order)
+    low, high = max(lower, len(forced), 1), len(order)
     best: dict[str, str] | None = None
     while low <= high:
         k = (low + high) // 2
@@ -137,31 +150,28 @@ def pack_fullest_first(fleet: Fleet, headroom: float, use_measured: bool, max_mo
             best, high = packed, k - 1
         else:
             low = k + 1
-    if best is not None:
-        return best, []
-    # Nothing packs (a host is over capacity and its instances fit nowhere
-    # else, or max_moves is too small): everything stays.
-    return dict(start), ["no packing frees a host within the constraints: nothing moves"]
+    return best
 
 
 def _moves(start: Mapping[str, str], target: Mapping[str, str]) -> int:
     return sum(1 for uuid, host in target.items() if start[uuid] != host)
 
 
-def _keep_order(fleet: Fleet, start: Mapping[str, str], headroom: float, use_measured: bool) -> list[str]:
+def _keep_order(fleet: Fleet, start: Mapping[str, str], headroom: float, use_measured: bool,
+                largest_first: bool) -> list[str]:
     """Usable hosts in the order they are kept: those holding an unmovable
-    instance, then those that take placements, fullest first (fewest
-    moves), then larger first."""
+    instance, then those that take placements; then larger first (fewer
+    hosts) and fullest first (fewer moves), in the order `largest_first` says."""
     forced = {i.host for i in fleet.instances.values() if not i.movable}
     occupancy = cap.Occupancy.of(fleet, start, headroom, use_measured)
-    usable = bounds.measured_hosts(fleet)
 
     def key(name: str) -> tuple:
         host = fleet.hosts[name]
-        fill = _fill(occupancy.load[name], occupancy.room[name])
-        return (name not in forced, not host.placeable, -fill, -host.memory_mb, -host.cpus, name)
+        size = (-host.memory_mb, -host.cpus)
+        fill = (-_fill(occupancy.load[name], occupancy.room[name]),)
+        return (name not in forced, not host.placeable, *(size + fill if largest_first else fill + size), name)
 
-    return sorted(usable, key=key)
+    return sorted(bounds.measured_hosts(fleet), key=key)
 
 
 def _fill(load: cap.Vector, room: cap.Vector) -> float:

@@ -105,3 +105,8 @@ class Plan:
     # Plain sentences an operator should read (why a host could not be
     # emptied, why a move was left out, a stop-over).
     notes: tuple[str, ...] = ()
+    # Rebalance: each counted host's normalised load (0.0 idle, 1.0 full) in
+    # the plan's metric, before the plan and after it
+    # (livemig.planning.bounds.host_loads).
+    host_load_before: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    host_load_after: Mapping[str, float] = dataclasses.field(default_factory=dict)

@@ -127,6 +127,43 @@ def _stop_over(fleet: Fleet, occupancy: cap.Occupancy, where: Mapping[str, str],
     return None
 
 
+def waves_in_sequence(fleet: Fleet, steps: Sequence[tuple[str, str, str]], *, headroom: float = 0.0,
+                      use_measured: bool = True) -> tuple[Move, ...]:
+    """The moves (uuid, source, dest) in the order given, cut into waves: a
+    move joins the current wave when it can run beside the moves already in
+    it, else it starts the next. Each step must be possible once the steps
+    before it have ended (as a hill climb's are), so the order is kept and
+    every wave ends in a state the sequence passes through."""
+    where = cap.current_hosts(fleet)
+    occupancy = cap.Occupancy.of(fleet, where, headroom, use_measured)
+    moves: list[Move] = []
+    wave: list[tuple[str, str, str]] = []
+    busy: collections.Counter[str] = collections.Counter()
+
+    def close() -> None:
+        for uuid, source, dest in wave:
+            occupancy.release(uuid, source)
+            where[uuid] = dest
+        wave.clear()
+        busy.clear()
+
+    number = 1
+    for uuid, source, dest in steps:
+        joins = (all(uuid != other for other, _, _ in wave) and _slot(fleet, busy, source)
+                 and _slot(fleet, busy, dest) and occupancy.can_take(uuid, dest))
+        if not joins and wave:
+            close()
+            number += 1
+        occupancy.hold(uuid, dest)
+        busy[source] += 1
+        busy[dest] += 1
+        wave.append((uuid, source, dest))
+        instance = fleet.instances[uuid]
+        moves.append(Move(instance_uuid=uuid, instance_name=instance.name, source=source, dest=dest, wave=number,
+                          memory_mb=instance.memory_mb))
+    return tuple(moves)
+
+
 def final_hosts(fleet: Fleet, moves: Iterable[Move]) -> dict[str, str]:
     """Where each instance (by uuid) is once `moves` have run."""
     where = cap.current_hosts(fleet)

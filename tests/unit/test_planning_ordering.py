@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from livemig.planning.model import Move, Plan
-from livemig.planning.ordering import check_plan, final_hosts, order_moves
+from livemig.planning.ordering import check_plan, final_hosts, order_moves, waves_in_sequence
 from tests.unit.planning_fleets import fleet, fleets, host, instance
 
 FAST = settings(max_examples=150, deadline=None)
@@ -100,3 +100,18 @@ def test_any_target_gives_a_valid_plan_that_reaches_it_or_says_why_not(f, data):
     assert all(not m.stop_over or m.dest != target[m.instance_uuid] for m in moves)
     # Deterministic.
     assert order_moves(f, target) == (moves, notes)
+
+
+def test_a_sequence_is_cut_into_waves_in_its_own_order():
+    f = fleet([host("h1", memory_mb=4096), host("h2", memory_mb=4096), host("h3", memory_mb=8192)],
+              [instance("a", "h1", memory_mb=4096), instance("b", "h2", memory_mb=4096)])
+    # b must leave h2 before a can come; then a moves on, which is a second move of a.
+    steps = [("b", "h2", "h3"), ("a", "h1", "h2"), ("a", "h2", "h1")]
+    moves = waves_in_sequence(f, steps)
+    assert [(m.instance_uuid, m.source, m.dest, m.wave) for m in moves] == [
+        ("b", "h2", "h3", 1), ("a", "h1", "h2", 2), ("a", "h2", "h1", 3)]
+    assert check_plan(f, plan_of(moves)) == []
+    g = fleet([host("h1", cpus=64, memory_mb=65536), host("h2"), host("h3")],
+              [instance(f"i{k}", "h1") for k in range(3)])
+    moves = waves_in_sequence(g, [("i0", "h1", "h2"), ("i1", "h1", "h3"), ("i2", "h1", "h2")])
+    assert [m.wave for m in moves] == [1, 1, 2]  # h1 allows two migrations at once
