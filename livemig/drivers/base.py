@@ -147,6 +147,22 @@ class MigrationProgress:
 
 
 @dataclasses.dataclass
+class MigrationDestination:
+    """What a migration's stream needs to know about its destination host."""
+
+    # The address of the destination's migration network, "" for the
+    # hypervisor's default (the host name of the destination's URI).
+    migration_address: str = ""
+    # 0: the hypervisor picks a port from its range.
+    migration_port: int = 0
+    # The name the destination's TLS certificate carries, when it is not
+    # the address the stream connects to.
+    tls_hostname: str = ""
+    # The targets (vda, ...) of the disks whose storage is copied.
+    copy_disks: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class MigrationOptions:
     max_downtime_ms: int = 300
     bandwidth_mib_s: int = 0
@@ -176,6 +192,7 @@ class MigrationOptions:
     parallel_connections: int = 0
     compression: str = ""
     copy_storage: str = "off"
+    destination: MigrationDestination = dataclasses.field(default_factory=MigrationDestination)
     # Called immediately before the driver changes a running job (raises its
     # allowed downtime, aborts it); raises (livemig.fencing.Fenced) when the
     # caller may no longer act on the job because another controller has

@@ -20,6 +20,7 @@ from livemig.drivers.base import (
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_labels, parse_project, strip_uuid,
 )
+from livemig.drivers.libvirt_params import migration_call
 from livemig.errors import HostUnreachable, LivemigError
 from livemig.states import DomainState
 
@@ -581,15 +582,7 @@ class LibvirtDriver(Driver):
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
                 should_abort: AbortCheck | None = None) -> MigrationResult:
-        # ABORT_ON_ERROR: an I/O error on the source aborts the migration
-        # instead of pausing the guest with the migration still going.
-        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
-        if options.shared_storage:
-            flags |= libvirt.VIR_MIGRATE_UNSAFE
-        params: dict[str, Any] = {}
-        if options.bandwidth_mib_s:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(options.bandwidth_mib_s)
+        flags, params = migration_call(options, options.destination)
         # The shared connection: libvirt multiplexes calls on it, so the long
         # migration call does not block other threads' calls.
         conn = self.conn(source_uri)
