@@ -6,6 +6,7 @@ cancelled, only migration jobs count, and a followed job keeps its options
 and reports its figures."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -17,12 +18,13 @@ from livemig.coordination.base import HostLimit
 from livemig.coordination.local import LocalReservations
 from livemig.drivers.base import DriverError
 from livemig.errors import CoordinationUnavailable, DatabaseUnavailable, MigrationFailed
-from livemig.persistence.database import database_for
+from livemig.persistence.database import Database, database_for
 from livemig.persistence.models import Event, Leftover
 from livemig.services import services_for
 from livemig.tasks import lifecycle, migrate as migrate_module, undo
 from livemig.tasks.lifecycle import RollBackOrTerminateInstance
 from livemig.tasks.migrate import MigrateDomain
+from livemig.tasks.precheck import MarkInstanceMigrating
 from livemig.tasks.volumes import SetUpVolumesOnDestination
 from livemig.drivers.base import MigrationTimedOut
 from tests.unit.test_tasks import _prepare_destination, failure_of, make
@@ -161,6 +163,79 @@ def test_outcome_is_recorded_when_the_database_fails_at_first(cloud, mig, monkey
         flow_failures={"migrate-domain": failure_of(DriverError("boom"))}, **mig)
     m = cloud.migration(mig["migration_id"])
     assert m.status == "failed" and "boom" in m.error_reason
+
+
+def _during_revert_of(monkeypatch, task_class, state, until_it_returns=True):
+    """state["on"] is True from the moment task_class's revert starts (until
+    it returns, or for good): the window in which a fault is injected."""
+    original = task_class.revert
+
+    @functools.wraps(original)  # TaskFlow maps the revert's arguments by its signature
+    def revert(self, *args, **kwargs):
+        state["on"] = True
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if until_it_returns:
+                state["on"] = False
+
+    monkeypatch.setattr(task_class, "revert", revert)
+
+
+@pytest.mark.parametrize("failures", [2, 10**6], ids=["blip", "down-for-the-whole-revert"])
+def test_a_database_error_while_restoring_the_instance_state_still_decides_the_outcome(cloud, monkeypatch,
+                                                                                       failures):
+    """Item 4: a database error in the revert that puts the instance's state
+    back used to stop TaskFlow's revert chain: no outcome, hosts reserved."""
+    down = {"on": False, "left": failures, "refused": 0}
+    original_session = Database.session
+
+    def session(self):
+        if down["on"] and down["left"] > 0:
+            down["left"] -= 1
+            down["refused"] += 1
+            raise DatabaseUnavailable("database is unreachable: injected")
+        return original_session(self)
+
+    monkeypatch.setattr(Database, "session", session)
+    _during_revert_of(monkeypatch, MarkInstanceMigrating, down)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "error", "boom")
+    with pytest.raises(MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    m = cloud.migration(cloud.last_migration().id)
+    assert m.status == "failed" and "boom" in m.error_reason, (m.status, m.error_reason)
+    assert cloud.reservations() == []
+    assert cloud.running_on() == ["a"]
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "running")
+    assert down["refused"] >= 2  # the restore met the error (and was retried)
+
+
+def test_audit_notes_that_cannot_be_written_stop_no_revert(cloud, monkeypatch):
+    """Item 4: once the migration failed, no audit note can be written (the
+    destination reverts note what they remove); every revert still runs and
+    the outcome is recorded."""
+    refused: list[str] = []
+    failing = {"on": False}
+    original_record_event = Database.record_event
+
+    def record_event(self, migration_id, kind, name, state="", message=""):
+        if failing["on"] and kind == "note":
+            refused.append(message)
+            raise DatabaseUnavailable("database is unreachable: injected")
+        return original_record_event(self, migration_id, kind, name, state, message)
+
+    monkeypatch.setattr(Database, "record_event", record_event)
+    _during_revert_of(monkeypatch, MigrateDomain, failing, until_it_returns=False)
+    cloud.driver.inject_fault(cloud.uri("a"), "migrate", "error", "boom")
+    with pytest.raises(MigrationFailed):
+        livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
+    assert any(n.startswith("removed ") for n in refused), refused
+    m = cloud.migration(cloud.last_migration().id)
+    assert m.status == "failed" and "boom" in m.error_reason, (m.status, m.error_reason)
+    assert cloud.reservations() == []
+    assert cloud.running_on() == ["a"]
+    assert (cloud.instance().host, cloud.instance().state) == ("a", "running")
+    assert "vol-1" not in cloud.host_record("b")["secrets"] and "sg-web" not in cloud.host_record("b")["filters"]
 
 
 # -- smaller defects ---------------------------------------------------------------------------------
