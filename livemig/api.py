@@ -18,6 +18,7 @@ from livemig import input_bounds
 from livemig.config import Settings, check_migration_options, load_settings
 from livemig.context import RequestContext
 from livemig.disk_sharing import normalized_shared_paths
+from livemig.migration_network import checked_host_address
 from livemig.drivers.base import DomainInfo, driver_dict
 from livemig.drivers.registry import validate_uri
 from livemig.flows import keys
@@ -62,12 +63,18 @@ def _services(settings: Settings | None) -> Services:
 def add_host(context: RequestContext, name: str, uri: str, zone: str = "default", *,
              max_concurrent_migrations: int = 1, cpu_allocation_ratio: float = 4.0,
              ram_allocation_ratio: float = 1.0, disk_allocation_ratio: float = 1.0,
-             shared_paths: Iterable[str] = (), settings: Settings | None = None) -> HostView:
+             shared_paths: Iterable[str] = (), migration_address: str | None = None,
+             migration_tls_name: str | None = None, settings: Settings | None = None) -> HostView:
     """Register a hypervisor host; it must answer (its totals are read).
     `shared_paths`: directories or block devices this host shares with the
-    others (a file or block disk migrates only if both hosts share it)."""
+    others (a file or block disk migrates only if both hosts share it).
+    `migration_address`: where migrations to this host send their stream
+    (its migration network); `migration_tls_name`: the name its TLS
+    certificate carries, if not that address."""
     context.require_admin("adding a host")
     shared = normalized_shared_paths(shared_paths)
+    address = checked_host_address(migration_address)
+    tls_name = checked_host_address(migration_tls_name, "TLS name")
     if not name or "/" in name or len(name) > 255:
         raise InvalidInput(f"invalid host name {name!r}")
     input_bounds.whole_number_in("max concurrent migrations", max_concurrent_migrations,
@@ -86,7 +93,8 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
                     cpu_allocation_ratio=cpu_allocation_ratio, ram_allocation_ratio=ram_allocation_ratio,
                     disk_allocation_ratio=disk_allocation_ratio, vcpus=facts.vcpus, memory_mb=facts.memory_mb,
                     disk_gb=facts.disk_gb, cpu_model=facts.cpu_model, hypervisor_version=facts.hypervisor_version,
-                    shared_paths=shared, networks=sorted(facts.networks), last_seen=utcnow())
+                    shared_paths=shared, networks=sorted(facts.networks), last_seen=utcnow(),
+                    migration_address=address, migration_tls_name=tls_name)
         session.add(host)
         session.flush()
         return HostView.of(host)
@@ -106,6 +114,22 @@ def set_host_shared_paths(context: RequestContext, name: str, shared_paths: Iter
     with _services(settings).db.session() as session:
         host = get_host(session, name)
         host.shared_paths = shared
+        return HostView.of(host)
+
+
+def set_host_migration_network(context: RequestContext, name: str, migration_address: str | None,
+                               migration_tls_name: str | None = None,
+                               settings: Settings | None = None) -> HostView:
+    """Set where migrations to host NAME send their stream (None: the
+    address of its URI) and the name its TLS certificate carries (None: the
+    migration address). A migration already running keeps its stream."""
+    context.require_admin("changing a host's migration network")
+    address = checked_host_address(migration_address)
+    tls_name = checked_host_address(migration_tls_name, "TLS name")
+    with _services(settings).db.session() as session:
+        host = get_host(session, name)
+        host.migration_address = address
+        host.migration_tls_name = tls_name
         return HostView.of(host)
 
 

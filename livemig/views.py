@@ -39,13 +39,16 @@ class HostView(View):
     standby: bool = False
     standby_reason: str | None = None
     standby_since: str | None = None
+    # Where migrations to this host send their stream (None: its URI's address).
+    migration_address: str | None = None
+    migration_tls_name: str | None = None
 
     @classmethod
     def of(cls, h: Host) -> "HostView":
         return cls(h.name, h.uri, h.zone, h.enabled, h.disabled_reason, h.vcpus, h.memory_mb, h.disk_gb,
                    h.max_concurrent_migrations, _iso(h.last_seen), list(h.shared_paths or []),
                    bool(h.maintenance), h.maintenance_reason, _iso(h.maintenance_since), bool(h.standby),
-                   h.standby_reason, _iso(h.standby_since))
+                   h.standby_reason, _iso(h.standby_since), h.migration_address, h.migration_tls_name)
 
 
 @dataclasses.dataclass(frozen=True)

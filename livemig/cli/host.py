@@ -12,10 +12,15 @@ from livemig.cli.common import State, emit, format_option, handle_errors, out
 HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"),
                 ("MAINTENANCE", "maintenance_text"), ("VCPUS", "vcpus"),
                 ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"), ("MAX_MIGRATIONS", "max_concurrent_migrations"),
-                ("SHARED_PATHS", "shared_paths"), ("LAST_SEEN", "last_seen")]
+                ("SHARED_PATHS", "shared_paths"), ("MIGRATION_ADDRESS", "migration_address"),
+                ("LAST_SEEN", "last_seen")]
 
 SHARED_PATH_HELP = ("A directory or block device this host shares with the others (repeatable): a file or "
                     "block disk under it migrates only if the destination shares it too.")
+MIGRATION_ADDRESS_HELP = ("The address of this host's migration network (an IP address or host name): "
+                          "migrations to it send their stream there instead of to its URI's address.")
+TLS_NAME_HELP = ("The name this host's migration TLS certificate carries, if it does not name the migration "
+                 "address.")
 
 
 @click.group()
@@ -33,15 +38,20 @@ def host() -> None:
 @click.option("--ram-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
 @click.option("--disk-ratio", type=bounded.ALLOCATION_RATIO, default=1.0, show_default=True)
 @click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
+@click.option("--migration-address", metavar="ADDRESS", default=None, help=MIGRATION_ADDRESS_HELP)
+@click.option("--migration-tls-name", metavar="NAME", default=None, help=TLS_NAME_HELP)
 @format_option
 @click.pass_obj
 @handle_errors
 def add(state: State, name: str, uri: str, zone: str, max_migrations: int, cpu_ratio: float, ram_ratio: float,
-        disk_ratio: float, shared_paths: tuple[str, ...], output_format: str) -> None:
+        disk_ratio: float, shared_paths: tuple[str, ...], migration_address: str | None,
+        migration_tls_name: str | None, output_format: str) -> None:
     """Register host NAME (it must answer at URI)."""
     view = api.add_host(state.context(), name, uri, zone, max_concurrent_migrations=max_migrations,
                         cpu_allocation_ratio=cpu_ratio, ram_allocation_ratio=ram_ratio,
-                        disk_allocation_ratio=disk_ratio, shared_paths=shared_paths, settings=state.settings)
+                        disk_allocation_ratio=disk_ratio, shared_paths=shared_paths,
+                        migration_address=migration_address, migration_tls_name=migration_tls_name,
+                        settings=state.settings)
     emit(output_format, [view], HOST_COLUMNS)
 
 
@@ -49,14 +59,43 @@ def add(state: State, name: str, uri: str, zone: str, max_migrations: int, cpu_r
 @click.argument("name")
 @click.option("--shared-path", "shared_paths", multiple=True, metavar="PATH", help=SHARED_PATH_HELP)
 @click.option("--no-shared-paths", is_flag=True, help="NAME shares no storage with the others.")
+@click.option("--migration-address", metavar="ADDRESS", default=None, help=MIGRATION_ADDRESS_HELP)
+@click.option("--migration-tls-name", metavar="NAME", default=None, help=TLS_NAME_HELP)
+@click.option("--no-migration-network", is_flag=True,
+              help="Migrations to NAME use its URI's address (and no TLS name).")
 @format_option
 @click.pass_obj
 @handle_errors
-def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths: bool, output_format: str) -> None:
-    """Change host NAME: its shared paths replace the ones it had."""
-    if no_shared_paths == bool(shared_paths):
+def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths: bool,
+         migration_address: str | None, migration_tls_name: str | None, no_migration_network: bool,
+         output_format: str) -> None:
+    """Change host NAME: its shared paths replace the ones it had; a
+    migration address or TLS name given replaces the one it had."""
+    if no_shared_paths and shared_paths:
         raise click.UsageError("give either --shared-path PATH (repeatable) or --no-shared-paths")
-    view = api.set_host_shared_paths(state.context(), name, shared_paths, settings=state.settings)
+    network = migration_address is not None or migration_tls_name is not None
+    if no_migration_network and network:
+        raise click.UsageError("give either --migration-address/--migration-tls-name or --no-migration-network")
+    if not (shared_paths or no_shared_paths or network or no_migration_network):
+        raise click.UsageError("nothing to change: give --shared-path PATH (repeatable), --no-shared-paths, "
+                               "--migration-address ADDRESS, --migration-tls-name NAME or --no-migration-network")
+    # Both checked before either is written: bad input changes nothing.
+    if network:
+        from livemig.migration_network import checked_host_address
+
+        checked_host_address(migration_address)
+        checked_host_address(migration_tls_name, "TLS name")
+    view = None
+    if shared_paths or no_shared_paths:
+        view = api.set_host_shared_paths(state.context(), name, shared_paths, settings=state.settings)
+    if network or no_migration_network:
+        # The one of the two not given keeps its value.
+        current = next((h for h in api.list_hosts(settings=state.settings) if h.name == name), None)
+        if current is not None and not no_migration_network:
+            migration_address = current.migration_address if migration_address is None else migration_address
+            migration_tls_name = current.migration_tls_name if migration_tls_name is None else migration_tls_name
+        view = api.set_host_migration_network(state.context(), name, migration_address, migration_tls_name,
+                                              settings=state.settings)
     emit(output_format, [view], HOST_COLUMNS)
 
 

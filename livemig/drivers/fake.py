@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import fcntl
 import json
 import os
@@ -498,7 +499,9 @@ class FakeDriver(Driver):
                     raise DriverError(f"no secret with matching usage '{disk['secret_usage']}'", code=66)
             dom.pop("job_outcome", None)
             incoming = copy.deepcopy(dom)
-            incoming.update(state="paused", incoming_from=str(src), migrated_unsafe=options.shared_storage)
+            incoming.update(state="paused", incoming_from=str(src), migrated_unsafe=options.shared_storage,
+                            # How the stream travelled, for tests to read.
+                            migrated_with=dataclasses.asdict(options.destination))
             incoming.pop("job", None)
             dest["domains"][uuid] = incoming
             world.touch(dst)

@@ -345,11 +345,17 @@ class Lab:
 
         ctx = admin_context("lab")
         for host in state["hosts"]:
+            # The management URIs are on loopback; the migration stream goes
+            # over the bridge, to each host's own migration address.
+            def add() -> None:
+                api.add_host(ctx, host["name"], host["uri"], "lab", migration_address=host["migration_ip"],
+                             settings=settings)
+
             try:
-                api.add_host(ctx, host["name"], host["uri"], "lab", settings=settings)
+                add()
             except Conflict:
                 self._forget_host(host["name"], settings)
-                api.add_host(ctx, host["name"], host["uri"], "lab", settings=settings)
+                add()
 
     def _sync(self, settings) -> None:
         from livemig import api

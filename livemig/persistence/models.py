@@ -47,6 +47,12 @@ class Host(Base):
     # a file or block disk under one of them, on both hosts, may migrate
     # without copying its storage (see prechecks).
     shared_paths: Mapped[list[Any]] = mapped_column(default=list)
+    # The address of the host's migration network: the stream of a migration
+    # to this host goes there (None: the address of its URI).
+    migration_address: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    # The name the host's migration TLS certificate carries, when it is not
+    # the migration address (None: the certificate names the address).
+    migration_tls_name: Mapped[str | None] = mapped_column(sa.String(255), default=None)
     # Totals as last discovered by `host sync`.
     vcpus: Mapped[int] = mapped_column(default=0)
     memory_mb: Mapped[int] = mapped_column(default=0)

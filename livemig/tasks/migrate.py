@@ -9,11 +9,11 @@ from taskflow.types.failure import Failure
 from livemig import fencing
 from livemig.disk_sharing import unsafe_flag_for
 from livemig.drivers.base import (
-    DriverError, MigrationOptions, MigrationProgress, MigrationResult, downtime_schedule,
+    DriverError, MigrationDestination, MigrationOptions, MigrationProgress, MigrationResult, downtime_schedule,
 )
 from livemig.errors import LivemigError
 from livemig.locator import Presence, locate_on, require_known
-from livemig.persistence.inventory import get_migration
+from livemig.persistence.inventory import get_host, get_migration
 from livemig.persistence.models import Instance
 from livemig.states import MigrationStatus
 from livemig.tasks.base import LOG, MigrationTask
@@ -67,7 +67,7 @@ class MigrateDomain(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
-        options = self._options(migration_id, instance_uuid)
+        options = self._options(migration_id, instance_uuid, dest_host)
         self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
 
@@ -136,17 +136,22 @@ class MigrateDomain(MigrationTask):
         self.note(migration_id, f"destroyed a stale {sighting.state} copy on {dest_host}")
         return None
 
-    def _options(self, migration_id: int, instance_uuid: str) -> MigrationOptions:
+    def _options(self, migration_id: int, instance_uuid: str, dest_host: str) -> MigrationOptions:
         settings = self.services.settings  # with the migration's options that are settings
         chosen = self.services.options
         with self.services.db.reading() as session:
             instance = session.get(Instance, instance_uuid)
             memory_gib = max(instance.memory_mb / 1024.0, 0.0) if instance else 1.0
+            # The destination's migration network as it is now (re-read on a
+            # resumed run: an operator may have moved it meanwhile).
+            dest = get_host(session, dest_host)
+            destination = MigrationDestination(migration_address=dest.migration_address or "",
+                                               tls_hostname=dest.migration_tls_name or "")
         timeout_s = chosen.timeout_s if chosen.timeout_s is not None else \
             max(settings.completion_timeout_min_s, settings.completion_timeout_s_per_gib * memory_gib)
         return MigrationOptions(
             max_downtime_ms=settings.max_downtime_ms, bandwidth_mib_s=settings.bandwidth_mib_s,
-            timeout_s=timeout_s, poll_interval_s=settings.poll_interval_s,
+            timeout_s=timeout_s, poll_interval_s=settings.poll_interval_s, destination=destination,
             **{name: getattr(chosen, name) for name in DRIVER_POLICY_OPTIONS},
             downtime_schedule=downtime_schedule(settings.max_downtime_ms, settings.downtime_steps,
                                                 settings.downtime_step_delay_s_per_gib * memory_gib),
