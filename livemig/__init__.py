@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "livemig.api": ("abort", "add_host", "choose_destination", "close", "create_migration", "host_resources", "list_hosts",
-                    "list_instances", "list_migrations", "list_policies", "migrate", "reconcile", "resume", "set_host_enabled", "show_migration",
-                    "show_policy", "sync_hosts", "force_complete"),
+                    "list_instances", "list_migrations", "list_policies", "migrate", "reconcile", "resume", "set_host_enabled", "show_host",
+                    "show_migration", "show_policy", "sync_hosts", "force_complete"),
     "livemig.operations.api": ("abort_operation", "consolidate_fleet", "drain_host", "list_operations",
                                "rebalance_fleet", "resume_operation", "show_operation", "undrain_host", "wake_host"),
     "livemig.config": ("Settings", "load_settings"),
@@ -34,8 +34,8 @@ __all__ = list(_MODULE_OF)
 if TYPE_CHECKING:
     from livemig.api import (
         abort, add_host, choose_destination, close, create_migration, force_complete, host_resources, list_hosts,
-        list_instances, list_migrations, list_policies, migrate, reconcile, resume, set_host_enabled, show_migration,
-        show_policy, sync_hosts,
+        list_instances, list_migrations, list_policies, migrate, reconcile, resume, set_host_enabled, show_host,
+        show_migration, show_policy, sync_hosts,
     )
     from livemig.config import Settings, load_settings
     from livemig.operations.api import (

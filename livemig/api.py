@@ -105,6 +105,12 @@ def list_hosts(settings: Settings | None = None) -> list[HostView]:
         return [HostView.of(h) for h in session.scalars(sa.select(Host).order_by(Host.name))]
 
 
+def show_host(name: str, settings: Settings | None = None) -> HostView:
+    """Host NAME as the inventory holds it (HostNotFound if it is not there)."""
+    with _services(settings).db.reading() as session:
+        return HostView.of(get_host(session, name))
+
+
 def set_host_shared_paths(context: RequestContext, name: str, shared_paths: Iterable[str],
                           settings: Settings | None = None) -> HostView:
     """Replace the paths host NAME shares with the others (empty: none).

@@ -7,10 +7,10 @@ import click
 
 from livemig import api
 from livemig.cli import bounded
-from livemig.cli.common import State, emit, format_option, handle_errors, out
+from livemig.cli.common import State, emit, emit_one, format_option, handle_errors, out
 
 HOST_COLUMNS = [("NAME", "name"), ("URI", "uri"), ("ZONE", "zone"), ("ENABLED", "enabled"),
-                ("MAINTENANCE", "maintenance_text"), ("VCPUS", "vcpus"),
+                ("MAINTENANCE", "maintenance_text"), ("STANDBY", "standby_text"), ("VCPUS", "vcpus"),
                 ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"), ("MAX_MIGRATIONS", "max_concurrent_migrations"),
                 ("SHARED_PATHS", "shared_paths"), ("MIGRATION_ADDRESS", "migration_address"),
                 ("LAST_SEEN", "last_seen")]
@@ -52,7 +52,7 @@ def add(state: State, name: str, uri: str, zone: str, max_migrations: int, cpu_r
                         disk_allocation_ratio=disk_ratio, shared_paths=shared_paths,
                         migration_address=migration_address, migration_tls_name=migration_tls_name,
                         settings=state.settings)
-    emit(output_format, [view], HOST_COLUMNS)
+    emit_hosts(output_format, [view])
 
 
 @host.command("set")
@@ -96,7 +96,7 @@ def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths
             migration_tls_name = current.migration_tls_name if migration_tls_name is None else migration_tls_name
         view = api.set_host_migration_network(state.context(), name, migration_address, migration_tls_name,
                                               settings=state.settings)
-    emit(output_format, [view], HOST_COLUMNS)
+    emit_hosts(output_format, [view])
 
 
 @host.command("list")
@@ -104,8 +104,31 @@ def set_(state: State, name: str, shared_paths: tuple[str, ...], no_shared_paths
 @click.pass_obj
 @handle_errors
 def list_(state: State, output_format: str) -> None:
-    """List hosts (in maintenance: since when, and why)."""
-    views = api.list_hosts(settings=state.settings)
+    """List hosts (in maintenance or standby: since when, and why)."""
+    emit_hosts(output_format, api.list_hosts(settings=state.settings))
+
+
+@host.command()
+@click.argument("name")
+@format_option
+@click.pass_obj
+@handle_errors
+def show(state: State, name: str, output_format: str) -> None:
+    """Host NAME: its capacity, limits, and whether it is disabled, in maintenance or in standby (and why)."""
+    view = api.show_host(name, settings=state.settings)
+    emit_one(output_format, _HostRow(view), HOST_FIELDS)
+
+
+HOST_FIELDS = [("name", "name"), ("uri", "uri"), ("zone", "zone"), ("enabled", "enabled_text"),
+               ("maintenance", "maintenance_text"), ("standby", "standby_text"), ("standby_since", "standby_since"),
+               ("vcpus", "vcpus"), ("memory_mb", "memory_mb"), ("disk_gb", "disk_gb"),
+               ("max_migrations", "max_concurrent_migrations"), ("shared_paths", "shared_paths"),
+               ("migration_address", "migration_address"), ("migration_tls_name", "migration_tls_name"),
+               ("last_seen", "last_seen")]
+
+
+def emit_hosts(output_format: str, views: list) -> None:
+    """Hosts as a table (with the maintenance and standby reasons) or as JSON (the views as they are)."""
     if output_format == "json":
         emit(output_format, views, HOST_COLUMNS)
         return
@@ -113,6 +136,8 @@ def list_(state: State, output_format: str) -> None:
 
 
 class _HostRow:
+    """A host view with its states as words: `yes: why (since when)` or `no`."""
+
     def __init__(self, view):
         self._view = view
 
@@ -120,7 +145,33 @@ class _HostRow:
         data = self._view.to_dict()
         data["maintenance_text"] = (f"yes: {data['maintenance_reason'] or 'no reason given'}"
                                     if data.get("maintenance") else "no")
+        data["standby_text"] = (f"yes: {data['standby_reason'] or 'no reason given'}"
+                                if data.get("standby") else "no")
+        data["enabled_text"] = ("yes" if data.get("enabled")
+                                else f"no: {data.get('disabled_reason') or 'no reason given'}")
         return data
+
+
+@host.command()
+@click.argument("name")
+@format_option
+@click.pass_obj
+@handle_errors
+def wake(state: State, name: str, output_format: str) -> None:
+    """Bring NAME back from standby (where a consolidation put it): it takes placements again."""
+    from livemig.errors import HostNotFound, InvalidInput
+    from livemig.operations import api as operations
+
+    try:
+        view = operations.wake_host(state.context(), name, settings=state.settings)
+    except HostNotFound as exc:
+        # A name the operator typed that is not a host is bad input (exit 2),
+        # like a host that is not in standby.
+        raise InvalidInput(str(exc)) from exc
+    if output_format == "json":
+        emit("json", [view], HOST_COLUMNS)
+    else:
+        out.print(f"host {name} woken: it takes placements again", markup=False)
 
 
 @host.command()
