@@ -10,6 +10,7 @@ import click
 from livemig import api
 from livemig.cli.common import Duration, State, emit, format_option, handle_errors
 from livemig.cli.credential import credential
+from livemig.cli.fleet import consolidate, rebalance
 from livemig.cli.host import host
 from livemig.cli.instance import instance
 from livemig.cli.migration import migrate, migration
@@ -61,6 +62,8 @@ cli.add_command(instance)
 cli.add_command(reconcile)
 cli.add_command(operation)
 cli.add_command(policy)
+cli.add_command(rebalance)
+cli.add_command(consolidate)
 
 
 cli.add_command(credential)

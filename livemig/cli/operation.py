@@ -121,14 +121,19 @@ class OperationProgress:
             data = row.to_dict()
             table.add_row(*(Text("" if data.get(attr) is None else str(data.get(attr))) for _, attr in MOVE_COLUMNS))
         if self._task is None:
-            self._task = self._bar.add_task(f"operation {view.id} {view.kind} {view.host}", total=len(view.moves))
+            self._task = self._bar.add_task(f"operation {view.id} {_what(view)}", total=len(view.moves))
         self._bar.update(self._task, total=len(view.moves), completed=view.done,
-                         description=f"operation {view.id} {view.kind} {view.host} {view.status}")
+                         description=f"operation {view.id} {_what(view)} {view.status}")
         self._live.update(Group(table, self._bar))
 
 
+def _what(view: OperationView) -> str:
+    """`drain HOST`, or the kind alone for a fleet-wide operation (no host)."""
+    return f"{view.kind} {view.host}" if view.host else view.kind
+
+
 def summary_line(view: OperationView) -> str:
-    return f"operation {view.id}: {view.kind} {view.host} {view.status}: {view.reason or _moves_summary(view)}"
+    return f"operation {view.id}: {_what(view)} {view.status}: {view.reason or _moves_summary(view)}"
 
 
 def finish(view: OperationView, output_format: str) -> None:

@@ -27,6 +27,7 @@ from livemig.operations.states import MoveStatus, OperationKind, OperationStatus
 from livemig.operations.views import MoveView, OperationView, UndrainView
 from livemig.persistence.inventory import get_host
 from livemig.persistence.models import Host, Migration, Operation, OperationEvent, utcnow
+from livemig.planning.model import REBALANCE_MAX_MOVES, REBALANCE_MIN_GAIN, REBALANCE_THRESHOLD
 from livemig.services import Services
 from livemig.views import HostView
 
@@ -289,40 +290,52 @@ def _follow(services: Services, operation_id: int, progress: OperationProgress |
 
 METRICS = ("cpu", "memory", "both")
 DEFAULT_WINDOW_S = 3600.0
+# What a consolidation packs by: allocations only, or allocations and the
+# measured peak load (kept `headroom` below each host's physical size).
+CONSOLIDATE_BY = ("measured", "allocated")
 
 
-def rebalance_fleet(context: RequestContext, *, metric: str = "cpu", threshold: float = 0.05,
-                    min_gain: float = 0.01, max_moves: int | None = None, window_s: float = DEFAULT_WINDOW_S,
+def rebalance_fleet(context: RequestContext, *, metric: str = "cpu", threshold: float = REBALANCE_THRESHOLD,
+                    min_gain: float = REBALANCE_MIN_GAIN, max_moves: int | None = None,
+                    window_s: float = DEFAULT_WINDOW_S, parallel: int | None = None, policy: str | None = None,
                     dry_run: bool = False, wait: bool = True, plan: Mapping[str, Any] | None = None,
                     settings: Settings | None = None, progress: OperationProgress | None = None) -> OperationView:
     """Spread the load: move instances off the busiest hosts until the
     imbalance (the standard deviation of per-host normalised `metric` load,
     measured over `window_s`, by allocation where nothing was sampled) is
     below `threshold`, each move gaining at least `min_gain`, at most
-    `max_moves`. The plan (`dry_run`: only the plan, nothing changed) runs
-    wave after wave as an operation; `plan`: the document of an earlier dry
+    `max_moves` (None: the planner's default). The plan (`dry_run`: only the
+    plan, nothing changed) runs wave after wave as an operation, at most
+    `parallel` moves at once, each with migration policy `policy` (default:
+    each instance's, by the rules); `plan`: the document of an earlier dry
     run, run as it is (what was shown is what runs)."""
     context.require_admin("rebalancing the fleet")
     if metric not in METRICS:
         raise InvalidInput(f"unknown metric {metric!r} ({', '.join(METRICS)})")
     arguments = {"metric": metric, "threshold": _non_negative("--threshold", threshold),
-                 "min_gain": _non_negative("--min-gain", min_gain), "max_moves": _max_moves(max_moves),
-                 "window_s": _window(window_s)}
+                 "min_gain": _non_negative("--min-gain", min_gain),
+                 "max_moves": REBALANCE_MAX_MOVES if max_moves is None else _max_moves(max_moves),
+                 "window_s": _window(window_s), "parallel": _parallel(parallel), "policy": checked_policy(policy)}
     return _planned_operation(context, OperationKind.REBALANCE, arguments, dry_run, wait, plan, settings, progress)
 
 
-def consolidate_fleet(context: RequestContext, *, headroom: float = 0.2, max_moves: int | None = None,
-                      window_s: float = DEFAULT_WINDOW_S, dry_run: bool = False, wait: bool = True,
+def consolidate_fleet(context: RequestContext, *, headroom: float = 0.2, by: str = "measured",
+                      max_moves: int | None = None, window_s: float = DEFAULT_WINDOW_S, parallel: int | None = None,
+                      policy: str | None = None, dry_run: bool = False, wait: bool = True,
                       plan: Mapping[str, Any] | None = None, settings: Settings | None = None,
                       progress: OperationProgress | None = None) -> OperationView:
-    """Pack instances onto as few hosts as possible (by allocation and by
-    measured peak load over `window_s`, keeping `headroom`, a fraction, of
-    each host free), then put each host emptied in standby. Otherwise as
-    rebalance_fleet."""
+    """Pack instances onto as few hosts as possible, then put each host
+    emptied in standby. `by="measured"`: allocations, and the measured peak
+    load over `window_s` within (1 - `headroom`) of each host's physical
+    size; `by="allocated"`: allocations only (the headroom does not apply).
+    Otherwise as rebalance_fleet."""
     context.require_admin("consolidating the fleet")
     if not (isinstance(headroom, (int, float)) and 0.0 <= headroom < 1.0):
         raise InvalidInput(f"--headroom must be at least 0% and below 100% (got {headroom!r} as a fraction)")
-    arguments = {"headroom": float(headroom), "max_moves": _max_moves(max_moves), "window_s": _window(window_s)}
+    if by not in CONSOLIDATE_BY:
+        raise InvalidInput(f"unknown --by {by!r} ({', '.join(CONSOLIDATE_BY)})")
+    arguments = {"headroom": float(headroom), "by": by, "max_moves": _max_moves(max_moves),
+                 "window_s": _window(window_s), "parallel": _parallel(parallel), "policy": checked_policy(policy)}
     return _planned_operation(context, OperationKind.CONSOLIDATE, arguments, dry_run, wait, plan, settings,
                               progress)
 
@@ -343,8 +356,15 @@ def _non_negative(option: str, value: float) -> float:
 
 
 def _max_moves(value: int | None) -> int | None:
-    if value is not None and not (isinstance(value, int) and value >= 1):
-        raise InvalidInput(f"--max-moves must be at least 1 (got {value!r})")
+    # 0 is allowed: the plan's figures, and no move.
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise InvalidInput(f"--max-moves must be a whole number at least 0 (got {value!r})")
+    return value
+
+
+def _parallel(value: int | None) -> int | None:
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise InvalidInput(f"--parallel must be at least 1 (got {value!r})")
     return value
 
 

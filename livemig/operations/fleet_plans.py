@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from livemig.config import Settings
 from livemig.errors import LivemigError
 from livemig.operations.states import OperationKind
-from livemig.planning.model import Fleet, Plan
+from livemig.planning.model import REBALANCE_MAX_MOVES, Fleet, Plan
 
 
 class PlanRejected(LivemigError):
@@ -22,27 +22,46 @@ class PlanRejected(LivemigError):
 def make_plan(session: Session, kind: OperationKind, arguments: Mapping[str, Any], settings: Settings) -> dict:
     """The plan document for `kind` with the operation's `arguments`
     (window_s, and the planner's own: metric, threshold, min_gain, max_moves
-    or headroom, max_moves)."""
-    from livemig.load.fleet import build_fleet
+    or headroom, by, max_moves)."""
+    from livemig.load.fleet import ALLOCATED, MEASURED, build_fleet
     from livemig.planning.ordering import check_plan
 
-    fleet = build_fleet(session, window_s=arguments["window_s"], settings=settings)
+    # A consolidation `by` allocated reads no samples and holds no measured load.
+    use_measured = arguments.get("by", MEASURED) == MEASURED
+    fleet = build_fleet(session, window_s=arguments["window_s"], settings=settings,
+                        metric_source=MEASURED if use_measured else ALLOCATED)
     headroom = 0.0
     if kind is OperationKind.CONSOLIDATE:
         from livemig.planning.consolidate import plan_consolidation
 
         headroom = arguments["headroom"]
-        plan = plan_consolidation(fleet, headroom=headroom, max_moves=arguments.get("max_moves"))
+        plan = plan_consolidation(fleet, headroom=headroom, use_measured=use_measured,
+                                  max_moves=arguments.get("max_moves"))
     else:
         from livemig.planning.rebalance import plan_rebalance
 
+        max_moves = arguments.get("max_moves")
         plan = plan_rebalance(fleet, metric=arguments["metric"], threshold=arguments["threshold"],
-                              min_gain=arguments["min_gain"], max_moves=arguments.get("max_moves"))
-    problems = check_plan(fleet, plan, headroom=headroom)
+                              min_gain=arguments["min_gain"],
+                              max_moves=REBALANCE_MAX_MOVES if max_moves is None else max_moves)
+    problems = check_plan(fleet, plan, headroom=headroom, use_measured=use_measured)
     if problems:
         raise PlanRejected(f"the {kind.value} plan ({plan.method}) breaks its rules, nothing was changed: "
                            + "; ".join(problems[:3]))
-    return plan_document(fleet, plan)
+    document = plan_document(fleet, plan)
+    if kind is OperationKind.REBALANCE:
+        document["measure"] = imbalance_measure(arguments["metric"])
+    else:
+        # What the watts are computed with (the settings of the time).
+        document["power_model"] = {"idle_watts": settings.host_idle_watts, "peak_watts": settings.host_peak_watts}
+    return document
+
+
+def imbalance_measure(metric: str) -> str:
+    """The rebalance's measure in words (livemig.planning.bounds.imbalance)."""
+    if metric == "both":
+        return "mean of the standard deviations of per-host CPU and memory load"
+    return f"standard deviation of per-host {'CPU' if metric == 'cpu' else 'memory'} load"
 
 
 def plan_document(fleet: Fleet, plan: Plan) -> dict:

@@ -17,6 +17,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+# plan_rebalance's defaults, which the library (livemig.rebalance_fleet) and
+# the command line (`livemig rebalance`) use too: kept here, where importing
+# them costs nothing (rebalance.py needs numpy), so the three cannot drift.
+REBALANCE_THRESHOLD = 0.05
+# What one move must gain at least: small, because a move's gain shrinks as
+# about 1/hosts (see livemig.planning.rebalance).
+REBALANCE_MIN_GAIN = 0.0001
+REBALANCE_MAX_MOVES = 50
+
 
 @dataclasses.dataclass(frozen=True)
 class HostCapacity:

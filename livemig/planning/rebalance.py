@@ -23,7 +23,7 @@ import numpy as np
 
 from livemig.planning import bounds
 from livemig.planning import capacity as cap
-from livemig.planning.model import Fleet, Plan
+from livemig.planning.model import REBALANCE_MAX_MOVES, REBALANCE_MIN_GAIN, REBALANCE_THRESHOLD, Fleet, Plan
 from livemig.planning.ordering import final_hosts, order_moves, waves_in_sequence
 
 # A move off a host below the most loaded ones rarely lowers the deviation
@@ -31,8 +31,9 @@ from livemig.planning.ordering import final_hosts, order_moves, waves_in_sequenc
 SOURCE_HOSTS = 16
 
 
-def plan_rebalance(fleet: Fleet, *, metric: str = "cpu", threshold: float = 0.05, min_gain: float = 0.0001,
-                   max_moves: int = 50, use_measured: bool = True, headroom: float = 0.0) -> Plan:
+def plan_rebalance(fleet: Fleet, *, metric: str = "cpu", threshold: float = REBALANCE_THRESHOLD,
+                   min_gain: float = REBALANCE_MIN_GAIN, max_moves: int = REBALANCE_MAX_MOVES,
+                   use_measured: bool = True, headroom: float = 0.0) -> Plan:
     """The rebalance plan for `fleet` (see the module docstring). Besides
     the figures (imbalance_before, imbalance_after, moves,
     memory_to_copy_mb), `host_load_before` and `host_load_after` hold each
