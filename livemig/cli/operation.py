@@ -149,12 +149,12 @@ def finish(view: OperationView, output_format: str) -> None:
 
 @click.group()
 def operation() -> None:
-    """Fleet operations (drains, returns): list, show, abort, resume."""
+    """Fleet operations (drains, returns, rebalances, consolidations): list, show, abort, resume."""
 
 
 @operation.command("list")
 @click.option("--status", default=None, help="Only operations in this status.")
-@click.option("--kind", default=None, help="Only operations of this kind (drain, return).")
+@click.option("--kind", default=None, help="Only operations of this kind (drain, return, rebalance, consolidate).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @format_option
 @click.pass_obj

@@ -296,3 +296,51 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(tmp_path, settings):
         assert proc.returncode == 2, (args, proc.stderr)
         assert _one_error_line(proc).startswith(message), (args, proc.stderr)
         assert _world(fleet) == before, args
+
+
+def _cli_on_a_terminal(settings, *args: str, answer: str) -> subprocess.CompletedProcess:
+    """The command with a terminal as stdin (a pseudo-terminal, `answer` typed ahead)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        os.write(master, answer.encode() + b"\n")
+        env = dict(os.environ, LIVEMIG_DATA_DIR=settings.data_dir, PYTHONPATH=ROOT, COLUMNS="200",
+                   LIVEMIG_POLL_INTERVAL_S="0.02")
+        env.pop("LIVEMIG_DATABASE_URL", None)
+        return subprocess.run([sys.executable, "-m", "livemig.cli", *args], cwd=ROOT, env=env, stdin=slave,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_on_a_terminal_consolidate_asks_and_a_no_changes_nothing(tmp_path, settings):
+    homes = {"vm00": "a", "vm01": "b", "vm02": "c"}
+    fleet = _loaded_fleet(tmp_path, settings, {}, homes)
+    before = _world(fleet)
+    declined = _cli_on_a_terminal(settings, "consolidate", "--by", "allocated", answer="n")
+    assert declined.returncode == 0, declined.stderr
+    assert "to standby: " in declined.stdout
+    # The answer typed ahead is echoed to the terminal, not to stdout: the reply follows the question.
+    question = declined.stdout.splitlines()[-1]
+    assert question.startswith("consolidating moves 2 instance(s) and puts ")
+    assert question.endswith(" in standby? [y/N]: nothing changed")
+    assert _world(fleet) == before
+    accepted = _cli_on_a_terminal(settings, "consolidate", "--by", "allocated", answer="y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.splitlines()[-1].startswith("operation 1: consolidate completed: 2 moved; in standby: ")
+    assert len(set(where(fleet).values())) == 1
+
+
+def test_the_load_bars_scale_to_a_full_host_and_mark_an_overloaded_one():
+    from livemig.cli.fleet import load_bars
+
+    hosts = [{"name": "h1", "cpu_before": 1.2, "cpu_after": 0.5, "memory_before": 0.0, "memory_after": 0.5},
+             {"name": "host2", "cpu_before": 0.0, "cpu_after": 0.75, "memory_before": 1.0, "memory_after": 0.25}]
+    header, h1, h2 = load_bars(hosts, "cpu", width=10)
+    assert header.split() == ["cpu", "load", "before", "after"]
+    assert h1 == "h1        ██████████! 120%  █████        50%"
+    assert h2 == "host2                  0%  ███████▌     75%"
+    # --metric both: the mean of CPU and memory load.
+    assert load_bars(hosts, "both", width=10)[2] == "host2      █████       50%  █████        50%"
