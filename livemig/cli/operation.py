@@ -57,7 +57,7 @@ def print_operation(view: OperationView, output_format: str, events: bool = True
     if arguments.get("parallel"):
         extra.append(f"parallel {arguments['parallel']}")
     status = "" if title.startswith("plan") and view.id is None else f" {view.status}"
-    click.echo(f"{title}: {view.kind} {view.host or ''}{status}"
+    click.echo(f"{title}: {_what(view)}{status}"
                + (f" ({'; '.join(extra)})" if extra else ""))
     if view.reason and view.id is not None:
         click.echo(f"  {view.reason}")

@@ -263,6 +263,8 @@ def test_consolidate_moves_the_instances_and_puts_the_emptied_hosts_in_standby(t
     for name in plan["emptied"]:
         assert f"yes: emptied by consolidation (operation {view['id']})" in listed[name]
     fleet.assert_invariants()
+    shown = _cli(settings, "operation", "show", str(view["id"])).stdout.splitlines()
+    assert shown[0] == f"operation {view['id']}: consolidate completed"
     again = _cli(settings, "consolidate", "--yes")
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1] == ("no moves needed: 1 host(s) in use, the lower bound is 1; "
