@@ -343,6 +343,6 @@ def test_the_load_bars_scale_to_a_full_host_and_mark_an_overloaded_one():
     header, h1, h2 = load_bars(hosts, "cpu", width=10)
     assert header.split() == ["cpu", "load", "before", "after"]
     assert h1 == "h1        ██████████! 120%  █████        50%"
-    assert h2 == "host2                  0%  ███████▌     75%"
+    assert h2 == "host2                   0%  ███████▌     75%"
     # --metric both: the mean of CPU and memory load.
-    assert load_bars(hosts, "both", width=10)[2] == "host2      █████       50%  █████        50%"
+    assert load_bars(hosts, "both", width=10)[2] == "host2      █████        50%  █████        50%"
