@@ -144,6 +144,13 @@ class MigrationProgress:
     iteration: int = 0
     expected_downtime_ms: int | None = None
     elapsed_ms: int = 0
+    # Where the job is: "pre-copy", "post-copy" or "paused to complete"
+    # ("" when the driver does not say).
+    phase: str = ""
+    # The CPU throttle auto-converge puts on the guest (%), once it throttles.
+    throttle_pct: int | None = None
+    # The pages the destination asked for after the switch to post-copy.
+    postcopy_requests: int | None = None
 
 
 @dataclasses.dataclass

@@ -122,7 +122,8 @@ class _World:
             total = dom["memory_mb"] * 1024 * 1024
             incoming["last_job"] = {"memory_total": total, "memory_processed": total, "memory_remaining": 0,
                                     "iteration": FINAL_ITERATION, "downtime_ms": 25,
-                                    "elapsed_ms": int(dom["job"]["duration"] * 1000)}
+                                    "elapsed_ms": int(dom["job"]["duration"] * 1000),
+                                    "throttle_pct": _throttle(dom["job"], FINAL_ITERATION)}
         del source["domains"][uuid]
         self.touch(src)
         self.touch(dest_path)
@@ -160,6 +161,16 @@ def _cpu_ns(load: dict[str, Any] | None, t: float) -> int:
 
 def _memory_mb(load: dict[str, Any] | None, t: float, default: float) -> float:
     return load_profiles.value_at(load["memory"], t) if load and load.get("memory") else default
+
+
+def _throttle(job: dict[str, Any], iteration: int) -> int | None:
+    """Auto-converge's throttle in this pass, as QEMU's: none in the first
+    pass, then `initial`, `increment` more each pass, at most 99 %."""
+    converge = job.get("auto_converge")
+    if not converge or iteration < 2:
+        return None
+    initial, increment = converge
+    return min(99, initial + increment * (iteration - 2))
 
 
 class FakeDriver(Driver):
@@ -516,7 +527,9 @@ class FakeDriver(Driver):
                 raise DriverError(f"domain crashed during migration: {fault['message']}", code=1)
             duration = 3600.0 if kind == "hang" else float(source.get("migration_seconds", 0.3))
             dom["job"] = {"dest_path": str(dst), "started": time.time(), "duration": duration,
-                          "max_downtime_ms": options.initial_downtime_ms()}
+                          "max_downtime_ms": options.initial_downtime_ms(),
+                          "auto_converge": [options.auto_converge_initial, options.auto_converge_increment]
+                          if options.auto_converge else None}
 
     def _job_progress(self, source_uri: str, uuid: str) -> MigrationProgress | None:
         with self.world(source_uri) as (world, src):
@@ -527,12 +540,13 @@ class FakeDriver(Driver):
             elapsed = time.time() - job["started"]
             fraction = min(1.0, elapsed / job["duration"]) if job["duration"] else 1.0
             total = dom["memory_mb"] * 1024 * 1024
+            iteration = min(FINAL_ITERATION, 1 + int(fraction * FINAL_ITERATION))
             return MigrationProgress(fraction=fraction, memory_total=total,
                                      memory_processed=int(total * fraction),
                                      memory_remaining=int(total * (1 - fraction)),
                                      memory_bps=int(total / max(job["duration"], 0.001)),
-                                     iteration=min(FINAL_ITERATION, 1 + int(fraction * FINAL_ITERATION)),
-                                     expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000))
+                                     iteration=iteration, expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000),
+                                     phase="pre-copy", throttle_pct=_throttle(job, iteration))
 
     def _source_state(self, source_uri: str, uuid: str) -> tuple[str | None, str | None, bool]:
         with self.world(source_uri) as (world, src):
@@ -594,7 +608,7 @@ class FakeDriver(Driver):
             final = MigrationProgress(fraction=1.0, memory_total=job["memory_total"],
                                       memory_processed=job["memory_processed"], memory_remaining=0,
                                       iteration=job["iteration"], expected_downtime_ms=job["downtime_ms"],
-                                      elapsed_ms=job["elapsed_ms"])
+                                      elapsed_ms=job["elapsed_ms"], throttle_pct=job.get("throttle_pct"))
             return MigrationResult(downtime_ms=job["downtime_ms"], elapsed_ms=job["elapsed_ms"], final=final)
 
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,

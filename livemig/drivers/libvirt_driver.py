@@ -89,7 +89,9 @@ def _progress(stats: dict[str, Any], completed: bool = False) -> MigrationProgre
     return MigrationProgress(fraction=1.0 if completed else min(fraction, 0.99), memory_total=total,
                              memory_processed=processed, memory_remaining=remaining,
                              memory_bps=stats.get("memory_bps", 0), iteration=stats.get("memory_iteration", 0),
-                             expected_downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0))
+                             expected_downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0),
+                             throttle_pct=stats.get(libvirt.VIR_DOMAIN_JOB_AUTO_CONVERGE_THROTTLE),
+                             postcopy_requests=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_POSTCOPY_REQS))
 
 
 # libvirt gives a guest suspended during an outgoing migration (`virsh

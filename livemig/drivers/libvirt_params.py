@@ -80,4 +80,28 @@ def migration_call(options: MigrationOptions, destination: MigrationDestination)
         # Only the disks the precheck chose to copy: without the list
         # libvirt copies every writable disk it does not see as shared.
         params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(destination.copy_disks)
+
+    converge_flags, converge_params = convergence_call(options)
+    flags |= converge_flags
+    params.update(converge_params)
+    return flags, params
+
+
+def convergence_call(options: MigrationOptions) -> tuple[int, dict[str, Any]]:
+    """The flags and parameters that make a busy guest converge:
+    auto-converge (QEMU throttles the guest's vCPUs from `initial` percent,
+    `increment` more each pass that does not converge; measured here: it
+    starts at the fourth pass) and post-copy (allowed, with its own
+    bandwidth cap; the switch is the driver's monitor's)."""
+    flags = 0
+    params: dict[str, Any] = {}
+    if options.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = int(options.auto_converge_initial)
+        params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = int(options.auto_converge_increment)
+    if options.post_copy_allowed:
+        # Able to switch (migrateStartPostCopy): the job starts as pre-copy.
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        if options.postcopy_bandwidth_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = int(options.postcopy_bandwidth_mib_s)
     return flags, params

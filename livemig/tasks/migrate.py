@@ -79,7 +79,7 @@ class MigrateDomain(MigrationTask):
             source = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
             dest = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
             if followed is not None and dest is not None and dest.running and (source is None or not source.running):
-                return self._finish(migration_id, followed)
+                return self._finish(migration_id, followed, reporter)
         dest = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
         if dest is not None and dest.running and (source is None or not source.running):
             self.note(migration_id, f"the VM already runs on {dest_host}; not migrating again")
@@ -107,7 +107,7 @@ class MigrateDomain(MigrationTask):
             raise DriverError(f"the hypervisor reported success but the VM is not running on {dest_host} ({state})")
         if after_src is not None and after_src.running:
             raise DriverError(f"the VM still runs on {source_host} after migrating")
-        return self._finish(migration_id, result)
+        return self._finish(migration_id, result, reporter)
 
     def _destroy_incoming_copy(self, migration_id: int, instance_uuid: str, source_host: str,
                                dest_host: str) -> str | None:
@@ -159,8 +159,13 @@ class MigrateDomain(MigrationTask):
             # must not abort the job or change its downtime.
             before_job_change=lambda: fencing.ensure_current_claim(self.services.db, migration_id))
 
-    def _finish(self, migration_id: int, result: MigrationResult) -> dict[str, Any]:
+    def _finish(self, migration_id: int, result: MigrationResult,
+                reporter: _ProgressReporter | None = None) -> dict[str, Any]:
         downtime_ms, elapsed_ms = result.downtime_ms, result.elapsed_ms
+        if reporter is not None:
+            if result.final is not None:
+                reporter.throttle.saw(result.final)
+            reporter.throttle.finished()
         self.services.db.set_migration_status(migration_id, MigrationStatus.POST_MIGRATING, progress=1.0,
                                               downtime_ms=downtime_ms)
         if result.final is not None:
@@ -228,6 +233,36 @@ def _write_figures(migration: Any, progress: MigrationProgress) -> None:
     migration.memory_bps = progress.memory_bps
     migration.iteration = progress.iteration
     migration.expected_downtime_ms = progress.expected_downtime_ms
+    if progress.phase:
+        migration.phase = progress.phase
+    # Kept once seen: the completed job's figures may not repeat them.
+    if progress.throttle_pct is not None:
+        migration.throttle_pct = progress.throttle_pct
+    if progress.postcopy_requests is not None:
+        migration.postcopy_requests = progress.postcopy_requests
+
+
+class _ThrottleTrail:
+    """Puts auto-converge's throttle in the trail: when it starts, and the
+    highest it reached (every poll is seen, not only the ones written)."""
+
+    def __init__(self, task: MigrateDomain, migration_id: int):
+        self.task = task
+        self.migration_id = migration_id
+        self.highest: int | None = None
+
+    def saw(self, progress: MigrationProgress) -> None:
+        throttle = progress.throttle_pct
+        if throttle is None or (self.highest is not None and throttle <= self.highest):
+            return
+        if self.highest is None:
+            self.task.note(self.migration_id, f"auto-converge started throttling the guest's vCPUs ({throttle} %, "
+                                              f"pass {progress.iteration})")
+        self.highest = throttle
+
+    def finished(self) -> None:
+        if self.highest is not None:
+            self.task.note(self.migration_id, f"auto-converge throttled the guest's vCPUs up to {self.highest} %")
 
 
 class _ProgressReporter:
@@ -239,8 +274,10 @@ class _ProgressReporter:
         self.migration_id = migration_id
         self._last_write = 0.0
         self._last_abort_check = 0.0
+        self.throttle = _ThrottleTrail(task, migration_id)
 
     def __call__(self, progress: MigrationProgress) -> None:
+        self.throttle.saw(progress)
         now = time.monotonic()
         # Both TaskFlow's progress and our row are database writes: a few a
         # second are plenty for an operator, more only slows the controller.
