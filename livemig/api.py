@@ -635,6 +635,9 @@ def abort(context: RequestContext, migration_id: int, settings: Settings | None 
             raise Conflict(f"migration {migration_id} already ended ({migration.status})")
         if MigrationStatus(migration.status) in (MigrationStatus.POST_MIGRATING,):
             raise Conflict(f"migration {migration_id} is past the point of no return (the VM has moved)")
+        if migration.phase == "post-copy":
+            raise Conflict(f"migration {migration_id} switched to post-copy: the VM runs on {migration.dest_host} "
+                           f"now and the migration cannot be aborted")
         migration.abort_requested = True
         add_event(session, migration_id, "note", "abort", "", f"abort requested by {context.user}")
         source_uri = get_host(session, migration.source_host).uri

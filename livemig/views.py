@@ -122,6 +122,23 @@ class MigrationView(View):
     postcopy_requests: int | None = None
     force_complete_requested: bool = False
 
+    @property
+    def phase_summary(self) -> str:
+        """The phase as an operator reads it: "pre-copy pass 3, throttle 40 %",
+        "post-copy, 812 page requests", "paused to complete"; empty before
+        the job reports."""
+        if not self.phase:
+            return ""
+        if self.phase == "pre-copy":
+            text = f"pre-copy pass {self.iteration}" if self.iteration else "pre-copy"
+        elif self.phase == "post-copy" and self.postcopy_requests is not None:
+            text = f"post-copy, {self.postcopy_requests} page requests"
+        else:
+            text = self.phase
+        if self.throttle_pct is not None and self.phase != "post-copy":
+            text += f", throttle {self.throttle_pct} %"
+        return text
+
     @classmethod
     def of(cls, m: Migration, events: list[Event] | None = None) -> "MigrationView":
         duration = (m.finished_at - m.created_at).total_seconds() if m.finished_at and m.created_at else None

@@ -154,7 +154,9 @@ def emit_one(output_format: str, view: Any, fields: Iterable[tuple[str, str]]) -
 
     data = view.to_dict()
     for label, attr in fields:
-        out.print(Text.assemble((f"{label:<20}", "bold"), " ", _plain(data.get(attr))))
+        # A field may be a view's property (a summary of other fields).
+        value = data[attr] if attr in data else getattr(view, attr, None)
+        out.print(Text.assemble((f"{label:<20}", "bold"), " ", _plain(value)))
 
 
 def _plain(value: Any):

@@ -25,7 +25,7 @@ SHOW_FIELDS = [("id", "id"), ("instance", "instance_name"), ("instance uuid", "i
                ("downtime ms", "downtime_ms"), ("requested by", "requested_by"), ("created", "created_at"),
                ("started", "started_at"), ("finished", "finished_at"), ("duration s", "duration_s"),
                ("reason", "error_reason"), ("scheduled", "scheduled"), ("policy", "policy"),
-               ("phase", "phase"), ("throttle %", "throttle_pct"), ("post-copy requests", "postcopy_requests")]
+               ("phase", "phase_summary"), ("throttle %", "throttle_pct"), ("post-copy requests", "postcopy_requests")]
 
 
 def _report(view: MigrationView, output_format: str) -> None:

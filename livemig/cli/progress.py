@@ -42,13 +42,19 @@ class MigrationProgress:
             detail = f"{view.memory_processed / 2**20:.0f}/{view.memory_total / 2**20:.0f} MiB"
             if view.memory_bps:
                 detail += f" {view.memory_bps / 2**20:.0f} MiB/s"
+        phase = view.phase_summary if view.status == "running" else ""
+        if phase:
+            detail = f"{detail} ({phase})" if detail else phase
         if self.quiet:
             return
         if not self.enabled:
-            # Not a terminal: one line per status change, so logs stay readable.
-            if view.status != self._last_status:
-                click.echo(f"migration {view.id}: {view.status}", err=True)
-                self._last_status = view.status
+            # Not a terminal: one line per status change and per phase change
+            # (not per pass), so logs stay readable.
+            shown = (view.status, view.phase if view.status == "running" else "")
+            if shown != self._last_status:
+                click.echo(f"migration {view.id}: {view.status}" + (f" ({view.phase})" if shown[1] else ""),
+                           err=True)
+                self._last_status = shown
             return
         if self._task is None:
             self._task = self._progress.add_task("migrate", total=1.0, mid=view.id, status=view.status, detail="")

@@ -195,6 +195,9 @@ class MigrationOptions:
     timeout_action: str = "abort"
     # No new low in memory_remaining for this long: the job does not converge.
     stall_s: float = 30.0
+    # The phase a job followed after a controller restart was last recorded
+    # in (a job we paused to complete is still ours to wait for).
+    phase: str = "pre-copy"
     tls: bool = False
     parallel_connections: int = 0
     compression: str = ""
@@ -206,6 +209,13 @@ class MigrationOptions:
     # claimed the migration since. The driver then stops following the job
     # and leaves it alone: its new owner follows it.
     before_job_change: Callable[[], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Asked between polls: whether an operator asked to force the job to
+    # complete (`migration force-complete`, recorded in the database).
+    force_complete_check: Callable[[], bool] | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Told each convergence step the driver took (livemig.drivers.convergence
+    # actions: "downtime", "post-copy", "suspend", "abort", or "note"), with
+    # the trail's message, after the hypervisor took it.
+    on_step: Callable[[str, str], None] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def post_copy_allowed(self) -> bool:
@@ -214,6 +224,13 @@ class MigrationOptions:
     def may_change_job(self) -> None:
         if self.before_job_change is not None:
             self.before_job_change()
+
+    def force_requested(self) -> bool:
+        return self.force_complete_check is not None and self.force_complete_check()
+
+    def record_step(self, action: str, message: str) -> None:
+        if self.on_step is not None:
+            self.on_step(action, message)
 
     def initial_downtime_ms(self) -> int:
         return self.downtime_schedule[0][1] if self.downtime_schedule else int(self.max_downtime_ms)
@@ -249,6 +266,9 @@ class MigrationResult:
     # The hypervisor's figures for the completed job (memory_remaining 0, the
     # last iteration), when it reports them.
     final: MigrationProgress | None = None
+    # How the job ended: "pre-copy", "post-copy" (switched) or "paused to
+    # complete" (livemig.drivers.convergence phases).
+    phase: str = "pre-copy"
 
 
 ProgressCallback = Callable[[MigrationProgress], None]

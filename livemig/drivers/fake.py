@@ -31,7 +31,10 @@ from livemig.drivers.base import (
     InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
     MigrationTimedOut, ProgressCallback, SourcePaused,
 )
-from livemig.drivers import load_profiles
+from livemig.drivers import fake_copy, load_profiles
+from livemig.drivers.convergence import (
+    PAUSED, POST_COPY, PRE_COPY, SET_DOWNTIME, START_POST_COPY, SUSPEND, ConvergenceControl, Step,
+)
 from livemig.errors import HostUnreachable, InvalidInput
 from livemig.states import DomainState
 
@@ -101,7 +104,13 @@ class _World:
             job = dom.get("job")
             if job:
                 self.host(Path(job["dest_path"]))  # its partner, locked with it
-                if time.time() >= job["started"] + job["duration"]:
+                copy = job.get("copy")
+                if copy is not None:
+                    if fake_copy.advance(copy, time.time(), job["max_downtime_ms"], job.get("auto_converge")):
+                        self._complete(path, uuid)
+                    else:
+                        self.touch(path)
+                elif time.time() >= job["started"] + job["duration"]:
                     self._complete(path, uuid)
             elif dom.get("incoming_from"):
                 src = Path(dom["incoming_from"])
@@ -114,16 +123,27 @@ class _World:
         dest_path = Path(dom["job"]["dest_path"])
         dest = self.host(dest_path)
         incoming = dest["domains"].get(uuid)
+        job = dom["job"]
         if incoming is not None:
             incoming["state"] = "running"
             incoming.pop("incoming_from", None)
-            incoming["last_downtime_ms"] = 25
-            # What a destination's completed job stats report.
             total = dom["memory_mb"] * 1024 * 1024
-            incoming["last_job"] = {"memory_total": total, "memory_processed": total, "memory_remaining": 0,
-                                    "iteration": FINAL_ITERATION, "downtime_ms": 25,
-                                    "elapsed_ms": int(dom["job"]["duration"] * 1000),
-                                    "throttle_pct": _throttle(dom["job"], FINAL_ITERATION)}
+            copy = job.get("copy")
+            if copy is not None:
+                downtime_ms, iteration = copy["downtime_ms"], copy["pass"]
+                elapsed_ms, processed = int((copy["done_at"] - job["started"]) * 1000), int(copy["copied"] * 2**20)
+            else:
+                iteration, elapsed_ms, processed = FINAL_ITERATION, int(job["duration"] * 1000), total
+                end = job["started"] + job["duration"]
+                downtime_ms = (fake_copy.POST_COPY_DOWNTIME_MS if job.get("phase") == "post-copy"
+                               else int((end - job["paused_at"]) * 1000) if job.get("paused_at") else 25)
+            incoming["last_downtime_ms"] = downtime_ms
+            # What the completed job's stats report (a post-copy job's come
+            # from the source's event: the destination has none).
+            incoming["last_job"] = {"memory_total": total, "memory_processed": processed, "memory_remaining": 0,
+                                    "iteration": iteration, "downtime_ms": downtime_ms, "elapsed_ms": elapsed_ms,
+                                    "throttle_pct": fake_copy.throttle_of(job.get("auto_converge"), iteration),
+                                    "phase": job.get("phase", "pre-copy")}
         del source["domains"][uuid]
         self.touch(src)
         self.touch(dest_path)
@@ -163,14 +183,13 @@ def _memory_mb(load: dict[str, Any] | None, t: float, default: float) -> float:
     return load_profiles.value_at(load["memory"], t) if load and load.get("memory") else default
 
 
-def _throttle(job: dict[str, Any], iteration: int) -> int | None:
-    """Auto-converge's throttle in this pass, as QEMU's: none in the first
-    pass, then `initial`, `increment` more each pass, at most 99 %."""
-    converge = job.get("auto_converge")
-    if not converge or iteration < 2:
-        return None
-    initial, increment = converge
-    return min(99, initial + increment * (iteration - 2))
+def _aborted(reason: str, options: MigrationOptions) -> DriverError:
+    if reason == "timeout":
+        return MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+    if reason == "stall":
+        return MigrationTimedOut(f"migration made no progress for {options.stall_s:g} s (it does not "
+                                 f"converge); aborted")
+    return MigrationAborted("migration aborted by request", code=78)
 
 
 class FakeDriver(Driver):
@@ -285,6 +304,15 @@ class FakeDriver(Driver):
         with self.world(uri) as (world, path):
             dom = world.host(path)["domains"][uuid]
             dom.update(state="paused", paused_reason=reason)
+            world.touch(path)
+
+    def set_dirty_rate(self, uri: str, uuid: str, mib_s: float) -> None:
+        """Make a domain busy: it dirties `mib_s` MiB of memory a second, and
+        a migration of it is modelled pass by pass (fake_copy) over the
+        host's link (`link_mib_s`, else as fast as migration_seconds says)
+        or the migration's bandwidth cap."""
+        with self.world(uri) as (world, path):
+            world.host(path)["domains"][uuid]["dirty_mib_s"] = float(mib_s)
             world.touch(path)
 
     def start_job(self, uri: str, uuid: str, operation: str = "backup") -> None:
@@ -526,10 +554,18 @@ class FakeDriver(Driver):
                 del dest["domains"][uuid]
                 raise DriverError(f"domain crashed during migration: {fault['message']}", code=1)
             duration = 3600.0 if kind == "hang" else float(source.get("migration_seconds", 0.3))
-            dom["job"] = {"dest_path": str(dst), "started": time.time(), "duration": duration,
-                          "max_downtime_ms": options.initial_downtime_ms(),
+            now = time.time()
+            dom["job"] = {"dest_path": str(dst), "started": now, "duration": duration,
+                          "max_downtime_ms": options.initial_downtime_ms(), "phase": PRE_COPY,
                           "auto_converge": [options.auto_converge_initial, options.auto_converge_increment]
-                          if options.auto_converge else None}
+                          if options.auto_converge else None, "post_copy": options.post_copy_allowed}
+            if dom.get("dirty_mib_s") and kind != "hang":
+                # A busy guest: the copy is modelled (fake_copy); a quiet one
+                # takes the host's migration_seconds.
+                link = source.get("link_mib_s") or dom["memory_mb"] / max(duration, 0.001)
+                bandwidth = options.bandwidth_mib_s or link
+                dom["job"]["copy"] = fake_copy.new_copy(dom["memory_mb"], bandwidth, dom["dirty_mib_s"],
+                                                        options.postcopy_bandwidth_mib_s, now)
 
     def _job_progress(self, source_uri: str, uuid: str) -> MigrationProgress | None:
         with self.world(source_uri) as (world, src):
@@ -538,15 +574,25 @@ class FakeDriver(Driver):
                 return None
             job = dom["job"]
             elapsed = time.time() - job["started"]
-            fraction = min(1.0, elapsed / job["duration"]) if job["duration"] else 1.0
             total = dom["memory_mb"] * 1024 * 1024
-            iteration = min(FINAL_ITERATION, 1 + int(fraction * FINAL_ITERATION))
-            return MigrationProgress(fraction=fraction, memory_total=total,
-                                     memory_processed=int(total * fraction),
-                                     memory_remaining=int(total * (1 - fraction)),
-                                     memory_bps=int(total / max(job["duration"], 0.001)),
-                                     iteration=iteration, expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000),
-                                     phase="pre-copy", throttle_pct=_throttle(job, iteration))
+            copy = job.get("copy")
+            if copy is not None:
+                remaining = fake_copy.remaining_bytes(copy)
+                processed = int(copy["copied"] * 2**20)
+                iteration, bps = copy["pass"], int(copy["bandwidth"] * 2**20)
+                fraction = processed / (processed + remaining) if processed + remaining else 0.0
+            else:
+                fraction = min(1.0, elapsed / job["duration"]) if job["duration"] else 1.0
+                processed, remaining = int(total * fraction), int(total * (1 - fraction))
+                iteration = min(FINAL_ITERATION, 1 + int(fraction * FINAL_ITERATION))
+                bps = int(total / max(job["duration"], 0.001))
+            post_copy = job.get("phase") == POST_COPY
+            return MigrationProgress(fraction=min(fraction, 0.99), memory_total=total, memory_processed=processed,
+                                     memory_remaining=remaining, memory_bps=bps, iteration=iteration,
+                                     expected_downtime_ms=25, elapsed_ms=int(elapsed * 1000),
+                                     phase=job.get("phase", PRE_COPY),
+                                     throttle_pct=fake_copy.throttle_of(job.get("auto_converge"), iteration),
+                                     postcopy_requests=int(processed / 4096) if post_copy else None)
 
     def _source_state(self, source_uri: str, uuid: str) -> tuple[str | None, str | None, bool]:
         with self.world(source_uri) as (world, src):
@@ -555,45 +601,105 @@ class FakeDriver(Driver):
                 return None, None, False
             return dom["state"], dom.get("paused_reason"), bool(dom.get("job"))
 
-    def _set_max_downtime(self, source_uri: str, uuid: str, downtime_ms: int) -> None:
+    def _set_max_downtime(self, source_uri: str, uuid: str, downtime_ms: int) -> bool:
         with self.world(source_uri) as (world, src):
             dom = world.host(src)["domains"].get(uuid)
             if dom and dom.get("job") and dom["job"].get("max_downtime_ms") != downtime_ms:
                 dom["job"]["max_downtime_ms"] = downtime_ms
                 world.touch(src)
+            return bool(dom and dom.get("job"))
+
+    def _start_post_copy(self, source_uri: str, uuid: str) -> bool:
+        """As migrateStartPostCopy: the guest goes on running on the
+        destination, the source keeps what is not copied yet (paused)."""
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if not dom or not dom.get("job") or not dom["job"].get("post_copy"):
+                return False  # libvirt: the job was not started able to switch
+            job = dom["job"]
+            if job["phase"] == POST_COPY:
+                return True
+            job["phase"] = POST_COPY
+            if job.get("copy") is not None:
+                fake_copy.start_post_copy(job["copy"])
+            dom.update(state="paused", paused_reason="postcopy")
+            incoming = world.host(Path(job["dest_path"]))["domains"].get(uuid)
+            if incoming is not None:
+                incoming["state"] = "running"
+            world.touch(src)
+            world.touch(Path(job["dest_path"]))
+            return True
+
+    def _suspend_for_completion(self, source_uri: str, uuid: str) -> bool:
+        """As virDomainSuspend during a migration: the guest stops dirtying
+        memory, libvirt calls the pause the migration's."""
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if not dom or not dom.get("job"):
+                return False
+            job, now = dom["job"], time.time()
+            job.update(phase=PAUSED, paused_at=now)
+            if job.get("copy") is not None:
+                fake_copy.pause(job["copy"], now)
+            dom.update(state="paused", paused_reason="migration")
+            world.touch(src)
+            return True
+
+    def _resume_source(self, source_uri: str, uuid: str) -> None:
+        """The migration we paused the guest for did not complete: it runs on."""
+        with self.world(source_uri) as (world, src):
+            dom = world.host(src)["domains"].get(uuid)
+            if dom and dom["state"] == "paused" and dom.get("paused_reason") == "migration":
+                dom["state"] = "running"
+                dom.pop("paused_reason", None)
+                world.touch(src)
+
+    def _apply(self, source_uri: str, uuid: str, step: Step) -> bool:
+        if step.action == SET_DOWNTIME:
+            return self._set_max_downtime(source_uri, uuid, step.downtime_ms)
+        if step.action == START_POST_COPY:
+            return self._start_post_copy(source_uri, uuid)
+        if step.action == SUSPEND:
+            return self._suspend_for_completion(source_uri, uuid)
+        self.abort_migration(source_uri, uuid)
+        return True
 
     def _poll(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
-              should_abort: AbortCheck | None) -> None:
-        # As the libvirt driver: the schedule and the timeout run on the job's
-        # own clock, so a job followed after a restart keeps both; every
-        # change of the job is preceded by options.may_change_job().
-        allowed = None
+              should_abort: AbortCheck | None) -> str:
+        """Follows the job to its end, taking the convergence steps
+        (livemig.drivers.convergence) as the libvirt driver does: on the
+        job's own clock, so a job followed after a restart keeps its
+        schedule; every change of the job is preceded by
+        options.may_change_job(). Returns the phase the job ended in."""
+        control = ConvergenceControl(options)
         while True:
             progress = self._job_progress(source_uri, uuid)
             if progress is None:
-                return
+                return control.phase
+            control.phase = progress.phase or control.phase
             if on_progress:
                 on_progress(progress)
             state, reason, _ = self._source_state(source_uri, uuid)
-            if state == "paused" and reason != "migration":
+            if state == "paused" and reason not in ("migration", "postcopy"):
                 options.may_change_job()
                 self.abort_migration(source_uri, uuid)
                 raise SourcePaused(f"the VM was paused on its source ({reason}) during the migration; "
                                    f"the migration was aborted")
-            if should_abort and should_abort():
+            steps = control.next_steps(progress, progress.elapsed_ms / 1000.0,
+                                       abort_requested=bool(should_abort and should_abort()),
+                                       force_requested=options.force_requested())
+            for note in control.notes():
+                options.record_step("note", note)
+            for step in steps:
                 options.may_change_job()
-                self.abort_migration(source_uri, uuid)
-                raise MigrationAborted("migration aborted by request", code=78)
-            elapsed_s = progress.elapsed_ms / 1000.0
-            if elapsed_s > options.timeout_s:
-                options.may_change_job()
-                self.abort_migration(source_uri, uuid)
-                raise MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
-            wanted = options.downtime_at(elapsed_s)
-            if wanted != allowed:
-                options.may_change_job()
-                self._set_max_downtime(source_uri, uuid, wanted)
-                allowed = wanted
+                if self._apply(source_uri, uuid, step):
+                    control.done(step)
+                    if step.why:
+                        options.record_step(step.action, step.why)
+            if control.aborting is not None:
+                if control.paused_by_us:
+                    self._resume_source(source_uri, uuid)
+                raise _aborted(control.aborting, options)
             time.sleep(min(options.poll_interval_s, 0.05))
 
     def _completed(self, source_uri: str, dest_uri: str, uuid: str) -> MigrationResult | None:
@@ -608,19 +714,21 @@ class FakeDriver(Driver):
             final = MigrationProgress(fraction=1.0, memory_total=job["memory_total"],
                                       memory_processed=job["memory_processed"], memory_remaining=0,
                                       iteration=job["iteration"], expected_downtime_ms=job["downtime_ms"],
-                                      elapsed_ms=job["elapsed_ms"], throttle_pct=job.get("throttle_pct"))
-            return MigrationResult(downtime_ms=job["downtime_ms"], elapsed_ms=job["elapsed_ms"], final=final)
+                                      elapsed_ms=job["elapsed_ms"], throttle_pct=job.get("throttle_pct"),
+                                      phase=job.get("phase", PRE_COPY))
+            return MigrationResult(downtime_ms=job["downtime_ms"], elapsed_ms=job["elapsed_ms"], final=final,
+                                   phase=final.phase)
 
     def migrate(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
                 on_progress: ProgressCallback | None = None,
                 should_abort: AbortCheck | None = None) -> MigrationResult:
         started = time.monotonic()
         self._start_migration(source_uri, dest_uri, uuid, options)
-        self._poll(source_uri, uuid, options, on_progress, should_abort)
+        phase = self._poll(source_uri, uuid, options, on_progress, should_abort)
         result = self._completed(source_uri, dest_uri, uuid)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         if result is None:
-            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms)
+            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms, phase=phase)
         result.elapsed_ms = elapsed_ms
         return result
 
@@ -636,6 +744,8 @@ class FakeDriver(Driver):
             dom = world.host(src)["domains"].get(uuid)
             if not dom or not dom.get("job"):
                 return False
+            if dom["job"].get("phase") == POST_COPY:
+                return False  # libvirt: "cannot abort migration in post-copy mode"
             dst = Path(dom.pop("job")["dest_path"])
             dom["job_outcome"] = "aborted"
             world.host(dst)["domains"].pop(uuid, None)

@@ -17,6 +17,9 @@ from livemig.drivers.base import (
     MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult, MigrationTimedOut, ProgressCallback,
     SourcePaused,
 )
+from livemig.drivers.convergence import (
+    PAUSED, POST_COPY, PRE_COPY, SET_DOWNTIME, START_POST_COPY, SUSPEND, ConvergenceControl, Step,
+)
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_labels, parse_project, strip_uuid,
 )
@@ -94,6 +97,51 @@ def _progress(stats: dict[str, Any], completed: bool = False) -> MigrationProgre
                              postcopy_requests=stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_POSTCOPY_REQS))
 
 
+def _result_of(stats: dict[str, Any]) -> MigrationResult:
+    """A completed job's figures (jobStats COMPLETED, or the parameters of
+    the source's job-completed event: the same names)."""
+    return MigrationResult(downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0),
+                           final=_progress(stats, completed=True))
+
+
+class _CompletedJobEvent:
+    """The source's VIR_DOMAIN_EVENT_ID_JOB_COMPLETED for one domain: after
+    a post-copy migration the only place with the job's figures (the
+    destination's completed stats are empty)."""
+
+    def __init__(self, conn: libvirt.virConnect, dom: libvirt.virDomain):
+        self._conn = conn
+        self._params: dict[str, Any] | None = None
+        self._arrived = threading.Event()
+        self._callback_id: int | None = None
+        try:
+            self._callback_id = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                                            self._on_event, None)
+        except libvirt.libvirtError:
+            pass  # no events on this connection: the destination's stats are used
+
+    def _on_event(self, _conn: libvirt.virConnect, _dom: libvirt.virDomain, params: dict[str, Any],
+                  _opaque: Any) -> None:
+        self._params = dict(params)
+        self._arrived.set()
+
+    def wait(self, timeout_s: float) -> dict[str, Any] | None:
+        """The event's parameters; it is dispatched by the event loop thread,
+        possibly just after the migration call returned."""
+        if self._callback_id is None:
+            return None
+        self._arrived.wait(timeout_s)
+        return self._params
+
+    def close(self) -> None:
+        if self._callback_id is not None:
+            try:
+                self._conn.domainEventDeregisterAny(self._callback_id)
+            except libvirt.libvirtError:
+                pass  # the connection closed: its callbacks went with it
+            self._callback_id = None
+
+
 # libvirt gives a guest suspended during an outgoing migration (`virsh
 # suspend`) the reason "migration", as it does the switchover's own pause; a
 # switchover lasts well under a second, so a "migration" pause that lasts
@@ -104,14 +152,19 @@ SWITCHOVER_GRACE_S = 5.0
 class _PauseWatch:
     """Tells a pause of the source by someone else from the migration's own."""
 
-    def __init__(self) -> None:
+    def __init__(self, control: ConvergenceControl | None = None) -> None:
         self._migration_pause_since: float | None = None
+        # Our own pause (force-complete) and the post-copy phase are the
+        # migration's, however long they last.
+        self._control = control
 
     def foreign_pause(self, dom: libvirt.virDomain) -> str | None:
         """Why the domain is paused, if something other than the migration paused it."""
         state, reason = dom.state()
         if state != libvirt.VIR_DOMAIN_PAUSED:
             self._migration_pause_since = None
+            return None
+        if self._control is not None and (self._control.paused_by_us or self._control.switched):
             return None
         if reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
             now = time.monotonic()
@@ -504,11 +557,11 @@ class LibvirtDriver(Driver):
 
     # -- migration
     def _collect_stats(self, source_uri: str, uuid: str, interval: float, finished: threading.Event,
-                       latest: list) -> None:
+                       latest: list, control: ConvergenceControl) -> None:
         """In its own thread: a jobStats call can block for a while around
         switchover, and the migration's caller must not wait for it.
         latest[0] is the last progress, latest[1] a foreign pause seen."""
-        watch = _PauseWatch()
+        watch = _PauseWatch(control)
         try:
             dom = self._lookup(self.conn(source_uri), uuid)
             while dom is not None and not finished.is_set():
@@ -523,43 +576,84 @@ class LibvirtDriver(Driver):
             return
 
     def _monitor(self, source_uri: str, uuid: str, options: MigrationOptions, on_progress: ProgressCallback | None,
-                 should_abort: AbortCheck | None, finished: threading.Event, started: float) -> str | None:
-        """Report progress and enforce the downtime schedule, abort, pause and
-        timeout until `finished`; returns why we aborted the job ("abort",
-        "timeout" or the pause's reason), or None. The schedule and timeout
-        run on the job's own clock when libvirt reports it."""
+                 should_abort: AbortCheck | None, finished: threading.Event, started: float,
+                 control: ConvergenceControl) -> str | None:
+        """Report progress and take the convergence steps (downtime schedule,
+        post-copy, pause to complete, abort, timeout, stall: see
+        livemig.drivers.convergence) until `finished`; returns why we aborted
+        the job ("abort", "timeout", "stall" or a foreign pause's reason), or
+        None. The schedule and timeout run on the job's own clock when
+        libvirt reports it."""
         latest: list[Any] = [None, None]
         threading.Thread(target=self._collect_stats, args=(source_uri, uuid, options.poll_interval_s, finished,
-                                                           latest), name=f"migration-stats-{uuid[:8]}",
+                                                           latest, control), name=f"migration-stats-{uuid[:8]}",
                          daemon=True).start()
-        allowed = None
-        reason = None
         while not finished.wait(options.poll_interval_s):
             progress = latest[0]
-            if progress is not None and on_progress is not None:
-                on_progress(progress)
+            if progress is not None:
+                progress.phase = control.phase
+                if on_progress is not None:
+                    on_progress(progress)
             elapsed_s = max(time.monotonic() - started, (progress.elapsed_ms / 1000.0) if progress else 0.0)
-            wanted = options.downtime_at(elapsed_s)
-            if wanted != allowed:
-                # Raises (Fenced) if another controller owns the migration
-                # now: this monitor stops, the job and its worker thread are
-                # left to run, followed by the new owner.
-                options.may_change_job()
-                self._raise_downtime(source_uri, uuid, wanted)
-                allowed = wanted
-            if reason is None and latest[1] is not None:
-                reason = latest[1]
-            elif reason is None and should_abort is not None and should_abort():
-                reason = "abort"
-            elif reason is None and elapsed_s > options.timeout_s:
-                reason = "timeout"
-            if reason is not None:
+            self._converge(source_uri, uuid, options, control, progress, elapsed_s, should_abort, latest[1])
+            if control.aborting is not None:
+                # Again at every poll: an abort asked before the job really
+                # started (its first ~0.3 s) does not take.
                 options.may_change_job()
                 try:
                     self.abort_migration(source_uri, uuid)
                 except LivemigError:
                     pass  # no job any more (it just finished) or already aborting
-        return reason
+        return control.aborting
+
+    def _converge(self, source_uri: str, uuid: str, options: MigrationOptions, control: ConvergenceControl,
+                  progress: MigrationProgress | None, elapsed_s: float, should_abort: AbortCheck | None,
+                  foreign_pause: str | None) -> None:
+        """One poll's convergence steps, each fenced (options.may_change_job
+        raises Fenced if another controller owns the migration now: this
+        monitor stops, the job is left to run, followed by its new owner)."""
+        if control.aborting is not None:
+            return
+        if foreign_pause is not None and not control.switched:
+            options.may_change_job()
+            control.aborting = foreign_pause
+            return
+        steps = control.next_steps(progress, elapsed_s,
+                                   abort_requested=should_abort is not None and should_abort(),
+                                   force_requested=options.force_requested())
+        for note in control.notes():
+            options.record_step("note", note)
+        for step in steps:
+            options.may_change_job()
+            if self._apply_step(source_uri, uuid, step):
+                control.done(step)
+                if step.why:
+                    options.record_step(step.action, step.why)
+
+    def _apply_step(self, source_uri: str, uuid: str, step: Step) -> bool:
+        """Whether the hypervisor took the step (a switch asked before the
+        job really started is refused, and asked again at the next poll)."""
+        if step.action == SET_DOWNTIME:
+            self._raise_downtime(source_uri, uuid, step.downtime_ms)
+            return True
+        if step.action in (START_POST_COPY, SUSPEND):
+            def change(conn: libvirt.virConnect) -> bool:
+                dom = self._lookup(conn, uuid)
+                if dom is None:
+                    return False
+                if step.action == START_POST_COPY:
+                    dom.migrateStartPostCopy(0)
+                else:
+                    # The guest stops dirtying memory: the copy ends, and
+                    # libvirt resumes it on the destination.
+                    dom.suspend()
+                return True
+
+            try:
+                return self._call(source_uri, f"convergence step {step.action}", change)
+            except LivemigError:
+                return False
+        return True  # abort: the monitor aborts at every poll from now on
 
     def _raise_downtime(self, source_uri: str, uuid: str, downtime_ms: int) -> None:
         def raise_(conn: libvirt.virConnect) -> None:
@@ -576,6 +670,9 @@ class LibvirtDriver(Driver):
     def _aborted_error(reason: str | None, options: MigrationOptions, message: str, code: int | None) -> DriverError:
         if reason == "timeout":
             return MigrationTimedOut(f"migration did not complete within {options.timeout_s:.0f} s; aborted")
+        if reason == "stall":
+            return MigrationTimedOut(f"migration made no progress for {options.stall_s:g} s (it does not "
+                                     f"converge); aborted")
         if reason not in (None, "abort"):
             return SourcePaused(f"the VM was {reason} on its source during the migration; the migration was "
                                 f"aborted", code=code)
@@ -598,6 +695,8 @@ class LibvirtDriver(Driver):
             dom.migrateSetMaxDowntime(options.initial_downtime_ms(), 0)
         except libvirt.libvirtError as exc:
             raise _error(exc, "setting the maximum downtime") from None
+        control = ConvergenceControl(options)
+        completed = _CompletedJobEvent(conn, dom)
 
         def call() -> None:
             try:
@@ -612,26 +711,52 @@ class LibvirtDriver(Driver):
         # The libvirt call blocks for the whole job in a worker thread; this
         # (the task's) thread monitors, because TaskFlow's progress updates
         # must come from the thread that runs the task.
-        worker = threading.Thread(target=call, name=f"migration-{uuid[:8]}", daemon=True)
-        worker.start()
-        outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
-                                          started)
-        worker.join()
-        elapsed_ms = int((time.monotonic() - started) * 1000)
-        error = outcome.get("error")
-        reason = outcome.get("reason")
-        unexpected = outcome.get("unexpected")
-        if unexpected is not None:
-            raise DriverError(f"the hypervisor migration call raised {type(unexpected).__name__}: {unexpected}")
-        if error is not None:
-            if reason is not None or error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
-                raise self._aborted_error(reason, options, error.get_error_message(), error.get_error_code())
-            raise _error(error, "live migration failed")
-        result = self._completed(dest_uri, uuid)
+        try:
+            worker = threading.Thread(target=call, name=f"migration-{uuid[:8]}", daemon=True)
+            worker.start()
+            outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
+                                              started, control)
+            worker.join()
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            error = outcome.get("error")
+            reason = outcome.get("reason")
+            unexpected = outcome.get("unexpected")
+            if (error is not None or unexpected is not None) and control.paused_by_us:
+                self._resume_paused_source(source_uri, uuid)
+            if unexpected is not None:
+                raise DriverError(f"the hypervisor migration call raised {type(unexpected).__name__}: {unexpected}")
+            if error is not None:
+                if control.switched:
+                    raise DriverError(f"the migration failed after the switch to post-copy (the VM's home is "
+                                      f"{dest_uri} now): {error.get_error_message()}", code=error.get_error_code())
+                if reason is not None or error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
+                    raise self._aborted_error(reason, options, error.get_error_message(), error.get_error_code())
+                raise _error(error, "live migration failed")
+            # After post-copy only the source's event has the figures.
+            event = completed.wait(2.0 if control.switched else 0.5)
+            result = _result_of(event) if event else self._completed(dest_uri, uuid)
+        finally:
+            completed.close()
         if result is None:
-            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms)
+            return MigrationResult(downtime_ms=None, elapsed_ms=elapsed_ms, phase=control.phase)
         result.elapsed_ms = elapsed_ms
+        result.phase = control.phase
+        if result.final is not None:
+            result.final.phase = control.phase
         return result
+
+    def _resume_paused_source(self, source_uri: str, uuid: str) -> None:
+        """We paused the guest for the copy to complete, and it did not: the
+        guest runs on where it is."""
+        def resume(conn: libvirt.virConnect) -> None:
+            dom = self._lookup(conn, uuid)
+            if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+
+        try:
+            self._call(source_uri, "resuming the guest paused for the migration", resume)
+        except LivemigError:
+            pass  # gone or unreachable: the flow's revert finds where it is
 
     def _completed(self, dest_uri: str, uuid: str) -> MigrationResult | None:
         """The completed job's figures, from the destination."""
@@ -645,51 +770,49 @@ class LibvirtDriver(Driver):
             return None
         if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
             return None
-        return MigrationResult(downtime_ms=stats.get("downtime"), elapsed_ms=stats.get("time_elapsed", 0),
-                               final=_progress(stats, completed=True))
+        return _result_of(stats)
 
     def wait_for_migration_job(self, source_uri: str, uuid: str, options: MigrationOptions,
                                on_progress: ProgressCallback | None = None,
                                should_abort: AbortCheck | None = None,
                                dest_uri: str | None = None) -> MigrationResult | None:
         conn = self._open(source_uri)
+        control = ConvergenceControl(options)
         try:
             dom = self._lookup(conn, uuid)
-            allowed = None
-            watch = _PauseWatch()
+            watch = _PauseWatch(control)
             while dom is not None:
                 try:
                     stats = _migration_job_stats(dom)
+                    if dom.state() == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY):
+                        control.phase = POST_COPY  # switched before this controller took over
                     pause = watch.foreign_pause(dom)
                 except libvirt.libvirtError:
                     break  # the domain left the host: the job ended
                 if stats is None:
                     break
                 progress = _progress(stats)
+                progress.phase = control.phase
                 if on_progress is not None:
                     on_progress(progress)
-                elapsed_s = progress.elapsed_ms / 1000.0
-                reason = (pause if pause is not None else "abort" if should_abort is not None and should_abort()
-                          else "timeout" if elapsed_s > options.timeout_s else None)
-                if reason is not None:
+                self._converge(source_uri, uuid, options, control, progress, progress.elapsed_ms / 1000.0,
+                               should_abort, pause)
+                if control.aborting is not None:
                     options.may_change_job()
                     self.abort_migration(source_uri, uuid)
-                    raise self._aborted_error(reason, options, "aborted by request", None)
-                wanted = options.downtime_at(elapsed_s)
-                if wanted != allowed:
-                    options.may_change_job()
-                    try:
-                        dom.migrateSetMaxDowntime(wanted, 0)
-                        allowed = wanted
-                    except libvirt.libvirtError:
-                        pass  # the job just ended
+                    if control.paused_by_us:
+                        self._resume_paused_source(source_uri, uuid)
+                    raise self._aborted_error(control.aborting, options, "aborted by request", None)
                 time.sleep(options.poll_interval_s)
         finally:
             try:
                 conn.close()
             except libvirt.libvirtError:
                 pass
-        return self._completed(dest_uri, uuid) if dest_uri else None
+        result = self._completed(dest_uri, uuid) if dest_uri else None
+        if result is not None:
+            result.phase = control.phase
+        return result
 
     def abort_migration(self, source_uri: str, uuid: str) -> bool:
         def abort(conn: libvirt.virConnect) -> bool:

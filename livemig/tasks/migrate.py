@@ -13,7 +13,8 @@ from livemig.drivers.base import (
 )
 from livemig.errors import LivemigError
 from livemig.locator import Presence, locate_on, require_known
-from livemig.persistence.inventory import get_host, get_migration
+from livemig.drivers.convergence import PAUSED, POST_COPY, START_POST_COPY, SUSPEND
+from livemig.persistence.inventory import add_event, get_host, get_migration
 from livemig.persistence.models import Instance
 from livemig.states import MigrationStatus
 from livemig.tasks.base import LOG, MigrationTask
@@ -30,6 +31,10 @@ EXECUTE_PATIENCE_S = 2.0
 DRIVER_POLICY_OPTIONS = ("postcopy_bandwidth_mib_s", "auto_converge", "auto_converge_initial",
                          "auto_converge_increment", "post_copy", "post_copy_after_s", "timeout_action", "stall_s",
                          "tls", "parallel_connections", "compression", "copy_storage")
+
+
+# The phase a convergence step puts the job in.
+STEP_PHASES = {START_POST_COPY: POST_COPY, SUSPEND: PAUSED}
 
 
 class DomainLost(DriverError):
@@ -67,13 +72,15 @@ class MigrateDomain(MigrationTask):
     def execute(self, migration_id: int, instance_uuid: str, source_host: str, dest_host: str) -> dict[str, Any]:
         src_driver, src_uri = self.driver_and_uri(source_host)
         dst_driver, dst_uri = self.driver_and_uri(dest_host)
-        options = self._options(migration_id, instance_uuid, dest_host)
-        self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
         reporter = _ProgressReporter(self, migration_id)
+        options = self._options(migration_id, instance_uuid, dest_host, reporter)
+        self.services.db.set_migration_status(migration_id, MigrationStatus.RUNNING)
 
         source = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
         if source is not None and source.migration_job_active:
             self.note(migration_id, "a migration job of this VM is already running; following it")
+            with self.services.db.reading() as session:
+                options.phase = get_migration(session, migration_id).phase or options.phase
             followed = src_driver.wait_for_migration_job(src_uri, instance_uuid, options, reporter,
                                                          reporter.abort_requested, dest_uri=dst_uri)
             source = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
@@ -136,7 +143,8 @@ class MigrateDomain(MigrationTask):
         self.note(migration_id, f"destroyed a stale {sighting.state} copy on {dest_host}")
         return None
 
-    def _options(self, migration_id: int, instance_uuid: str, dest_host: str) -> MigrationOptions:
+    def _options(self, migration_id: int, instance_uuid: str, dest_host: str,
+                 reporter: "_ProgressReporter") -> MigrationOptions:
         settings = self.services.settings  # with the migration's options that are settings
         chosen = self.services.options
         with self.services.db.reading() as session:
@@ -157,7 +165,8 @@ class MigrateDomain(MigrationTask):
                                                 settings.downtime_step_delay_s_per_gib * memory_gib),
             # A controller frozen mid-job wakes to find another owner: it
             # must not abort the job or change its downtime.
-            before_job_change=lambda: fencing.ensure_current_claim(self.services.db, migration_id))
+            before_job_change=lambda: fencing.ensure_current_claim(self.services.db, migration_id),
+            force_complete_check=reporter.force_complete_requested, on_step=reporter.step)
 
     def _finish(self, migration_id: int, result: MigrationResult,
                 reporter: _ProgressReporter | None = None) -> dict[str, Any]:
@@ -275,6 +284,7 @@ class _ProgressReporter:
         self._last_write = 0.0
         self._last_abort_check = 0.0
         self.throttle = _ThrottleTrail(task, migration_id)
+        self._force_requested = False
 
     def __call__(self, progress: MigrationProgress) -> None:
         self.throttle.saw(progress)
@@ -298,6 +308,24 @@ class _ProgressReporter:
         self._last_abort_check = now
         try:
             with self.task.services.db.reading() as session:
-                return get_migration(session, self.migration_id).abort_requested
+                migration = get_migration(session, self.migration_id)
+                self._force_requested = bool(migration.force_complete_requested)
+                return migration.abort_requested
         except LivemigError:
             return False
+
+    def force_complete_requested(self) -> bool:
+        """`migration force-complete` (read with the abort request, from
+        the database: any controller may be the one that runs the job)."""
+        return self._force_requested
+
+    def step(self, action: str, message: str) -> None:
+        """A convergence step the driver took: in the trail, and a switch of
+        phase on the row at once (a revert must know that after the switch
+        to post-copy the VM's home is the destination)."""
+        LOG.info("migration %s: %s: %s", self.migration_id, self.task.name, message)
+        phase = STEP_PHASES.get(action)
+        with self.task.services.db.session() as session:
+            if phase is not None:
+                get_migration(session, self.migration_id).phase = phase
+            add_event(session, self.migration_id, "note", self.task.name, action, message)
