@@ -103,7 +103,10 @@ class _World:
         for uuid, dom in list(record["domains"].items()):
             job = dom.get("job")
             if job:
-                self.host(Path(job["dest_path"]))  # its partner, locked with it
+                dest = self.host(Path(job["dest_path"]))  # its partner, locked with it
+                if job.get("phase") == POST_COPY and uuid not in dest["domains"]:
+                    self._post_copy_failed(path, uuid)
+                    continue
                 copy = job.get("copy")
                 if copy is not None:
                     if fake_copy.advance(copy, time.time(), job["max_downtime_ms"], job.get("auto_converge")):
@@ -116,6 +119,14 @@ class _World:
                 src = Path(dom["incoming_from"])
                 if src != path and src.exists():
                     self.host(src)
+
+    def _post_copy_failed(self, src: Path, uuid: str) -> None:
+        """The destination lost the guest after the switch (its QEMU died):
+        as QEMU, the source keeps what it had, paused for good."""
+        dom = self.hosts[src]["domains"][uuid]
+        dom.pop("job")
+        dom.update(state="paused", paused_reason="postcopy-failed", job_outcome="postcopy-failed")
+        self.touch(src)
 
     def _complete(self, src: Path, uuid: str) -> None:
         source = self.hosts[src]
@@ -708,6 +719,8 @@ class FakeDriver(Driver):
             left = world.host(fake_path(source_uri))["domains"].get(uuid)
             if left is not None and left.get("job_outcome") == "aborted":
                 raise MigrationAborted("migration job was aborted; the domain stays on the source", code=78)
+            if left is not None and left.get("job_outcome") == "postcopy-failed":
+                raise DriverError("post-copy failed: the destination lost the VM after the switch", code=1)
             if dom is None or "last_job" not in dom:
                 return None
             job = dom["last_job"]

@@ -717,7 +717,6 @@ class LibvirtDriver(Driver):
             outcome["reason"] = self._monitor(source_uri, uuid, options, on_progress, should_abort, finished,
                                               started, control)
             worker.join()
-            elapsed_ms = int((time.monotonic() - started) * 1000)
             error = outcome.get("error")
             reason = outcome.get("reason")
             unexpected = outcome.get("unexpected")
@@ -725,16 +724,21 @@ class LibvirtDriver(Driver):
                 self._resume_paused_source(source_uri, uuid)
             if unexpected is not None:
                 raise DriverError(f"the hypervisor migration call raised {type(unexpected).__name__}: {unexpected}")
-            if error is not None:
-                if control.switched:
-                    raise DriverError(f"the migration failed after the switch to post-copy (the VM's home is "
-                                      f"{dest_uri} now): {error.get_error_message()}", code=error.get_error_code())
+            if error is not None and control.switched:
+                # After the switch the VM lives on the destination: follow the
+                # stream to its end (or resume it) rather than roll back.
+                self._follow_post_copy(source_uri, dest_uri, uuid, options, params, flags, error)
+                event = completed.wait(2.0)
+                result = _result_of(event) if event else MigrationResult(downtime_ms=None, elapsed_ms=0)
+            elif error is not None:
                 if reason is not None or error.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                     raise self._aborted_error(reason, options, error.get_error_message(), error.get_error_code())
                 raise _error(error, "live migration failed")
-            # After post-copy only the source's event has the figures.
-            event = completed.wait(2.0 if control.switched else 0.5)
-            result = _result_of(event) if event else self._completed(dest_uri, uuid)
+            else:
+                # After post-copy only the source's event has the figures.
+                event = completed.wait(2.0 if control.switched else 0.5)
+                result = _result_of(event) if event else self._completed(dest_uri, uuid)
+            elapsed_ms = int((time.monotonic() - started) * 1000)
         finally:
             completed.close()
         if result is None:
@@ -744,6 +748,77 @@ class LibvirtDriver(Driver):
         if result.final is not None:
             result.final.phase = control.phase
         return result
+
+    def _follow_post_copy(self, source_uri: str, dest_uri: str, uuid: str, options: MigrationOptions,
+                          params: dict[str, Any], flags: int, error: libvirt.libvirtError) -> None:
+        """The migration call failed after the switch to post-copy. Measured
+        here (NOTES): a destination libvirtd that died leaves the QEMU stream
+        going on to its end, the source shut off but still defined (libvirt
+        did not undefine it): wait for that and tidy the definition up. A
+        paused post-copy (the link broke: the source is paused with reason
+        postcopy-failed) is resumed with POSTCOPY_RESUME; if that is refused
+        (the destination QEMU is gone) the VM is lost: raise, and the flow's
+        outcome applies the unrecoverable policy."""
+        why = error.get_error_message()
+        options.record_step("note", f"the migration call failed after the switch to post-copy ({why}); following "
+                                    f"the stream on {source_uri}")
+        deadline = time.monotonic() + max(options.timeout_s, 60.0)
+        resumed = False
+        while time.monotonic() < deadline:
+            state = self._source_state_after_switch(source_uri, uuid)
+            if state == "gone" or state == "shutoff":
+                if state == "shutoff":
+                    self._undefine_left_source(source_uri, uuid, options)
+                return
+            if state == "failed":
+                if resumed:
+                    raise DriverError(f"post-copy failed again after a resume: {why}")
+                options.may_change_job()
+                try:
+                    self.conn(source_uri).lookupByUUIDString(uuid).migrateToURI3(
+                        dest_uri, params, flags | libvirt.VIR_MIGRATE_POSTCOPY_RESUME)
+                except libvirt.libvirtError as exc:
+                    raise DriverError(f"post-copy failed and could not be resumed (the destination lost the VM?): "
+                                      f"{why}; resume: {exc.get_error_message()}", code=exc.get_error_code()) from None
+                options.record_step("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)")
+                resumed = True
+                continue
+            time.sleep(options.poll_interval_s)
+        raise DriverError(f"post-copy did not end within {max(options.timeout_s, 60.0):.0f} s after the migration "
+                          f"call failed: {why}")
+
+    def _source_state_after_switch(self, source_uri: str, uuid: str) -> str:
+        """"copying" (paused, post-copy), "failed" (paused, post-copy
+        failed), "shutoff" (the stream ended, the definition left), "gone"
+        (undefined), or "unknown" (the host does not answer: asked again)."""
+        try:
+            dom = self._lookup(self.conn(source_uri), uuid)
+            if dom is None:
+                return "gone"
+            state, reason = dom.state()
+        except (libvirt.libvirtError, HostUnreachable):
+            return "unknown"
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return "shutoff"
+        if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED:
+            return "failed"
+        return "copying"
+
+    def _undefine_left_source(self, source_uri: str, uuid: str, options: MigrationOptions) -> None:
+        """The definition libvirt left on the source when it could not finish
+        the job: the VM lives on the destination now."""
+        options.may_change_job()
+
+        def undefine(conn: libvirt.virConnect) -> bool:
+            dom = self._lookup(conn, uuid)
+            if dom is None or dom.isActive():
+                return False
+            dom.undefine()
+            return True
+
+        if self._call(source_uri, "removing the source's definition left after post-copy", undefine):
+            options.record_step("note", "post-copy completed; removed the shut-off definition libvirt left on the "
+                                        "source")
 
     def _resume_paused_source(self, source_uri: str, uuid: str) -> None:
         """We paused the guest for the copy to complete, and it did not: the

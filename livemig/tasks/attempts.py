@@ -201,6 +201,7 @@ class RetryOnNextDestination(retry.Retry):
             with self.services.db.reading() as session:
                 migration = get_migration(session, migration_id)
                 abort_requested, dest = migration.abort_requested, migration.dest_host
+                switched = migration.phase == "post-copy"
         except Exception as exc:  # noqa: BLE001 - unknown is never a reason to try again
             return retry.REVERT_ALL, f"cannot read the migration ({exc})"
         failures = _latest_failures(history)
@@ -208,6 +209,8 @@ class RetryOnNextDestination(retry.Retry):
             return retry.REVERT_ALL, "the destination was given explicitly"
         if abort_requested:
             return retry.REVERT_ALL, "an abort was requested"
+        if switched:
+            return retry.REVERT_ALL, "the migration switched to post-copy: the VM's home is the destination"
         # Not the destination's fault: a lost claim, nothing left to try, an
         # abort (ours or anybody's), a queue timeout (the operator's budget),
         # a guest that did not converge in time (it would not elsewhere).

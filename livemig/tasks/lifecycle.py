@@ -9,6 +9,7 @@ from taskflow.types.failure import Failure
 
 from livemig import fencing
 from livemig.drivers.base import MigrationAborted
+from livemig.drivers.convergence import POST_COPY
 from livemig.errors import LivemigError, MigrationFailed
 from livemig.locator import Presence, Sighting, locate, locate_elsewhere, locate_on
 from livemig.persistence.inventory import add_event, get_migration, set_migration_status
@@ -82,6 +83,9 @@ class RollBackOrTerminateInstance(MigrationTask):
             # earlier attempts' hosts were cleared before the next was tried.
             dest_host = migration.dest_host
             reason = attempts_reason(list(migration.attempts or []), reason)
+            # After the switch to post-copy the VM's home is the destination:
+            # the source holds only pages of it, and never runs it again.
+            switched = migration.phase == POST_COPY
             migrate_started = session.scalar(sa.select(sa.func.count()).select_from(Event).where(
                 Event.migration_id == migration_id, Event.kind == "step", Event.name == MIGRATE_STEP)) > 0
         cancelled = abort_requested and any(f.check(MigrationAborted, MigrationCancelled)
@@ -104,6 +108,11 @@ class RollBackOrTerminateInstance(MigrationTask):
                 # incoming copy is the VM.
                 own = [h for h in present if not location.on(h).domain.incoming]
                 home = own[0] if len(own) == 1 else None
+        if home is not None and switched and home == source_host and not location.on(home).running:
+            self._end_unrecoverable(migration_id, instance_uuid, [source_host, dest_host], True,
+                                    f"the migration switched to post-copy and {dest_host} lost the VM (the source "
+                                    f"holds only part of its memory, {location.on(home).state}); {reason}")
+            return
         if home is not None:
             self._end_recoverable(migration_id, instance_uuid, home, location.on(home), cancelled, reason)
             return

@@ -107,8 +107,11 @@ class MigrateDomain(MigrationTask):
         options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
         fencing.ensure_current_claim(self.services.db, migration_id)  # right before starting the job
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
+        # A post-copy that outlived its destination's daemon (the stream went
+        # on) finds the daemon just restarting: ask it for longer.
+        patience = REVERT_HOST_WAIT_S if result.phase == POST_COPY else EXECUTE_PATIENCE_S
         after_src = require_known(locate_on(self.services, source_host, instance_uuid, EXECUTE_PATIENCE_S))
-        after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, EXECUTE_PATIENCE_S))
+        after_dst = require_known(locate_on(self.services, dest_host, instance_uuid, patience))
         if after_dst is None or not after_dst.running:
             state = after_dst.state.value if after_dst else "absent"
             raise DriverError(f"the hypervisor reported success but the VM is not running on {dest_host} ({state})")

@@ -7,6 +7,8 @@ one; the health fixture (boot id, console) and `check` (the guest's static
 data) watch every test."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -15,7 +17,8 @@ import pytest
 import livemig
 import livemig.errors
 from livemig.lab.control import GuestControl
-from tests.integration.labtools import guest, migration_row, other, wait_for_running_migration, where
+from tests.integration.labtools import (
+    conn, defined_on, guest, index_of, migration_row, other, qemu_processes_for, wait_for_running_migration, where)
 
 CTX = livemig.admin_context("tests")
 CAP = {"bandwidth_mib_s": 10}
@@ -108,5 +111,76 @@ def test_force_complete_pauses_a_running_migration_until_it_completes(lab, lab_s
     assert ("suspend", "force-complete requested: paused the guest so that the copy completes") in \
         _trail(lab_settings, row.id)
     print(f"pause to complete: downtime {row.downtime_ms} ms")
+    busy.stop()
+    assert busy.check() is True
+
+
+# -- post-copy failure paths --------------------------------------------------------------------------
+
+def _in_post_copy(lab, settings, **options):
+    """Starts a post-copy migration whose post-copy phase is slow (2 MiB/s:
+    about a minute for the guest's memory) and returns once it switched."""
+    source = where(lab, settings)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["view"] = livemig.migrate(CTX, guest(lab)["name"], source, other(lab, source),
+                                              settings=settings, options=dict(CAP, post_copy="after-first-pass",
+                                                                              postcopy_bandwidth_mib_s=2,
+                                                                              timeout_s=180.0, **options))
+        except livemig.errors.LivemigError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    running = wait_for_running_migration(settings, min_processed=0, timeout=60)
+    deadline = time.monotonic() + 60
+    while migration_row(settings, running.id).phase != "post-copy" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert migration_row(settings, running.id).phase == "post-copy"
+    return source, other(lab, source), running.id, worker, outcome
+
+
+def test_destination_daemon_killed_after_the_switch_the_migration_completes_and_the_source_is_tidied(
+        lab, lab_settings, busy):
+    g = guest(lab)
+    source, dest, migration_id, worker, outcome = _in_post_copy(lab, lab_settings)
+    time.sleep(2.0)
+    # The destination's libvirtd dies (its supervisor restarts it); its QEMU
+    # and the stream between the two QEMUs go on.
+    os.kill(lab.libvirtd_pid(index_of(lab, dest)), signal.SIGKILL)
+    worker.join(240)
+    assert "view" in outcome, outcome.get("error")
+    row = migration_row(lab_settings, migration_id)
+    assert row.status == "completed"
+    assert where(lab, lab_settings) == dest
+    # libvirt left the source's definition (shut off): livemig removed it.
+    assert defined_on(lab, g["uuid"]) == [dest]
+    assert len(qemu_processes_for(g["uuid"])) == 1
+    assert any("removed the shut-off definition libvirt left on the source" in m
+               for _, m in _trail(lab_settings, migration_id))
+    busy.stop()
+    assert busy.check() is True
+
+
+def test_a_paused_post_copy_is_resumed_and_completes(lab, lab_settings, busy):
+    import libvirt
+
+    g = guest(lab)
+    source, dest, migration_id, worker, outcome = _in_post_copy(lab, lab_settings)
+    time.sleep(1.0)
+    # What a broken migration link does: post-copy pauses on both sides.
+    watch = conn(lab, index_of(lab, source))
+    try:
+        watch.lookupByUUIDString(g["uuid"]).abortJobFlags(libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
+    finally:
+        watch.close()
+    worker.join(240)
+    assert "view" in outcome, outcome.get("error")
+    assert migration_row(lab_settings, migration_id).status == "completed"
+    assert where(lab, lab_settings) == dest and defined_on(lab, g["uuid"]) == [dest]
+    assert ("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)") in \
+        _trail(lab_settings, migration_id)
     busy.stop()
     assert busy.check() is True

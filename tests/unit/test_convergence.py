@@ -249,7 +249,10 @@ def _run_in_background(cloud, **kwargs):
     out = {}
 
     def run():
-        out["view"] = livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings, **kwargs)
+        try:
+            out["view"] = livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings, **kwargs)
+        except MigrationFailed as exc:
+            out["error"] = exc
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -354,3 +357,22 @@ def test_migrate_prints_each_phase_once_when_not_on_a_terminal(cloud):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("migration ")]
     assert any(line.endswith("running (post-copy)") for line in lines), lines
     assert len(lines) == len(set(lines))
+
+
+# -- after the switch --------------------------------------------------------------------------------
+
+def test_a_destination_that_loses_the_vm_after_the_switch_is_unrecoverable_and_nothing_runs_twice(cloud):
+    _busy(cloud)
+    thread, out, migration_id = _run_in_background(cloud, options=dict(BUSY, post_copy="after-first-pass",
+                                                                       postcopy_bandwidth_mib_s=100))
+    deadline = time.monotonic() + 10
+    while cloud.migration(migration_id).phase != "post-copy" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # The destination's QEMU dies (its host crashed) with pages still on the source.
+    assert cloud.driver.destroy_domain(cloud.uri("b"), cloud.vm)
+    thread.join(30)
+    row = cloud.migration(migration_id)
+    assert row.status == "error" and "switched to post-copy and b lost the VM" in row.error_reason
+    # The unrecoverable policy (terminate): the source's paused remains are destroyed, never resumed.
+    assert cloud.vm not in cloud.domains_on("a") and cloud.vm not in cloud.domains_on("b")
+    assert cloud.instance().state == "deleted"
