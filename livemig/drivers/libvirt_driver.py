@@ -18,7 +18,7 @@ from livemig.drivers.base import (
     SourcePaused,
 )
 from livemig.drivers.convergence import (
-    PAUSED, POST_COPY, PRE_COPY, SET_DOWNTIME, START_POST_COPY, SUSPEND, ConvergenceControl, Step,
+    POST_COPY, SET_DOWNTIME, START_POST_COPY, SUSPEND, ConvergenceControl, Step,
 )
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_labels, parse_project, strip_uuid,
@@ -141,6 +141,9 @@ class _CompletedJobEvent:
                 pass  # the connection closed: its callbacks went with it
             self._callback_id = None
 
+
+# How often a paused post-copy is asked to resume while it stays paused.
+POST_COPY_RESUME_INTERVAL_S = 5.0
 
 # libvirt gives a guest suspended during an outgoing migration (`virsh
 # suspend`) the reason "migration", as it does the switchover's own pause; a
@@ -756,36 +759,41 @@ class LibvirtDriver(Driver):
         going on to its end, the source shut off but still defined (libvirt
         did not undefine it): wait for that and tidy the definition up. A
         paused post-copy (the link broke: the source is paused with reason
-        postcopy-failed) is resumed with POSTCOPY_RESUME; if that is refused
-        (the destination QEMU is gone) the VM is lost: raise, and the flow's
-        outcome applies the unrecoverable policy."""
+        postcopy-failed) is resumed with POSTCOPY_RESUME. A job that neither
+        ends nor resumes within the timeout (the destination QEMU is gone)
+        lost the VM: raise, and the flow's outcome applies the unrecoverable
+        policy."""
         why = error.get_error_message()
         options.record_step("note", f"the migration call failed after the switch to post-copy ({why}); following "
                                     f"the stream on {source_uri}")
-        deadline = time.monotonic() + max(options.timeout_s, 60.0)
-        resumed = False
+        limit_s = max(options.timeout_s, 60.0)
+        deadline = time.monotonic() + limit_s
+        next_resume = 0.0
+        refused = ""
         while time.monotonic() < deadline:
             state = self._source_state_after_switch(source_uri, uuid)
-            if state == "gone" or state == "shutoff":
+            if state in ("gone", "shutoff"):
                 if state == "shutoff":
                     self._undefine_left_source(source_uri, uuid, options)
                 return
-            if state == "failed":
-                if resumed:
-                    raise DriverError(f"post-copy failed again after a resume: {why}")
+            if state == "failed" and time.monotonic() >= next_resume:
+                # libvirt also says "post-copy failed" when it only lost its
+                # peer daemon while the QEMU stream goes on: then the resume
+                # is refused ("migration is still running") and we wait.
+                next_resume = time.monotonic() + POST_COPY_RESUME_INTERVAL_S
                 options.may_change_job()
                 try:
                     self.conn(source_uri).lookupByUUIDString(uuid).migrateToURI3(
                         dest_uri, params, flags | libvirt.VIR_MIGRATE_POSTCOPY_RESUME)
+                    options.record_step("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)")
                 except libvirt.libvirtError as exc:
-                    raise DriverError(f"post-copy failed and could not be resumed (the destination lost the VM?): "
-                                      f"{why}; resume: {exc.get_error_message()}", code=exc.get_error_code()) from None
-                options.record_step("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)")
-                resumed = True
+                    if exc.get_error_message() != refused:
+                        refused = exc.get_error_message()
+                        options.record_step("note", f"post-copy resume refused ({refused}); following the stream")
                 continue
             time.sleep(options.poll_interval_s)
-        raise DriverError(f"post-copy did not end within {max(options.timeout_s, 60.0):.0f} s after the migration "
-                          f"call failed: {why}")
+        raise DriverError(f"post-copy did not end within {limit_s:.0f} s after the migration call failed ({why}); "
+                          f"the destination lost the VM" + (f" (resume refused: {refused})" if refused else ""))
 
     def _source_state_after_switch(self, source_uri: str, uuid: str) -> str:
         """"copying" (paused, post-copy), "failed" (paused, post-copy

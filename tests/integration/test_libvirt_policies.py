@@ -180,7 +180,7 @@ def test_a_paused_post_copy_is_resumed_and_completes(lab, lab_settings, busy):
     assert "view" in outcome, outcome.get("error")
     assert migration_row(lab_settings, migration_id).status == "completed"
     assert where(lab, lab_settings) == dest and defined_on(lab, g["uuid"]) == [dest]
-    assert ("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)") in \
-        _trail(lab_settings, migration_id)
+    trail = _trail(lab_settings, migration_id)
+    assert ("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)") in trail, trail[-8:]
     busy.stop()
     assert busy.check() is True
