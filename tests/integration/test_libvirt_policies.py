@@ -165,13 +165,19 @@ def test_destination_daemon_killed_after_the_switch_the_migration_completes_and_
     assert busy.check() is True
 
 
-def test_a_paused_post_copy_is_resumed_and_completes(lab, lab_settings, busy):
+def test_a_post_copy_paused_on_the_source_is_followed_to_its_end(lab, lab_settings, busy):
+    """abortJobFlags(POSTCOPY) on the source, as a broken link would: the
+    migration call fails after the switch. livemig follows the job (asking
+    to resume while the source says post-copy failed) until it ends on the
+    destination, and tidies the source. On this stack (libvirt 9.0, QEMU
+    7.2, both daemons alive) both outcomes were seen: POSTCOPY_RESUME
+    resumed it, or it was refused ("migration is still running") while
+    QEMU's stream went on to the end by itself."""
     import libvirt
 
     g = guest(lab)
     source, dest, migration_id, worker, outcome = _in_post_copy(lab, lab_settings)
     time.sleep(1.0)
-    # What a broken migration link does: post-copy pauses on both sides.
     watch = conn(lab, index_of(lab, source))
     try:
         watch.lookupByUUIDString(g["uuid"]).abortJobFlags(libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
@@ -181,7 +187,9 @@ def test_a_paused_post_copy_is_resumed_and_completes(lab, lab_settings, busy):
     assert "view" in outcome, outcome.get("error")
     assert migration_row(lab_settings, migration_id).status == "completed"
     assert where(lab, lab_settings) == dest and defined_on(lab, g["uuid"]) == [dest]
-    trail = _trail(lab_settings, migration_id)
-    assert ("note", "resumed the paused post-copy migration (POSTCOPY_RESUME)") in trail, trail[-8:]
+    assert len(qemu_processes_for(g["uuid"])) == 1
+    notes = [m for s, m in _trail(lab_settings, migration_id) if s == "note"]
+    print("post-copy follow-through:", notes)
+    assert any(m.startswith("the migration call failed after the switch to post-copy") for m in notes), notes
     busy.stop()
     assert busy.check() is True
