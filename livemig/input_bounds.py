@@ -16,8 +16,10 @@ MIGRATIONS_PER_HOST = (1, 1024)
 ALLOCATION_RATIO = (0.1, 1000.0)
 # Rows one `migration list` returns.
 LIST_LIMIT = (1, 1_000_000)
-# A migration id is the database's INTEGER primary key (32 bits on PostgreSQL).
+# A migration or operation id is the database's INTEGER primary key (32 bits
+# on PostgreSQL).
 MIGRATION_ID = (1, 2**31 - 1)
+OPERATION_ID = MIGRATION_ID
 
 
 def whole_number_in(what: str, value: object, bounds: tuple[int, int]) -> int:
@@ -39,3 +41,7 @@ def finite_number_in(what: str, value: object, low: float, high: float | None = 
 
 def is_migration_id(value: int) -> bool:
     return MIGRATION_ID[0] <= value <= MIGRATION_ID[1]
+
+
+def is_operation_id(value: int) -> bool:
+    return OPERATION_ID[0] <= value <= OPERATION_ID[1]

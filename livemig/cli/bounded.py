@@ -22,10 +22,13 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-class MigrationId(click.ParamType):
-    """A migration id: a whole number from 1 to the database's largest id."""
+class RowId(click.ParamType):
+    """A migration's or an operation's id: a whole number from 1 to the
+    database's largest id (a larger one made SQLite raise OverflowError)."""
 
-    name = "migration id"
+    def __init__(self, noun: str, bounds: tuple[int, int]):
+        self.noun, self.bounds = noun, bounds
+        self.name = f"{noun} id"
 
     def convert(self, value, param, ctx):
         if isinstance(value, int) and not isinstance(value, bool):
@@ -34,14 +37,18 @@ class MigrationId(click.ParamType):
             try:
                 number = int(str(value).strip(), 10)
             except ValueError:
-                self.fail(f"{value!r} is not a migration id (a whole number)", param, ctx)
-        if not input_bounds.is_migration_id(number):
-            low, high = input_bounds.MIGRATION_ID
-            self.fail(f"{value!r} is not a migration id (ids run from {low} to {high})", param, ctx)
+                self.fail(f"{value!r} is not {self._a_noun_id()} (a whole number)", param, ctx)
+        low, high = self.bounds
+        if not low <= number <= high:
+            self.fail(f"{value!r} is not {self._a_noun_id()} (ids run from {low} to {high})", param, ctx)
         return number
 
+    def _a_noun_id(self) -> str:
+        return f"{'an' if self.noun[0] in 'aeiou' else 'a'} {self.noun} id"
 
-MIGRATION_ID = MigrationId()
+
+MIGRATION_ID = RowId("migration", input_bounds.MIGRATION_ID)
+OPERATION_ID = RowId("operation", input_bounds.OPERATION_ID)
 MIGRATIONS_PER_HOST = click.IntRange(*input_bounds.MIGRATIONS_PER_HOST)
 ALLOCATION_RATIO = FiniteFloatRange(*input_bounds.ALLOCATION_RATIO)
 LIST_LIMIT = click.IntRange(*input_bounds.LIST_LIMIT)

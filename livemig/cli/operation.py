@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from livemig.cli import bounded
 from livemig.cli.common import State, emit, err, format_option, handle_errors, out, outcome_reported_here
 from livemig.operations import api as operations
 from livemig.operations.views import OperationView
@@ -155,7 +156,7 @@ def operation() -> None:
 @operation.command("list")
 @click.option("--status", default=None, help="Only operations in this status.")
 @click.option("--kind", default=None, help="Only operations of this kind (drain, return, rebalance, consolidate).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=bounded.LIST_LIMIT, default=50, show_default=True)
 @format_option
 @click.pass_obj
 @handle_errors
@@ -170,7 +171,7 @@ def list_(state: State, status: str | None, kind: str | None, limit: int, output
 
 
 @operation.command()
-@click.argument("operation_id", type=int)
+@click.argument("operation_id", type=bounded.OPERATION_ID)
 @format_option
 @click.pass_obj
 @handle_errors
@@ -180,7 +181,7 @@ def show(state: State, operation_id: int, output_format: str) -> None:
 
 
 @operation.command()
-@click.argument("operation_id", type=int)
+@click.argument("operation_id", type=bounded.OPERATION_ID)
 @click.option("--now", is_flag=True, help="Also abort the moves in flight (their VMs stay on their sources).")
 @format_option
 @click.pass_obj
@@ -196,7 +197,7 @@ def abort(state: State, operation_id: int, now: bool, output_format: str) -> Non
 
 
 @operation.command()
-@click.argument("operation_id", type=int)
+@click.argument("operation_id", type=bounded.OPERATION_ID)
 @click.option("--no-wait", is_flag=True, help="With ZooKeeper: return once it is handed to the conductors.")
 @format_option
 @click.pass_obj

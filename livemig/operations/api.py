@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
+from livemig import input_bounds
 from livemig.config import Settings, check_migration_options
 from livemig.policies import checked_policy
 from livemig.context import RequestContext
@@ -425,6 +426,7 @@ def list_operations(status: str | None = None, kind: str | None = None, limit: i
         raise InvalidInput(f"unknown operation status {status!r}")
     if kind is not None and kind not in {k.value for k in OperationKind}:
         raise InvalidInput(f"unknown operation kind {kind!r} ({', '.join(k.value for k in OperationKind)})")
+    input_bounds.whole_number_in("the limit", limit, input_bounds.LIST_LIMIT)
     with _services(settings).db.reading() as session:
         query = sa.select(Operation).order_by(Operation.id.desc()).limit(limit)
         if status:

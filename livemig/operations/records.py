@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from livemig.input_bounds import is_operation_id
 from livemig.operations.claims import OperationNotFound
 from livemig.operations.states import MoveStatus, OperationStatus
 from livemig.persistence.inventory import controller_id
@@ -15,7 +16,9 @@ from livemig.persistence.models import Migration, Operation, OperationEvent, Ope
 
 
 def get_operation(session: Session, operation_id: int) -> Operation:
-    operation = session.get(Operation, operation_id)
+    # An id the database cannot hold (SQLite raises OverflowError for it) is
+    # simply not an operation.
+    operation = session.get(Operation, operation_id) if is_operation_id(operation_id) else None
     if operation is None:
         raise OperationNotFound(f"operation {operation_id} does not exist")
     return operation
