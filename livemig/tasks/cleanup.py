@@ -5,11 +5,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from livemig import fencing
 from livemig.errors import LivemigError
 from livemig.host_resources import created_by_livemig, forget, needed_by_other_migration
 from livemig.persistence.models import Instance
 from livemig.states import InstanceState
-from livemig.tasks.base import MigrationTask
+from livemig.tasks.base import LOG, MigrationTask
 
 # Filters that ship with libvirt: shared by everything, never removed.
 LIBVIRT_BUILTIN_FILTERS = frozenset({
@@ -40,7 +41,9 @@ class CleanUpSource(MigrationTask):
     filters and disk secrets that livemig itself defined there (a HostResource
     record says so), that no other domain there uses and that no other
     unfinished migration of that host may need. What was there before livemig
-    stays. Problems are recorded as events and never roll the VM back.
+    stays. Immediately before each removal the claim is checked (a stale
+    controller raises Fenced, having removed nothing more) and a definition is
+    looked at again. Problems are recorded as events and never roll the VM back.
 
     Reversion strategy: nothing to undo (removing leftovers is not undone).
     """
@@ -54,10 +57,16 @@ class CleanUpSource(MigrationTask):
             dest_driver, dest_uri = self.driver_and_uri(dest_host)
             moved = dest_driver.find_domain(dest_uri, instance_uuid)
             stale = driver.find_domain(uri, instance_uuid)
-            if stale is not None and not stale.running:
-                driver.destroy_domain(uri, instance_uuid)
-                removed.append(f"definition of {instance_uuid}")
+            if stale is not None and not stale.running and self._still_ours(migration_id):
+                # Looked at again after the claim check: what it saw before a
+                # freeze may be the VM, started there again, by now.
+                stale = driver.find_domain(uri, instance_uuid)
+                if stale is not None and not stale.running:
+                    driver.destroy_domain(uri, instance_uuid)
+                    removed.append(f"definition of {instance_uuid}")
             others = [d for d in driver.list_domains(uri) if d.uuid != instance_uuid]
+        except fencing.Fenced:
+            raise
         except LivemigError as exc:
             self.note(migration_id, f"source cleanup skipped: {exc}", "error")
             return {"removed": removed}
@@ -79,6 +88,8 @@ class CleanUpSource(MigrationTask):
             if needed is not None:
                 self.note(migration_id, f"kept {kind} {name} on {source_host}: {needed}")
                 continue
+            if not self._still_ours(migration_id):
+                continue
             try:
                 was_there = undefine[kind](uri, name)
             except LivemigError as exc:
@@ -90,3 +101,18 @@ class CleanUpSource(MigrationTask):
         if removed:
             self.note(migration_id, f"removed from {source_host}: {', '.join(removed)}")
         return {"removed": removed}
+
+    def _still_ours(self, migration_id: int) -> bool:
+        """Right before a removal: raises Fenced if another controller claimed
+        the migration since (its cleanup is its own); False, with the reason
+        logged, if the claim cannot be checked (nothing is removed then: a
+        leftover is better than a secret a VM needs)."""
+        try:
+            fencing.ensure_current_claim(self.services.db, migration_id)
+        except fencing.Fenced:
+            raise
+        except LivemigError as exc:
+            LOG.warning("migration %s: %s: nothing removed, the claim cannot be checked: %s",
+                        migration_id, self.name, exc)
+            return False
+        return True

@@ -43,3 +43,95 @@ def test_the_operations_library_calls_answer_a_huge_id_as_not_found(cloud):
             call()
     with pytest.raises(InvalidInput, match="the limit must be a whole number from 1 to 1000000"):
         operations.list_operations(limit=2**70, settings=cloud.settings)
+
+
+# -- a stale controller in the source cleanup ----------------------------------------------------------
+#
+# CleanUpSource looked at the source, then destroyed or undefined with no
+# check of its claim: a controller frozen between the look and the act (past
+# its session timeout, while another claimed the migration, finished it and
+# the world moved on) destroyed what it had seen when it woke.
+
+def _moved_to_b(cloud):
+    import threading
+
+    from livemig.runner import claim_migration
+    from livemig.services import services_for
+    from livemig.tasks.cleanup import UpdateInstanceHost
+    from livemig.tasks.migrate import MigrateDomain
+    from tests.unit.test_tasks import _prepare_destination
+
+    view = livemig.create_migration(livemig.admin_context("tests"), "vm1", "a", "b", settings=cloud.settings)
+    mig = {"migration_id": view.id, "instance_uuid": cloud.vm, "source_host": "a", "dest_host": "b"}
+    services = services_for(cloud.settings)
+    stale = claim_migration(services, view.id)
+    _prepare_destination(cloud, mig)
+    MigrateDomain(services, name="migrate-domain").execute(**mig)
+    UpdateInstanceHost(services, name="update-instance-host").execute(view.id, cloud.vm, "b")
+    assert cloud.running_on() == ["b"]
+
+    def another_controller_claims() -> None:
+        # In its own thread: this one runs under the stale claim.
+        claimer = threading.Thread(target=claim_migration, args=(services, view.id))
+        claimer.start()
+        claimer.join()
+
+    return services, mig, stale, another_controller_claims
+
+
+def test_a_stale_cleanup_does_not_destroy_the_vm_that_came_back_to_its_source(cloud, monkeypatch):
+    from livemig import fencing
+    from livemig.drivers.fake import FakeDriver
+    from livemig.tasks.cleanup import CleanUpSource
+
+    services, mig, stale, another_controller_claims = _moved_to_b(cloud)
+    # A leftover definition on the source: the cleanup destroys it...
+    cloud.driver.create_domain(cloud.uri("a"), "vm1", uuid=cloud.vm, state="shutoff")
+    real_find = FakeDriver.find_domain
+    frozen = []
+
+    def frozen_after_looking(self, uri, uuid):
+        found = real_find(self, uri, uuid)
+        if uri == cloud.uri("a") and not frozen:
+            frozen.append(True)
+            # ...but while this controller is frozen another claims the
+            # migration, and the VM is started again on a (an operator, or a
+            # later migration back): the definition it saw is the running VM now.
+            another_controller_claims()
+            cloud.driver.destroy_domain(cloud.uri("b"), cloud.vm)
+            cloud.driver.destroy_domain(cloud.uri("a"), cloud.vm)
+            cloud.driver.create_domain(cloud.uri("a"), "vm1", uuid=cloud.vm)
+        return found
+
+    monkeypatch.setattr(FakeDriver, "find_domain", frozen_after_looking)
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        CleanUpSource(services, name="clean-up-source").execute(**mig)
+    assert frozen
+    assert cloud.running_on() == ["a"], "the stale controller destroyed the running VM"
+
+
+def test_a_stale_cleanup_does_not_undefine_a_secret_a_vm_there_uses_now(cloud, monkeypatch):
+    from livemig import fencing
+    from livemig.drivers.base import DiskInfo
+    from livemig.host_resources import record_created
+    from livemig.tasks import cleanup
+
+    services, mig, stale, another_controller_claims = _moved_to_b(cloud)
+    record_created(services.db, "a", "secret", "vol-1", mig["migration_id"])  # livemig's own, to remove
+    real_needed = cleanup.needed_by_other_migration
+
+    def frozen_after_deciding(session, host, kind, name, migration_id):
+        needed = real_needed(session, host, kind, name, migration_id)
+        if kind == "secret" and needed is None:
+            # Frozen here: another controller claims the migration, and a VM
+            # that uses the volume's secret starts on a.
+            another_controller_claims()
+            cloud.driver.create_domain(cloud.uri("a"), "other", disks=[DiskInfo(
+                target="vdb", kind="network", source="iscsi://127.0.0.1:3260/iqn.lab:vol/1", protocol="iscsi",
+                hosts=[["127.0.0.1", 3260]], secret_usage="vol-1", secret_type="iscsi")])
+        return needed
+
+    monkeypatch.setattr(cleanup, "needed_by_other_migration", frozen_after_deciding)
+    with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
+        cleanup.CleanUpSource(services, name="clean-up-source").execute(**mig)
+    assert "vol-1" in cloud.host_record("a")["secrets"], "the stale controller removed a secret a VM uses"
