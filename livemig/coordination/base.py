@@ -27,6 +27,11 @@ class Holding:
 
 
 class ReservationService(abc.ABC):
+    # Whether a reservation is a database write of the thread that runs the
+    # migration, which that thread's claim fences by itself (livemig.fencing);
+    # a znode is not, so the reserve step checks the claim before making one.
+    fenced_by_claim = False
+
     @abc.abstractmethod
     def try_reserve(self, migration_id: int, instance_uuid: str, hosts: list[HostLimit]) -> str | None:
         """Reserve every host for this migration, all or nothing.

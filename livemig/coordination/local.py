@@ -16,6 +16,8 @@ from livemig.persistence.models import Reservation
 
 
 class LocalReservations(ReservationService):
+    fenced_by_claim = True  # rows of the inventory, written under the claim
+
     def __init__(self, db: Database, data_dir: str):
         self._db = db
         self._lock_path = Path(data_dir) / "reservations.lock"

@@ -34,6 +34,12 @@ class ReserveHosts(MigrationTask):
         deadline = time.monotonic() + queue_timeout
         noted = False
         while True:
+            if not self.services.reservations.fenced_by_claim:
+                # A controller frozen while it waited here, and woken after
+                # another took the migration over (perhaps to another
+                # destination), must not reserve a host: nothing else
+                # would ever release a znode the new owner does not know of.
+                fencing.ensure_current_claim(self.services.db, migration_id)
             why = self.services.reservations.try_reserve(migration_id, instance_uuid, limits)
             if why is None:
                 return
