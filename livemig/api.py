@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -60,6 +61,12 @@ def _services(settings: Settings | None) -> Services:
 
 # -- hosts -------------------------------------------------------------------------------------------
 
+# A host name is a ZooKeeper path component (no "/", never "." or ".."), a
+# word in log lines and tables (no blank, newline or control character), and
+# an argument on the command line (no leading "-").
+HOST_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,254}")
+
+
 def add_host(context: RequestContext, name: str, uri: str, zone: str = "default", *,
              max_concurrent_migrations: int = 1, cpu_allocation_ratio: float = 4.0,
              ram_allocation_ratio: float = 1.0, disk_allocation_ratio: float = 1.0,
@@ -75,8 +82,9 @@ def add_host(context: RequestContext, name: str, uri: str, zone: str = "default"
     shared = normalized_shared_paths(shared_paths)
     address = checked_host_address(migration_address)
     tls_name = checked_host_address(migration_tls_name, "TLS name")
-    if not name or "/" in name or len(name) > 255:
-        raise InvalidInput(f"invalid host name {name!r}")
+    if not HOST_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid host name {name!r}: letters, digits, '.', '_' and '-', at most 255, "
+                           f"starting with a letter, digit or '_'")
     input_bounds.whole_number_in("max concurrent migrations", max_concurrent_migrations,
                                  input_bounds.MIGRATIONS_PER_HOST)
     for what, ratio in (("cpu", cpu_allocation_ratio), ("ram", ram_allocation_ratio),

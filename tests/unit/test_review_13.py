@@ -135,3 +135,32 @@ def test_a_stale_cleanup_does_not_undefine_a_secret_a_vm_there_uses_now(cloud, m
     with fencing.claimed(mig["migration_id"], stale), pytest.raises(fencing.Fenced):
         cleanup.CleanUpSource(services, name="clean-up-source").execute(**mig)
     assert "vol-1" in cloud.host_record("a")["secrets"], "the stale controller removed a secret a VM uses"
+
+
+# -- host names ----------------------------------------------------------------------------------------
+#
+# A host name is a column of most tables, a ZooKeeper path component
+# (reservations: ROOT/hosts/NAME/MIGRATION) and a word in every log line and
+# table. Only "", "/" and more than 255 characters were refused: ".." (no
+# ZooKeeper path may hold it), a blank name and a name with a newline (a
+# forged log line or table row) were registered.
+
+BAD_HOST_NAMES = ["..", ".", " ", "x\nlivemig: migration 7 completed", "tab\there", "a b", "é\u202e"]
+
+
+@pytest.mark.parametrize("name", BAD_HOST_NAMES, ids=[repr(n) for n in BAD_HOST_NAMES])
+def test_host_add_refuses_a_name_that_is_no_host_name(cloud, name):
+    before = snapshot(cloud.settings)
+    cloud.driver.create_host(cloud.uri("d"))
+    proc = run(cloud.settings, "host", "add", name, "--uri", cloud.uri("d"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("livemig: error: invalid host name "), proc.stderr
+    assert snapshot(cloud.settings) == before
+
+
+def test_ordinary_host_names_are_still_accepted(cloud):
+    for name in ("hv-01.example.org", "rack2_node7", "D"):
+        cloud.driver.create_host(cloud.uri(name))
+        assert livemig.add_host(livemig.admin_context("tests"), name, cloud.uri(name),
+                                settings=cloud.settings).name == name
