@@ -31,16 +31,25 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from livemig.planning import bounds
 from livemig.planning import capacity as cap
 from livemig.planning.model import Fleet, Plan
 from livemig.planning.ordering import final_hosts, order_moves
 
-# Instance-host pairs (CP-SAT's boolean variables) up to which CP-SAT is tried:
-# measured in benchmarks/planners.py, see benchmarks/README.md.
-CP_SAT_MAX_PAIRS = 20_000
+# Instance-host pairs (CP-SAT's boolean variables) up to which CP-SAT is tried.
+# benchmarks/planners.py measured where it pays (benchmarks/README.md, section
+# 10), and that depends on the CPU its wall-clock limit buys: with about 1 CPU
+# second (the default 10 s on a machine loaded 10 times over) it found fewer
+# hosts or moves than the heuristic on every fleet up to 1,720 pairs and on
+# none from 5,540 up; with up to 8 CPU seconds (about what 10 s gives on an
+# idle machine), on every fleet up to 8,750 pairs and on none from 11,830 up
+# (to 34,000, the largest tried), where it only adds its time to a heuristic
+# that takes a tenth of a second. 5,000 is between the two.
+CP_SAT_MAX_PAIRS = 5_000
 # CP-SAT works on integers: measured CPU is counted in thousandths of a core.
 CPU_SCALE = 1000
 
@@ -218,21 +227,52 @@ def _fits_home(occupancy: cap.Occupancy, uuid: str, host: str) -> bool:
 
 class _FreeMemoryIndex:
     """The destination hosts sorted by free allocatable memory, so best fit
-    looks at the hosts with just enough memory first instead of every host."""
+    takes the host with just enough memory first; and their loads as one
+    array, so it tests every host's capacity at once instead of asking
+    `Occupancy.can_take` host after host (on a thousand hosts, the test of
+    one host at a time was most of a consolidation's time)."""
 
     def __init__(self, occupancy: cap.Occupancy, hosts: Sequence[str]) -> None:
         self.occupancy = occupancy
         self.keys = sorted((self._key(h), h) for h in hosts)
+        self.names = sorted(hosts)  # by name, so a position is also the tie-break rank
+        self.position = {h: k for k, h in enumerate(self.names)}
+        self.room = np.array([occupancy.room[h] for h in self.names], dtype=float).reshape(-1, 4)
+        # The loads as of each host's last `update`, as `keys` has them.
+        self.load = np.array([occupancy.load[h] for h in self.names], dtype=float).reshape(-1, 4)
 
     def _key(self, host: str) -> float:
         return self.occupancy.free(host)[1]
 
     def best_fit(self, uuid: str, exclude: str | None = None) -> str | None:
-        need = self.occupancy.demand(uuid)[1] - cap.EPSILON
-        for _, host in self.keys[bisect.bisect_left(self.keys, (need, "")):]:
-            if host != exclude and self.occupancy.can_take(uuid, host):
-                return host
-        return None
+        """The host with the least free memory, then the first by name, that
+        takes `uuid`: the same host as scanning `keys` from the first with
+        enough memory, asking `can_take` of each."""
+        return self.best_fits([uuid], exclude)(0)
+
+    def best_fits(self, uuids: Sequence[str], exclude: str | None = None) -> Callable[[int], str | None]:
+        """`best_fit(uuids[k], exclude)` for any k, the capacity test of all
+        of them done at once; valid while no host but `exclude` changes."""
+        if not self.names or not uuids:
+            return lambda k: None
+        demands = np.array([self.occupancy.demand(u) for u in uuids], dtype=float).reshape(-1, 1, 4)
+        free_memory = self.room[:, 1] - self.load[:, 1]
+        # Capacity as `capacity.fits` computes it; `can_take` has the rest
+        # (placeable, allowed hosts, anti-affinity) for the few that pass.
+        room = np.all(self.load + demands <= self.room + cap.EPSILON, axis=2)
+        room &= free_memory >= demands[:, :, 1] - cap.EPSILON
+        if exclude in self.position:
+            room[:, self.position[exclude]] = False
+
+        def choose(k: int) -> str | None:
+            candidates = np.nonzero(room[k])[0]
+            for position in candidates[np.lexsort((candidates, free_memory[candidates]))]:
+                host = self.names[position]
+                if self.occupancy.can_take(uuids[k], host):
+                    return host
+            return None
+
+        return choose
 
     def update(self, host: str) -> None:
         for position, (_, name) in enumerate(self.keys):
@@ -240,6 +280,7 @@ class _FreeMemoryIndex:
                 del self.keys[position]
                 break
         bisect.insort(self.keys, (self._key(host), host))
+        self.load[self.position[host]] = self.occupancy.load[host]
 
 
 def _repair(occupancy: cap.Occupancy, index: _FreeMemoryIndex, target: dict[str, str], uuid: str) -> str | None:
@@ -252,11 +293,15 @@ def _repair(occupancy: cap.Occupancy, index: _FreeMemoryIndex, target: dict[str,
     for _, host in reversed(index.keys):
         if not cap.may_receive(occupancy.fleet.hosts[host], occupancy.fleet.instances[uuid]):
             continue
-        for other in by_host.get(host, ()):
+        others = by_host.get(host, [])
+        elsewhere_for = None  # where each of `others` would go, once one makes room
+        for k, other in enumerate(others):
             occupancy.release(other, host)
             if occupancy.can_take(uuid, host):
                 occupancy.hold(uuid, host)
-                elsewhere = index.best_fit(other, exclude=host)
+                if elsewhere_for is None:
+                    elsewhere_for = index.best_fits(others, exclude=host)
+                elsewhere = elsewhere_for(k)
                 occupancy.release(uuid, host)
                 if elsewhere is not None:
                     occupancy.hold(other, elsewhere)
