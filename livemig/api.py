@@ -455,7 +455,8 @@ def _source_of(inst: Instance, source: str | None) -> str:
 
 
 def _schedule(session, services: Services, inst: Instance, source: str, to: str | None, weigher: str,
-              exclude: Iterable[str] = (), candidates: Iterable[str] | None = None) -> Selection:
+              exclude: Iterable[str] = (), candidates: Iterable[str] | None = None,
+              copy_storage: str = "off") -> Selection:
     """The scheduler's selection (among `candidates`, or only `to`), its
     ranked hosts prechecked in order until one passes: that one is chosen,
     those before it join the refusals. So a host the scheduler chooses has
@@ -463,11 +464,11 @@ def _schedule(session, services: Services, inst: Instance, source: str, to: str 
     if inst.state != InstanceState.RUNNING.value:
         raise PrecheckFailed(f"instance {inst.name} is {inst.state}, not running")
     selection = choose_with_slots(scheduler_snapshot(session), inst.uuid, weigher, exclude=exclude,
-                                  candidates=[to] if to is not None else candidates)
+                                  candidates=[to] if to is not None else candidates, copy_storage=copy_storage)
     refused = list(selection.refusals)
     for index, host in enumerate(selection.ranked):
         try:
-            check_migration(session, services.drivers, inst.uuid, source, host)
+            check_migration(session, services.drivers, inst.uuid, source, host, copy_storage=copy_storage)
         except (Conflict, InvalidInput, InstanceNotOnSource):
             raise  # about the instance, not the host: no other host helps
         except (PrecheckFailed, ServiceUnavailable) as exc:
@@ -521,7 +522,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
         how = "requested destination"
         refused: list[str] = []
         if dest is None or retry_elsewhere:
-            selection = _schedule(session, services, inst, source, to or dest, weigher, candidates=candidates)
+            selection = _schedule(session, services, inst, source, to or dest, weigher, candidates=candidates,
+                                  copy_storage=options.get("copy_storage", "off"))
             if selection.chosen is None:
                 raise no_valid_host(inst.name, selection)
             chose = dest is None and to is None
@@ -532,7 +534,8 @@ def _record_migration(context: RequestContext, services: Services, instance: str
                    else "planned, accepted by the scheduler" if retry_elsewhere
                    else f"--to {to}, accepted by the scheduler")
         else:
-            check_migration(session, services.drivers, inst.uuid, source, dest)
+            check_migration(session, services.drivers, inst.uuid, source, dest,
+                            copy_storage=options.get("copy_storage", "off"))
         migration = Migration(instance_uuid=inst.uuid, instance_name=inst.name, source_host=source,
                               dest_host=dest, status=MigrationStatus.QUEUED.value, requested_by=context.user,
                               logbook_id=book_id, flow_id=flow_id, options=options, scheduled=scheduled,

@@ -1,8 +1,10 @@
-"""Which disks may migrate live without copying their storage, decided per
-disk: a network disk always may (both hosts reach the same volume); a file or
-block disk only if it lies under a path the operator declared shared for
-both hosts (`Host.shared_paths`). Block migration (copying a local disk) is
-not supported yet, so any other disk refuses the migration."""
+"""How each disk of a migrating VM travels, decided per disk: a network disk
+stays where it is (both hosts reach the same volume); a file or block disk
+stays if it lies under a path the operator declared shared for both hosts
+(`Host.shared_paths`); any other local file disk is copied (block
+migration) when the migration's copy_storage allows it, and otherwise
+refuses the migration. A local block device is never copied: livemig
+cannot create its counterpart on the destination."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +15,8 @@ from livemig.drivers.base import DiskInfo
 from livemig.errors import InvalidInput
 
 LOCAL_KINDS = ("file", "block")
+# copy_storage values that copy a local disk's storage.
+COPYING = ("full", "incremental")
 
 
 class SharingHost(Protocol):
@@ -30,6 +34,16 @@ class DiskVerdict:
     # unsafe unless told otherwise.
     on_shared_storage: bool
     reason: str
+    # Its storage is copied to the destination ("full" or "incremental").
+    copied: bool = False
+
+    @property
+    def how(self) -> str:
+        """shared, network, copied, no medium, or refused: the precheck's word for it."""
+        if not self.may_migrate:
+            return "refused"
+        return ("copied" if self.copied else "network" if self.kind == "network"
+                else "shared" if self.on_shared_storage else "no medium")
 
 
 def normalized_shared_paths(paths: Iterable[str]) -> list[str]:
@@ -53,9 +67,9 @@ def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def judge_disk(disk: DiskInfo, source: SharingHost, dest: SharingHost) -> DiskVerdict:
-    def verdict(may: bool, shared: bool, reason: str) -> DiskVerdict:
-        return DiskVerdict(disk.target, disk.source, disk.kind, may, shared, reason)
+def judge_disk(disk: DiskInfo, source: SharingHost, dest: SharingHost, copy_storage: str = "off") -> DiskVerdict:
+    def verdict(may: bool, shared: bool, reason: str, copied: bool = False) -> DiskVerdict:
+        return DiskVerdict(disk.target, disk.source, disk.kind, may, shared, reason, copied)
 
     if disk.kind == "network":
         return verdict(True, False, f"disk {disk.target} ({disk.source}) is a network disk: both hosts reach it")
@@ -70,12 +84,20 @@ def judge_disk(disk: DiskInfo, source: SharingHost, dest: SharingHost) -> DiskVe
     if on_source and on_dest:
         return verdict(True, True, f"disk {disk.target} ({disk.source}) is on storage shared by "
                                    f"{source.name} and {dest.name}")
-    return verdict(False, False, f"disk {disk.target} ({disk.source}) is a {local} not on storage shared by "
-                                 f"{source.name} and {dest.name}; block migration is not supported yet")
+    not_shared = f"disk {disk.target} ({disk.source}) is a {local} not on storage shared by {source.name} and " \
+                 f"{dest.name}"
+    if copy_storage in COPYING and disk.kind == "file":
+        what = "the whole image" if copy_storage == "full" else "its top image (the backing image is on both)"
+        return verdict(True, False, f"{not_shared}: {what} is copied to {dest.name}", copied=True)
+    if copy_storage in COPYING:
+        return verdict(False, False, f"{not_shared}; a block device is not copied (livemig cannot create its "
+                                     f"counterpart on {dest.name})")
+    return verdict(False, False, f"{not_shared}; copy its storage with --copy-storage full|incremental")
 
 
-def judge_disks(disks: Iterable[DiskInfo], source: SharingHost, dest: SharingHost) -> list[DiskVerdict]:
-    return [judge_disk(d, source, dest) for d in disks]
+def judge_disks(disks: Iterable[DiskInfo], source: SharingHost, dest: SharingHost,
+                copy_storage: str = "off") -> list[DiskVerdict]:
+    return [judge_disk(d, source, dest, copy_storage) for d in disks]
 
 
 def refusal(verdicts: Sequence[DiskVerdict]) -> str | None:
@@ -85,16 +107,23 @@ def refusal(verdicts: Sequence[DiskVerdict]) -> str | None:
 
 
 def needs_unsafe_flag(verdicts: Sequence[DiskVerdict]) -> bool:
-    """libvirt's UNSAFE flag, only when there are local disks and every one
-    of them is on declared shared storage: never to force a local disk over."""
-    local = [v for v in verdicts if v.kind in LOCAL_KINDS and v.source]
+    """libvirt's UNSAFE flag, only when there are local disks that are not
+    copied and every one of them is on declared shared storage: never to
+    force a local disk over."""
+    local = [v for v in verdicts if v.kind in LOCAL_KINDS and v.source and not v.copied]
     return bool(local) and all(v.on_shared_storage for v in local)
 
 
-def unsafe_flag_for(db, disks: Iterable[DiskInfo], source_host: str, dest_host: str) -> bool:
-    """needs_unsafe_flag for a migration, from the hosts' declared paths now."""
+def copied_targets(verdicts: Sequence[DiskVerdict]) -> list[str]:
+    return [v.target for v in verdicts if v.may_migrate and v.copied]
+
+
+def storage_plan_for(db, disks: Iterable[DiskInfo], source_host: str, dest_host: str,
+                     copy_storage: str = "off") -> list[DiskVerdict]:
+    """The verdicts of a migration's disks, from the hosts' declared paths now."""
     from livemig.persistence.inventory import get_hosts
 
     with db.reading() as session:
         source, dest = get_hosts(session, source_host, dest_host)
-        return needs_unsafe_flag(judge_disks(disks, source, dest))
+        return judge_disks(disks, source, dest, copy_storage)
+

@@ -1,6 +1,7 @@
-"""What livemig itself defined on a host (secrets, filters), so that cleanup
-removes only those: an object that was there before livemig (a host-wide
-Ceph client secret, a filter other tools share) is never livemig's to remove.
+"""What livemig itself defined on a host (secrets, filters, disk images), so
+that cleanup removes only those: an object that was there before livemig (a
+host-wide Ceph client secret, a filter other tools share, an image) is never
+livemig's to remove.
 And one that livemig did create is kept while another unfinished migration
 of that host may need it."""
 from __future__ import annotations
@@ -14,7 +15,8 @@ from livemig.persistence.inventory import unfinished
 from livemig.persistence.models import HostResource, Instance, Migration
 
 # Where an object of each kind is named in the inventory's instance records.
-_REFERENCES = {"secret": ("volumes", "secret_usage"), "filter": ("interfaces", "filter")}
+_REFERENCES = {"secret": ("volumes", "secret_usage"), "filter": ("interfaces", "filter"),
+               "disk-image": ("volumes", "source")}
 
 
 def record_created(db, host: str, kind: str, name: str, migration_id: int) -> None:
@@ -71,6 +73,8 @@ class KeptForAnotherUser(LivemigError):
 def _uses(domain: DomainInfo, kind: str, name: str) -> bool:
     if kind == "filter":
         return any(i.filter == name for i in domain.interfaces)
+    if kind == "disk-image":
+        return any(d.source == name for d in domain.disks)
     return any(d.secret_usage == name for d in domain.disks)
 
 

@@ -66,9 +66,11 @@ def _other_migration_statement() -> sa.Select:
 
 
 def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str, source: str, dest: str,
-                    migration_id: int | None = None, report: Callable[[str], None] | None = None) -> Instance:
+                    migration_id: int | None = None, report: Callable[[str], None] | None = None,
+                    copy_storage: str = "off") -> Instance:
     """Raise a precise LivemigError unless the migration may start; returns
-    the instance. `report` is told, per disk, what was decided about it."""
+    the instance. `report` is told, per disk, what was decided about it
+    (shared, network or copied, under `copy_storage`)."""
     if source == dest:
         raise InvalidInput(f"source and destination are the same host ({source})")
     src, dst = get_hosts(session, source, dest)
@@ -106,10 +108,10 @@ def check_migration(session: Session, drivers: DriverRegistry, instance_ref: str
     if domain is None or not domain.running:
         state = domain.state.value if domain else "absent"
         raise InstanceNotOnSource(f"instance {instance.name} is not running on {source} (hypervisor says: {state})")
-    verdicts = judge_disks(domain.disks, src, dst)
+    verdicts = judge_disks(domain.disks, src, dst, copy_storage)
     if report is not None:
         for verdict in verdicts:
-            report(("may migrate: " if verdict.may_migrate else "refused: ") + verdict.reason)
+            report((f"may migrate ({verdict.how}): " if verdict.may_migrate else "refused: ") + verdict.reason)
     refused = refusal(verdicts)
     if refused is not None:
         raise PrecheckFailed(refused)

@@ -54,6 +54,18 @@ class DiskInfo:
 
 
 @dataclasses.dataclass
+class DiskImage:
+    """A disk image file on a host, as a block migration needs to know it."""
+
+    path: str
+    format: str  # "qcow2", "raw", ...
+    virtual_size: int  # bytes the guest sees
+    # The image this one is an overlay on, if any (qcow2 backing file).
+    backing: str | None = None
+    backing_format: str | None = None
+
+
+@dataclasses.dataclass
 class InterfaceInfo:
     mac: str
     bridge: str | None = None
@@ -322,6 +334,21 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def undefine_secret(self, uri: str, usage: str) -> bool: ...
+
+    # -- disk images (block migration)
+    @abc.abstractmethod
+    def disk_image(self, uri: str, path: str) -> DiskImage | None:
+        """The image file at `path` on the host, or None if there is none."""
+
+    @abc.abstractmethod
+    def create_disk_image(self, uri: str, image: DiskImage) -> None:
+        """Create an empty, sparse image of that format and virtual size (an
+        overlay on `image.backing` if given); raises DriverError if a file
+        is there already."""
+
+    @abc.abstractmethod
+    def delete_disk_image(self, uri: str, path: str) -> bool:
+        """Remove the image file; False if there was none."""
 
     # -- networks
     @abc.abstractmethod

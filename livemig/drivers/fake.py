@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from livemig.drivers.base import (
     AbortCheck, DiskInfo, DomainInfo, DomainStats, Driver, DriverError, FilterConflict, HostFacts, HostStats,
-    InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
+    DiskImage, InterfaceInfo, MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult,
     MigrationTimedOut, ProgressCallback, SourcePaused,
 )
 from livemig.drivers import fake_copy, load_profiles
@@ -138,6 +138,9 @@ class _World:
         if incoming is not None:
             incoming["state"] = "running"
             incoming.pop("incoming_from", None)
+            for path in job.get("copied_disks", []):
+                # The storage copy: what the guest wrote arrives with it.
+                dest["images"][path]["data"] = source.get("images", {}).get(path, {}).get("data", "")
             total = dom["memory_mb"] * 1024 * 1024
             copy = job.get("copy")
             if copy is not None:
@@ -332,6 +335,15 @@ class FakeDriver(Driver):
             world.host(path)["domains"][uuid]["other_job"] = {"operation": operation, "started": time.time()}
             world.touch(path)
 
+    def write_to_image(self, uri: str, path: str, data: str) -> None:
+        """What a guest writes to its local disk (carried by a storage copy)."""
+        with self.world(uri) as (world, host_path):
+            world.host(host_path)["images"][path]["data"] = data
+            world.touch(host_path)
+
+    def images_on(self, uri: str) -> dict[str, dict[str, Any]]:
+        return self.raw_host(uri).get("images", {})
+
     def raw_host(self, uri: str) -> dict[str, Any]:
         with self.world(uri) as (world, path):
             return copy.deepcopy(world.host(path))
@@ -344,6 +356,7 @@ class FakeDriver(Driver):
     # rewrite the host's file (most of a fake migration's file writes were
     # lookups being counted).
     READ_ONLY_OPS = frozenset({"host_facts", "list_domains", "find_domain", "volume_reachable", "network_present",
+                               "disk_image",
                                "host_stats", "domain_stats"})
 
     def _enter(self, world: _World, path: Path, op: str) -> dict[str, Any]:
@@ -453,6 +466,36 @@ class FakeDriver(Driver):
                     return False, f"{h}:{port} is not reachable from {host['hostname']}"
             return True, ""
 
+    # -- disk images: host["images"] maps a path to its format, size,
+    # backing and "data" (what the guest wrote, for tests to read back).
+    def disk_image(self, uri: str, path: str) -> DiskImage | None:
+        with self.world(uri) as (world, host_path):
+            self._enter(world, host_path, "disk_image")
+            image = world.host(host_path).get("images", {}).get(path)
+            if image is None:
+                return None
+            return DiskImage(path, image["format"], image["virtual_size"], image.get("backing"),
+                             image.get("backing_format"))
+
+    def create_disk_image(self, uri: str, image: DiskImage) -> None:
+        with self.world(uri) as (world, host_path):
+            self._enter(world, host_path, "create_disk_image")
+            images = world.host(host_path).setdefault("images", {})
+            if image.path in images:
+                raise DriverError(f"storage volume {image.path} already exists", code=90)
+            if image.backing and image.backing not in images:
+                raise DriverError(f"backing image {image.backing} not found", code=38)
+            images[image.path] = {"format": image.format, "virtual_size": image.virtual_size,
+                                  "backing": image.backing, "backing_format": image.backing_format, "data": ""}
+            world.touch(host_path)
+
+    def delete_disk_image(self, uri: str, path: str) -> bool:
+        with self.world(uri) as (world, host_path):
+            self._enter(world, host_path, "delete_disk_image")
+            removed = world.host(host_path).get("images", {}).pop(path, None) is not None
+            world.touch(host_path)
+            return removed
+
     def secret_defined(self, uri: str, usage: str) -> bool:
         with self.world(uri) as (world, path):
             return usage in world.host(path)["secrets"]
@@ -540,7 +583,19 @@ class FakeDriver(Driver):
                     raise DriverError(f"Cannot get interface MTU on '{iface['bridge']}': No such device", 38)
                 if iface.get("filter") and iface["filter"] not in dest["filters"]:
                     raise DriverError(f"referenced filter '{iface['filter']}' is missing", code=1)
+            copied = set(options.destination.copy_disks) if options.copy_storage in ("full", "incremental") \
+                else set()
             for disk in dom["disks"]:
+                if disk["target"] in copied:
+                    # As libvirt: the destination image must be there, alike.
+                    image = dest.get("images", {}).get(disk["source"])
+                    mine = source.get("images", {}).get(disk["source"])
+                    if image is None:
+                        raise DriverError(f"Storage volume not found: no storage vol with matching path "
+                                          f"'{disk['source']}'", code=49)
+                    if mine is not None and image["virtual_size"] != mine["virtual_size"]:
+                        raise DriverError("Source and target image have different sizes", code=1)
+                    continue
                 # As libvirt: a local disk migrates only if told it is shared.
                 if disk["kind"] in ("file", "block") and disk.get("source") and not options.shared_storage:
                     raise DriverError("Unsafe migration: Migration may lead to data corruption if disks use "
@@ -569,7 +624,8 @@ class FakeDriver(Driver):
             dom["job"] = {"dest_path": str(dst), "started": now, "duration": duration,
                           "max_downtime_ms": options.initial_downtime_ms(), "phase": PRE_COPY,
                           "auto_converge": [options.auto_converge_initial, options.auto_converge_increment]
-                          if options.auto_converge else None, "post_copy": options.post_copy_allowed}
+                          if options.auto_converge else None, "post_copy": options.post_copy_allowed,
+                          "copied_disks": sorted(d["source"] for d in dom["disks"] if d["target"] in copied)}
             if dom.get("dirty_mib_s") and kind != "hang":
                 # A busy guest: the copy is modelled (fake_copy); a quiet one
                 # takes the host's migration_seconds.

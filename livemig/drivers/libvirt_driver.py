@@ -12,8 +12,8 @@ from typing import Any
 import libvirt
 
 from livemig.drivers.base import (
-    AbortCheck, DiskInfo, DomainInfo, DomainStats, Driver, DriverError, FilterConflict, HostFacts, HostStats,
-    InterfaceInfo,
+    AbortCheck, DiskImage, DiskInfo, DomainInfo, DomainStats, Driver, DriverError, FilterConflict, HostFacts,
+    HostStats, InterfaceInfo,
     MigrationAborted, MigrationOptions, MigrationProgress, MigrationResult, MigrationTimedOut, ProgressCallback,
     SourcePaused,
 )
@@ -23,6 +23,7 @@ from livemig.drivers.convergence import (
 from livemig.drivers.domain_xml import (
     parse_cpu_model, parse_disks, parse_group, parse_interfaces, parse_labels, parse_project, strip_uuid,
 )
+from livemig.drivers import libvirt_images
 from livemig.drivers.libvirt_params import migration_call
 from livemig.errors import HostUnreachable, LivemigError
 from livemig.states import DomainState
@@ -507,6 +508,19 @@ class LibvirtDriver(Driver):
             return True
 
         return self._call(uri, f"undefining secret {usage}", undefine)
+
+    # -- disk images (block migration)
+    def disk_image(self, uri: str, path: str) -> DiskImage | None:
+        return self._call(uri, f"reading image {path}", libvirt_images.read_image, path)
+
+    def create_disk_image(self, uri: str, image: DiskImage) -> None:
+        try:
+            self._call(uri, f"creating image {image.path}", libvirt_images.create_image, image)
+        except libvirt_images.NoSuchDirectory as exc:
+            raise DriverError(f"creating image {image.path}: {exc} on the host", code=exc.code) from None
+
+    def delete_disk_image(self, uri: str, path: str) -> bool:
+        return self._call(uri, f"removing image {path}", libvirt_images.delete_image, path)
 
     # -- networks
     def network_present(self, uri: str, interface: InterfaceInfo) -> tuple[bool, str]:

@@ -15,6 +15,7 @@ from livemig.tasks.migrate import MigrateDomain
 from livemig.tasks.network import SetUpNetworkOnDestination
 from livemig.tasks.precheck import CheckMigrationPrerequisites, MarkInstanceMigrating
 from livemig.tasks.reservation import MarkMigrationPreparing, ReleaseHosts, ReserveHosts
+from livemig.tasks.storage import CreateDiskImagesOnDestination, FinishStorageCopy
 from livemig.tasks.volumes import SetUpVolumesOnDestination
 
 # The store a caller provides; every other value is provided by a task.
@@ -46,12 +47,16 @@ def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_
        2.5 mark-instance-migrating.
        2.6 set-up-volumes-on-destination: reachability and disk secrets.
        2.7 set-up-network-on-destination: bridges/networks and filters.
-       2.8 migrate-domain: live migration with progress, verified.
+       2.8 create-disk-images-on-destination: for a storage copy, the
+           empty images the copied disks go into.
+       2.9 migrate-domain: live migration with progress, verified.
     3. update-instance-host: the inventory follows the VM (past switchover:
        nothing from here on is retried elsewhere).
     4. clean-up-source: best effort, never rolls back.
-    5. release-hosts.
-    6. mark-migration-completed.
+    5. finish-storage-copy: the source's copied images, once the VM runs
+       on the destination (best effort).
+    6. release-hosts.
+    7. mark-migration-completed.
 
     `options` are the migration's own (config.MIGRATION_OPTIONS), saved in
     its logbook; everything else comes from the settings of the process that
@@ -67,6 +72,7 @@ def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_
         MarkInstanceMigrating(services, name="mark-instance-migrating"),
         SetUpVolumesOnDestination(services, name="set-up-volumes-on-destination", rebind=ON_ATTEMPT_DEST),
         SetUpNetworkOnDestination(services, name="set-up-network-on-destination", rebind=ON_ATTEMPT_DEST),
+        CreateDiskImagesOnDestination(services, name="create-disk-images-on-destination", rebind=ON_ATTEMPT_DEST),
         MigrateDomain(services, name=MIGRATE_STEP, rebind=ON_ATTEMPT_DEST),
     )
     return linear_flow.Flow(keys.FLOW_NAME).add(
@@ -74,6 +80,7 @@ def get_live_migration_flow(options: Mapping[str, Any] | None = None) -> linear_
         attempts,
         UpdateInstanceHost(services, name="update-instance-host", rebind=ON_ATTEMPT_DEST),
         CleanUpSource(services, name="clean-up-source", rebind=ON_ATTEMPT_DEST),
+        FinishStorageCopy(services, name="finish-storage-copy", rebind=ON_ATTEMPT_DEST),
         ReleaseHosts(services, name="release-hosts", rebind=ON_ATTEMPT_DEST),
         MarkMigrationCompleted(services, name="mark-migration-completed"),
     )

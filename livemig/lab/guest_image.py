@@ -2,7 +2,8 @@
 brings up virtio networking and serves, on its IP:
   7  TCP echo (the client keeps a stream through migrations),
   9  the guest's boot id (proves it did not reboot),
-  10 a volume probe: writes the line it reads to its iSCSI disk, reads it back,
+  10 a volume probe: writes the line it reads to its disk and reads it back
+     ("?" only reads),
   11 a control port (livemig/lab/control.py): make the guest CPU-busy, make it
      dirty memory, check the static data written at boot.
 
@@ -46,12 +47,16 @@ while true; do sleep 3600; done
 """
 
 BOOTID = "#!/bin/sh\ncat /proc/sys/kernel/random/boot_id\n"
+# The volume probe writes the line it reads to its disk and reads it back;
+# "?" only reads (what an earlier write left, e.g. before a migration).
 VOLUME = """#!/bin/sh
 read token
 # The guest names its only virtio disk vda, whatever the domain XML's target.
 disk=$(ls /dev/vd? 2>/dev/null | head -1)
 if [ -z "$disk" ]; then echo "error: no virtio disk"; exit 0; fi
-echo "$token" | dd of=$disk bs=512 count=1 conv=sync,fsync 2>/dev/null || echo "error: write failed"
+if [ "$token" != "?" ]; then
+  echo "$token" | dd of=$disk bs=512 count=1 conv=sync,fsync 2>/dev/null || echo "error: write failed"
+fi
 dd if=$disk bs=512 count=1 iflag=direct 2>/dev/null | head -1
 """
 

@@ -174,12 +174,12 @@ class Lab:
         return f"{self.cfg.subnet}.{10 + index}"
 
     # -- up
-    def up(self, hosts: int = 2, guests: int = 1, settings=None) -> dict[str, Any]:
+    def up(self, hosts: int = 2, guests: int = 1, settings=None, local_disk_guests: int = 0) -> dict[str, Any]:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (it starts libvirt daemons and creates a bridge)")
         if hosts < 2 or hosts > 9:
             raise InvalidInput("a lab has 2 to 9 hosts")
-        if guests < 0 or guests > 20:
+        if guests < 0 or local_disk_guests < 0 or guests + local_disk_guests > 20:
             raise InvalidInput("a lab has 0 to 20 guests")
         self._refuse_foreign_root()
         if self.state() is not None or self._leftovers():
@@ -201,9 +201,9 @@ class Lab:
             for i in range(1, hosts + 1):
                 self._host_up(state, i)
             self._register_hosts(state, settings)
-            for g in range(1, guests + 1):
-                self.add_guest(state, g, host_index=1)
-            if guests:
+            for g in range(1, guests + local_disk_guests + 1):
+                self.add_guest(state, g, host_index=1, local_disk=g > guests)
+            if guests or local_disk_guests:
                 self._sync(settings)
         except BaseException:
             kept = self.keep_logs("last-failure")
@@ -263,7 +263,8 @@ class Lab:
     def _host_up(self, state: dict[str, Any], i: int) -> None:
         name = self.host_name(i)
         host_dir = self.root / "hosts" / name
-        for sub in ("lib", "log", "images"):
+        # lib/images: the host's private image directory (local-disk guests).
+        for sub in ("lib", "lib/images", "log", "images"):
             (host_dir / sub).mkdir(parents=True, exist_ok=True)
         # The stock configuration (nwfilter built-ins included), then ours on top.
         shutil.copytree("/etc/libvirt", host_dir / "etc", dirs_exist_ok=True, symlinks=True)
@@ -390,40 +391,67 @@ class Lab:
             return None
 
     # -- guests
-    def add_guest(self, state: dict[str, Any], g: int, host_index: int = 1) -> dict[str, Any]:
+    # Where a local-disk guest's image lives, as each host sees it: inside
+    # the host's mount namespace /var/lib/libvirt is its private lib/, so
+    # the same path names a different file on every host (as on real hosts).
+    LOCAL_IMAGES = "/var/lib/libvirt/images"
+    LOCAL_DISK_MIB = 64
+
+    def local_image(self, host_index: int, name: str) -> Path:
+        """A local-disk guest's image file on a host, as the lab (outside
+        the hosts' namespaces) reaches it."""
+        return self.root / "hosts" / self.host_name(host_index) / "lib" / "images" / f"{name}.qcow2"
+
+    def add_guest(self, state: dict[str, Any], g: int, host_index: int = 1,
+                  local_disk: bool = False) -> dict[str, Any]:
+        """Guest vm<g> on a host: its disk an iSCSI volume with CHAP, or with
+        `local_disk` a qcow2 image in the host's private image directory
+        (migrated only with a storage copy)."""
         import libvirt
 
         name, ip = f"vm{g}", self.guest_ip(g)
         iqn = f"iqn.2026-11.dev.livemig.lab:{self.cfg.name}-{name}"
         usage = f"livemig-lab-{self.cfg.name}-{name}"
-        password = secrets.token_hex(12)
-        volume = self.root / "volumes" / f"{name}.img"
-        volume.parent.mkdir(parents=True, exist_ok=True)
-        with open(volume, "wb") as f:
-            f.truncate(32 * 2**20)
-        self._tgtadm("--op", "new", "--mode", "target", "--tid", str(g), "-T", iqn)
-        self._tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(g), "--lun", "1", "-b", str(volume))
-        self._tgtadm("--op", "bind", "--mode", "target", "--tid", str(g), "-I", "ALL")
-        self._tgtadm("--op", "new", "--mode", "account", "--user", f"u-{name}", "--password", password)
-        self._tgtadm("--op", "bind", "--mode", "account", "--tid", str(g), "--user", f"u-{name}")
         host = state["hosts"][host_index - 1]
+        if local_disk:
+            image = self.local_image(host_index, name)
+            image.parent.mkdir(parents=True, exist_ok=True)
+            _run("qemu-img", "create", "-q", "-f", "qcow2", str(image), f"{self.LOCAL_DISK_MIB}M")
+        else:
+            password = secrets.token_hex(12)
+            volume = self.root / "volumes" / f"{name}.img"
+            volume.parent.mkdir(parents=True, exist_ok=True)
+            with open(volume, "wb") as f:
+                f.truncate(32 * 2**20)
+            self._tgtadm("--op", "new", "--mode", "target", "--tid", str(g), "-T", iqn)
+            self._tgtadm("--op", "new", "--mode", "logicalunit", "--tid", str(g), "--lun", "1", "-b", str(volume))
+            self._tgtadm("--op", "bind", "--mode", "target", "--tid", str(g), "-I", "ALL")
+            self._tgtadm("--op", "new", "--mode", "account", "--user", f"u-{name}", "--password", password)
+            self._tgtadm("--op", "bind", "--mode", "account", "--tid", str(g), "--user", f"u-{name}")
         conn = self._connect(host["uri"])
         try:
             try:
                 conn.nwfilterLookupByName(FILTER_NAME)
             except libvirt.libvirtError:
                 conn.nwfilterDefineXML(FILTER_XML)
-            secret = conn.secretDefineXML(
-                f"<secret ephemeral='no' private='no'><usage type='iscsi'><target>{usage}</target></usage></secret>")
-            secret.setValue(password.encode())
+            if not local_disk:
+                secret = conn.secretDefineXML(
+                    f"<secret ephemeral='no' private='no'><usage type='iscsi'><target>{usage}</target></usage>"
+                    f"</secret>")
+                secret.setValue(password.encode())
             uuid = str(uuidlib.uuid4())
             console = self.root / "guests" / f"{name}.console"
             console.parent.mkdir(parents=True, exist_ok=True)
-            dom = conn.defineXML(self._domain_xml(name, uuid, ip, g, iqn, usage, state, console))
+            disk = self._local_disk_xml(name) if local_disk else self._iscsi_disk_xml(name, iqn, usage)
+            dom = conn.defineXML(self._domain_xml(name, uuid, ip, g, disk, state, console))
             dom.create()
         finally:
             conn.close()
-        guest = {"name": name, "uuid": uuid, "ip": ip, "secret_usage": usage, "tid": g, "console": str(console)}
+        guest = {"name": name, "uuid": uuid, "ip": ip, "console": str(console)}
+        if local_disk:
+            guest["local_disk"] = f"{self.LOCAL_IMAGES}/{name}.qcow2"
+        else:
+            guest.update(secret_usage=usage, tid=g)
         state["guests"].append(guest)
         self._save(state)
         try:
@@ -441,7 +469,47 @@ class Lab:
         self.say(f"guest {name} ({ip}) answers on {host['name']}")
         return guest
 
-    def _domain_xml(self, name: str, uuid: str, ip: str, g: int, iqn: str, usage: str, state: dict[str, Any],
+    def remove_guest(self, name: str) -> None:
+        """Stop and undefine a guest wherever it is and remove its local
+        image from every host (an iSCSI guest's target stays until `down`)."""
+        import libvirt
+
+        state = self.state()
+        guest = next(g for g in state["guests"] if g["name"] == name)
+        for index, host in enumerate(state["hosts"], start=1):
+            with contextlib.suppress(libvirt.libvirtError):
+                conn = self._connect(host["uri"])
+                try:
+                    dom = conn.lookupByUUIDString(guest["uuid"])
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.destroy()
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.undefine()
+                finally:
+                    conn.close()
+            if guest.get("local_disk"):
+                self.local_image(index, name).unlink(missing_ok=True)
+        state["guests"] = [g for g in state["guests"] if g["name"] != name]
+        self._save(state)
+
+    def _iscsi_disk_xml(self, name: str, iqn: str, usage: str) -> str:
+        return f"""<disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source protocol='iscsi' name='{iqn}/1'>
+        <host name='127.0.0.1' port='{self.cfg.iscsi_port}'/>
+        <auth username='u-{name}'><secret type='iscsi' usage='{usage}'/></auth>
+      </source>
+      <target dev='vdb' bus='virtio'/>
+    </disk>"""
+
+    def _local_disk_xml(self, name: str) -> str:
+        return f"""<disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{self.LOCAL_IMAGES}/{name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
+
+    def _domain_xml(self, name: str, uuid: str, ip: str, g: int, disk: str, state: dict[str, Any],
                     console: Path) -> str:
         mac = f"52:54:00:77:{int(self.cfg.subnet.split('.')[1]) % 256:02x}:{g:02x}"
         tcg_ram = self._tcg_ram_override() if self.domain_type == "qemu" else ""
@@ -461,14 +529,7 @@ class Lab:
   <on_crash>preserve</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='iscsi' name='{iqn}/1'>
-        <host name='127.0.0.1' port='{self.cfg.iscsi_port}'/>
-        <auth username='u-{name}'><secret type='iscsi' usage='{usage}'/></auth>
-      </source>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
+    {disk}
     <interface type='bridge'>
       <mac address='{mac}'/>
       <source bridge='{self.cfg.bridge}'/>

@@ -21,6 +21,8 @@ class Request:
     instance: InstanceRequest
     source: HostState | None
     ignore_slots: bool = False
+    # The migration's copy_storage: whether a local disk may be copied.
+    copy_storage: str = "off"
 
 
 class Filter(Protocol):
@@ -163,15 +165,16 @@ class NetworksFilter:
 
 
 class StorageFilter:
-    """Every disk may migrate without copying it: a network disk, or a local
-    one under a path both hosts share (the prechecks' rule, disk_sharing)."""
+    """Every disk may migrate: a network disk, a local one under a path both
+    hosts share, or a local file the migration's copy_storage copies (the
+    prechecks' rule, disk_sharing)."""
 
     name = "storage"
 
     def why_not(self, host: HostState, request: Request) -> str | None:
         if request.source is None or not request.instance.disks:
             return None
-        return refusal(judge_disks(request.instance.disks, request.source, host))
+        return refusal(judge_disks(request.instance.disks, request.source, host, request.copy_storage))
 
 
 class AntiAffinityFilter:

@@ -46,14 +46,17 @@ UNKNOWN = "unknown-host"
 
 
 def select(snapshot: Snapshot, instance_uuid: str, *, candidates: Iterable[str] | None = None,
-           exclude: Iterable[str] = (), weigher: str = "spread", ignore_slots: bool = False) -> Selection:
+           exclude: Iterable[str] = (), weigher: str = "spread", ignore_slots: bool = False,
+           copy_storage: str = "off") -> Selection:
     """The best host for the instance among `candidates` (every host when
-    None) less `exclude`, with the reason each other host was refused."""
+    None) less `exclude`, with the reason each other host was refused.
+    `copy_storage`: the migration's (a local disk may be copied)."""
     rank = weigher_named(weigher)
     instance = snapshot.instances.get(instance_uuid)
     if instance is None:
         raise InstanceNotFound(f"instance {instance_uuid} is not in the scheduler's snapshot")
-    request = Request(instance=instance, source=snapshot.hosts.get(instance.host or ""), ignore_slots=ignore_slots)
+    request = Request(instance=instance, source=snapshot.hosts.get(instance.host or ""), ignore_slots=ignore_slots,
+                      copy_storage=copy_storage)
     names = sorted(snapshot.hosts) if candidates is None else sorted(set(candidates))
     excluded = set(exclude)
     refusals: list[Refusal] = []
@@ -77,17 +80,18 @@ def select(snapshot: Snapshot, instance_uuid: str, *, candidates: Iterable[str] 
 
 
 def choose_with_slots(snap: Snapshot, instance_uuid: str, weigher: str, exclude: Iterable[str] = (),
-                      candidates: Iterable[str] | None = None) -> Selection:
+                      candidates: Iterable[str] | None = None, copy_storage: str = "off") -> Selection:
     """The best host with a migration slot free now; failing that, the best
     one whose slots are busy (the migration queues for it). The refusals are
     the first selection's, so a host refused only for its slots says so."""
     exclude = tuple(exclude)
     candidates = None if candidates is None else tuple(candidates)
-    free = select(snap, instance_uuid, candidates=candidates, exclude=exclude, weigher=weigher)
+    free = select(snap, instance_uuid, candidates=candidates, exclude=exclude, weigher=weigher,
+                  copy_storage=copy_storage)
     if free.chosen is not None:
         return free
     queued = select(snap, instance_uuid, candidates=candidates, exclude=exclude, weigher=weigher,
-                    ignore_slots=True)
+                    ignore_slots=True, copy_storage=copy_storage)
     return queued if queued.chosen is not None else free
 
 

@@ -119,7 +119,7 @@ class ChooseDestination(MigrationTask):
                 with self.services.db.reading() as session:
                     snap = snapshot(session, exclude_migration=migration_id)
                 verdict = select(snap, instance_uuid, candidates=[host], weigher=settings.weigher,
-                                 ignore_slots=True)
+                                 ignore_slots=True, copy_storage=self.services.options.copy_storage)
                 if verdict.chosen is None:
                     reason = "; ".join(verdict.explain())
                     self._start(migration_id, attempts, number, host, f"attempt {number}: {host} ({how})")
@@ -132,7 +132,8 @@ class ChooseDestination(MigrationTask):
             with self.services.db.reading() as session:
                 snap = snapshot(session, exclude_migration=migration_id)
             selection = choose_with_slots(snap, instance_uuid, settings.weigher, exclude=tried,
-                                          candidates=candidate_hosts)
+                                          candidates=candidate_hosts,
+                                          copy_storage=self.services.options.copy_storage)
             if selection.chosen is None:
                 raise NoDestinationLeft(f"no other host can take it: {'; '.join(selection.explain())}")
             host = selection.chosen

@@ -7,7 +7,7 @@ from typing import Any
 from taskflow.types.failure import Failure
 
 from livemig import fencing
-from livemig.disk_sharing import unsafe_flag_for
+from livemig.disk_sharing import copied_targets, needs_unsafe_flag, storage_plan_for
 from livemig.drivers.base import (
     DriverError, MigrationDestination, MigrationOptions, MigrationProgress, MigrationResult, downtime_schedule,
 )
@@ -104,7 +104,11 @@ class MigrateDomain(MigrationTask):
             if kept is not None:
                 raise DestinationHoldsCopy(f"not migrating: {kept}")
 
-        options.shared_storage = unsafe_flag_for(self.services.db, source.disks, source_host, dest_host)
+        # Re-judged from the hosts' declared paths now, as the precheck and
+        # create-disk-images-on-destination did.
+        plan = storage_plan_for(self.services.db, source.disks, source_host, dest_host, options.copy_storage)
+        options.shared_storage = needs_unsafe_flag(plan)
+        options.destination.copy_disks = copied_targets(plan)
         fencing.ensure_current_claim(self.services.db, migration_id)  # right before starting the job
         result = src_driver.migrate(src_uri, dst_uri, instance_uuid, options, reporter, reporter.abort_requested)
         # A post-copy that outlived its destination's daemon (the stream went

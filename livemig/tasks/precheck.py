@@ -25,7 +25,8 @@ class CheckMigrationPrerequisites(MigrationTask):
             if instance is not None and instance.state == InstanceState.MIGRATING.value:
                 return  # marked by this flow before a crash: the checks passed then
             check_migration(session, self.services.drivers, instance_uuid, source_host, dest_host,
-                            migration_id=migration_id, report=lambda why: self.note(migration_id, why))
+                            migration_id=migration_id, report=lambda why: self.note(migration_id, why),
+                            copy_storage=self.services.options.copy_storage)
 
 
 class MarkInstanceMigrating(MigrationTask):

@@ -169,7 +169,9 @@ def guests_restored(lab, settings, homes: dict[str, str] | None = None) -> None:
         on = active_on(lab, g["uuid"], hosts)
         assert len(on) == 1, f"{g['name']} runs on {on or 'no host'}: the lab is broken"
         if on[0] != home:
-            livemig.migrate(ctx, g["name"], on[0], home, settings=settings)
+            # A guest on local storage moves only with its disk copied.
+            options = {"copy_storage": "full"} if g.get("local_disk") else None
+            livemig.migrate(ctx, g["name"], on[0], home, settings=settings, options=options)
 
 
 def guests_health(lab) -> dict[str, tuple[str, int]]:

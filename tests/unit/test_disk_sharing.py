@@ -27,7 +27,7 @@ def test_a_local_file_disk_is_refused_with_its_reason(cloud):
     with pytest.raises(PrecheckFailed) as refused:
         livemig.migrate(CTX, vm, "a", "b", settings=cloud.settings)
     assert str(refused.value) == (f"disk vda ({DISK}) is a local file not on storage shared by a and b; "
-                                  "block migration is not supported yet")
+                                  "copy its storage with --copy-storage full|incremental")
     assert len(livemig.list_migrations(settings=cloud.settings)) == before  # nothing recorded
     assert cloud.driver.call_count(cloud.uri("a"), "migrate") == 0
 
@@ -49,14 +49,15 @@ def test_a_disk_under_a_path_both_hosts_share_migrates_with_unsafe(cloud):
     assert cloud.running_on(uuid) == ["b"]
     assert cloud.domains_on("b")[uuid]["migrated_unsafe"] is True
     notes = [e.message for e in livemig.show_migration(view.id, settings=cloud.settings).events]
-    assert "may migrate: disk vda (/srv/nfs/vms/vm.qcow2) is on storage shared by a and b" in notes
+    assert "may migrate (shared): disk vda (/srv/nfs/vms/vm.qcow2) is on storage shared by a and b" in notes
 
 
 def test_network_disks_migrate_without_unsafe(cloud):
     view = livemig.migrate(CTX, "vm1", "a", "b", settings=cloud.settings)
     assert cloud.domains_on("b")[cloud.vm]["migrated_unsafe"] is False
     notes = [e.message for e in livemig.show_migration(view.id, settings=cloud.settings).events]
-    assert any(n.startswith("may migrate: disk vdb (iscsi://127.0.0.1:3260/") and "network disk" in n for n in notes)
+    assert any(n.startswith("may migrate (network): disk vdb (iscsi://127.0.0.1:3260/") and "network disk" in n
+               for n in notes)
 
 
 def test_the_fake_hypervisor_refuses_a_local_disk_without_unsafe(cloud):

@@ -14,12 +14,13 @@ from livemig.flows.live_migration import FACTORY_NAME, REQUIRED_STORE_KEYS, get_
 EXPECTED_STEPS = [
     "rollback-or-terminate", "retry-on-next-destination", "choose-destination", "reserve-hosts",
     "mark-migration-preparing", "check-migration-prerequisites", "mark-instance-migrating",
-    "set-up-volumes-on-destination", "set-up-network-on-destination", "migrate-domain",
-    "update-instance-host", "clean-up-source", "release-hosts", "mark-migration-completed",
+    "set-up-volumes-on-destination", "set-up-network-on-destination", "create-disk-images-on-destination",
+    "migrate-domain", "update-instance-host", "clean-up-source", "finish-storage-copy", "release-hosts",
+    "mark-migration-completed",
 ]
 # The atoms a failed attempt reverts and its retry controller runs again;
 # everything after them happens past switchover and is never retried.
-RETRIED_STEPS = EXPECTED_STEPS[2:10]
+RETRIED_STEPS = EXPECTED_STEPS[2:11]
 
 
 def _atoms(flow):

@@ -15,6 +15,7 @@ from livemig.persistence.database import database_for
 from livemig.persistence.models import Host, Instance, Migration
 from livemig.scheduler import Disk, HostState, InstanceRequest, Snapshot, plan, select
 from livemig.scheduler.inventory import snapshot as read_snapshot
+from livemig.scheduler.select import choose_with_slots
 from livemig.states import MigrationStatus
 
 
@@ -125,8 +126,25 @@ def test_storage_filter_takes_a_local_disk_only_where_both_hosts_share_it():
     assert selection.chosen == "d2"
     assert refusal_of(selection, "d1") == (
         "d1: storage: disk vda (/srv/shared/vm1.qcow2) is a local file not on storage shared by src and d1; "
-        "block migration is not supported yet")
+        "copy its storage with --copy-storage full|incremental")
     assert refusal_of(selection, "d3").startswith("d3: storage: disk vda")
+
+
+@pytest.mark.parametrize("copy", ["full", "incremental"])
+def test_storage_filter_takes_a_local_disk_anywhere_when_its_storage_is_copied(copy):
+    disk = Disk(target="vda", kind="file", source="/var/lib/libvirt/images/vm1.qcow2")
+    snap = fleet(host("src"), host("d1"), instances=(vm(disks=(disk,)),))
+    assert select(snap, "uuid-vm1").chosen is None
+    assert select(snap, "uuid-vm1", copy_storage=copy).chosen == "d1"
+    assert choose_with_slots(snap, "uuid-vm1", "spread", copy_storage=copy).chosen == "d1"
+
+
+def test_storage_filter_never_copies_a_local_block_device():
+    disk = Disk(target="vda", kind="block", source="/dev/vg0/vm1")
+    snap = fleet(host("src"), host("d1"), instances=(vm(disks=(disk,)),))
+    assert refusal_of(select(snap, "uuid-vm1", copy_storage="full"), "d1") == (
+        "d1: storage: disk vda (/dev/vg0/vm1) is a local block device not on storage shared by src and d1; a block "
+        "device is not copied (livemig cannot create its counterpart on d1)")
 
 
 def test_ignore_slots_skips_the_slots_filter():
