@@ -24,12 +24,14 @@ def lab() -> None:
 @click.option("--local-disk-guests", type=click.IntRange(0, 20), default=0, show_default=True,
               help="Guests more, each with a local qcow2 disk in its host's private image directory (they "
                    "migrate with --copy-storage).")
+@click.option("--tls", is_flag=True, help="A CA and per-host certificates, so that `migrate --tls` works "
+              "between the lab's hosts.")
 @click.pass_obj
 @handle_errors
-def up(state: State, hosts: int, guests: int, local_disk_guests: int) -> None:
+def up(state: State, hosts: int, guests: int, local_disk_guests: int, tls: bool) -> None:
     """Build the lab (replacing any earlier one) and register its hosts."""
     state.context().require_admin("building the lab")
-    lab_state = _lab().up(hosts, guests, settings=state.settings, local_disk_guests=local_disk_guests)
+    lab_state = _lab().up(hosts, guests, settings=state.settings, local_disk_guests=local_disk_guests, tls=tls)
     for host in lab_state["hosts"]:
         out.print(f"host  {host['name']}  {host['uri']}")
     for guest in lab_state["guests"]:

@@ -27,6 +27,7 @@ from livemig.errors import InvalidInput, LivemigError
 from livemig.lab.echo import wait_for_port
 from livemig.lab.control import CONTROL_PORT
 from livemig.lab.guest_image import guest_material
+from livemig.lab.pki import make_ca, make_host_certificate
 
 FILTER_NAME = "livemig-lab-sg"
 # A security group for the lab guests: their services (TCP 7-11) and ICMP in,
@@ -174,7 +175,9 @@ class Lab:
         return f"{self.cfg.subnet}.{10 + index}"
 
     # -- up
-    def up(self, hosts: int = 2, guests: int = 1, settings=None, local_disk_guests: int = 0) -> dict[str, Any]:
+    def up(self, hosts: int = 2, guests: int = 1, settings=None, local_disk_guests: int = 0,
+           tls: bool = False) -> dict[str, Any]:
+        """`tls`: a CA and per-host certificates for migrations with --tls."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (it starts libvirt daemons and creates a bridge)")
         if hosts < 2 or hosts > 9:
@@ -193,9 +196,12 @@ class Lab:
         self.domain_type = (settings or load_settings()).domain_type
         kernel, initrd = guest_material(self.cache)
         state: dict[str, Any] = {"config": dataclasses.asdict(self.cfg), "hosts": [], "guests": [],
-                                 "bridge": None, "tgtd_pid": None, "kernel": str(kernel), "initrd": str(initrd)}
+                                 "bridge": None, "tgtd_pid": None, "kernel": str(kernel), "initrd": str(initrd),
+                                 "tls": tls}
         self._save(state)
         try:
+            if tls:
+                make_ca(self.root / "pki", self.cfg.name)
             self._bridge_up(state, hosts)
             self._tgtd_up(state)
             for i in range(1, hosts + 1):
@@ -280,11 +286,12 @@ class Lab:
             f'{self._log_settings()}keepalive_interval = 5\n')
         mig_ip = self.migration_ip(i)
         low = 49200 + (i - 1) * 50 + (self.cfg.port_base % 1000)
+        tls = self._tls_settings(state, name, mig_ip)
         (host_dir / "etc" / "qemu.conf").write_text(
             'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n'
             'security_driver = "none"\ncgroup_controllers = [ ]\nstdio_handler = "file"\nnamespaces = [ ]\n'
             f'migration_address = "{mig_ip}"\nmigration_host = "{mig_ip}"\n'
-            f'migration_port_min = {low}\nmigration_port_max = {low + 49}\n')
+            f'migration_port_min = {low}\nmigration_port_max = {low + 49}\n{tls}')
         (host_dir / "etc" / "libvirt.conf").write_text("")
         entry = {"name": name, "index": i, "dir": str(host_dir), "uri": self.host_uri(i), "port": port,
                  "pid": self._spawn_host(host_dir, name), "migration_ip": mig_ip}
@@ -306,6 +313,16 @@ class Lab:
         finally:
             conn.close()
         self.say(f"host {name}: libvirtd on {entry['uri']} (migration address {mig_ip})")
+
+    # Where a host's migration certificates are, inside its namespace (its
+    # /etc/libvirt is its private etc/).
+    TLS_DIR = "/etc/libvirt/pki-migrate"
+
+    def _tls_settings(self, state: dict[str, Any], name: str, mig_ip: str) -> str:
+        if not state.get("tls"):
+            return ""
+        make_host_certificate(self.root / "pki", self.root / "hosts" / name / "etc" / "pki-migrate", name, mig_ip)
+        return f'migrate_tls_x509_cert_dir = "{self.TLS_DIR}"\nmigrate_tls_x509_verify = 1\n'
 
     def _log_settings(self) -> str:
         if not self.cfg.libvirt_log_filters:

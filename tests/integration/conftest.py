@@ -25,7 +25,7 @@ def lab(lab_settings):
     if os.geteuid() != 0:
         pytest.fail("the libvirt integration tests need root (they build a lab)")
     lab = Lab(TEST_LAB, say=print)
-    lab.up(hosts=2, guests=1, settings=lab_settings)
+    lab.up(hosts=2, guests=1, settings=lab_settings, tls=True)
     try:
         yield lab
     finally:
