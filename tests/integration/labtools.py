@@ -201,3 +201,36 @@ def health_problems(lab, before: dict[str, tuple[str, int]]) -> list[str]:
         problems += [f"{g['name']} console: {line}" for line in text.splitlines()
                      if any(w in line for w in ("Oops", "panic", "BUG"))]
     return problems
+
+
+def virsh_placement(lab) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Per domain uuid: the hosts that run it, and the hosts that define it
+    (running or not), asked of every host with virsh, independently of livemig."""
+    running: dict[str, list[str]] = {}
+    defined: dict[str, list[str]] = {}
+    for i in range(1, len(lab.state()["hosts"]) + 1):
+        for flag, found in (("--state-running", running), ("--all", defined)):
+            listing = subprocess.run(["virsh", "-c", lab.host_uri(i), "list", flag, "--uuid"], check=True,
+                                     capture_output=True, text=True, timeout=30).stdout
+            for uuid in listing.split():
+                found.setdefault(uuid, []).append(lab.host_name(i))
+    return running, defined
+
+
+def inventory(settings) -> dict[str, str]:
+    """Instance name -> host, as `livemig instance list` reports it."""
+    import json
+
+    proc = cli(settings, "instance", "list", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return {i["name"]: i["host"] for i in json.loads(proc.stdout)}
+
+
+def assert_placed(lab, settings, expected: dict[str, str]) -> None:
+    """Every guest runs on exactly the expected host, is defined there only,
+    and the inventory says so."""
+    running, defined = virsh_placement(lab)
+    for g in lab.state()["guests"]:
+        assert running.get(g["uuid"]) == [expected[g["name"]]], (g["name"], running.get(g["uuid"]))
+        assert defined.get(g["uuid"]) == [expected[g["name"]]], (g["name"], defined.get(g["uuid"]))
+    assert inventory(settings) == expected

@@ -7,90 +7,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import time
 
-import pytest
-
-import livemig
-from livemig.config import Settings
 from livemig.lab.echo import EchoStream, ask
-from livemig.lab.lab import Lab, LabConfig
-from tests.integration.labtools import cli, console_problems
+from tests.integration.labtools import assert_placed, cli, console_problems
 
-# Its own names, ports and subnet: it may be up beside the session's two-host lab.
-DRAIN_LAB = LabConfig(name="lmdrain", root="/var/lib/livemig-lab-drain", bridge="lmtbr2", subnet="10.81.0",
-                      port_base=17000, iscsi_port=13300, host_prefix="d")
-HOSTS = 3
-# Guest number -> the host it starts on: two on the host to drain.
-HOMES = {1: 1, 2: 1, 3: 2, 4: 3}
-# The whole allowed downtime from the start: QEMU switches over after its
-# first pass. A TCG guest can come up corrupted after a migration of many
-# iterations (NOTES.md), and a busy machine makes iterations many.
+# The CLI's setting for lab3_settings' downtime_steps=1 (see conftest.py).
 ONE_STEP = {"LIVEMIG_DOWNTIME_STEPS": "1"}
 
 
-@pytest.fixture(scope="module")
-def lab3_settings(tmp_path_factory) -> Settings:
-    return Settings(data_dir=str(tmp_path_factory.mktemp("drainlabdata")), domain_type="qemu",
-                    poll_interval_s=0.1)
+def migrations_after(settings, last_id: int) -> list[dict]:
+    """The migrations recorded after migration `last_id` (newest first)."""
+    return [m for m in json.loads(cli(settings, "migration", "list", "--format", "json").stdout)
+            if m["id"] > last_id]
 
 
-@pytest.fixture(scope="module")
-def lab3(lab3_settings):
-    if os.geteuid() != 0:
-        pytest.fail("the libvirt integration tests need root (they build a lab)")
-    lab = Lab(DRAIN_LAB, say=print)
-    try:
-        state = lab.up(hosts=HOSTS, guests=0, settings=lab3_settings)
-        for g, host_index in HOMES.items():
-            lab.add_guest(state, g, host_index=host_index)
-        livemig.sync_hosts(livemig.admin_context("tests"), settings=lab3_settings)
-        yield lab
-    finally:
-        lab.down(settings=lab3_settings)
-        livemig.close()
-
-
-@pytest.fixture(scope="module")
-def lab3_homes(lab3) -> dict[str, str]:
-    return {f"vm{g}": lab3.host_name(i) for g, i in HOMES.items()}
-
-
-def virsh_placement(lab) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Per domain uuid: the hosts that run it, and the hosts that define it
-    (running or not), asked of every host with virsh."""
-    running: dict[str, list[str]] = {}
-    defined: dict[str, list[str]] = {}
-    for i in range(1, HOSTS + 1):
-        for flag, found in (("--state-running", running), ("--all", defined)):
-            listing = subprocess.run(["virsh", "-c", lab.host_uri(i), "list", flag, "--uuid"], check=True,
-                                     capture_output=True, text=True, timeout=30).stdout
-            for uuid in listing.split():
-                found.setdefault(uuid, []).append(lab.host_name(i))
-    return running, defined
-
-
-def inventory(settings) -> dict[str, str]:
-    """Instance name -> host, as `livemig instance list` reports it."""
-    proc = cli(settings, "instance", "list", "--format", "json")
-    assert proc.returncode == 0, proc.stderr
-    return {i["name"]: i["host"] for i in json.loads(proc.stdout)}
-
-
-def assert_placed(lab, settings, expected: dict[str, str]) -> None:
-    """Every guest runs on exactly the expected host, is defined there only,
-    and the inventory says so."""
-    running, defined = virsh_placement(lab)
-    for g in lab.state()["guests"]:
-        assert running.get(g["uuid"]) == [expected[g["name"]]], (g["name"], running.get(g["uuid"]))
-        assert defined.get(g["uuid"]) == [expected[g["name"]]], (g["name"], defined.get(g["uuid"]))
-    assert inventory(settings) == expected
-
-
-def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settings, lab3_homes):
+def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settings, lab3_homes,
+                                                               lab3_hosts_restored):
     settings = lab3_settings
+    # The lab is the session's: earlier tests' migrations are not this one's.
+    last_earlier = max((m["id"] for m in migrations_after(settings, 0)), default=0)
     drained_host = lab3.host_name(1)
     guests = lab3.state()["guests"]
     drained = sorted(name for name, host in lab3_homes.items() if host == drained_host)
@@ -113,7 +49,7 @@ def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settin
         hosts = {h["name"]: h for h in json.loads(cli(settings, "host", "list", "--format", "json").stdout)}
         assert hosts[drained_host]["maintenance"]
         # One migration per drained guest: nothing moved twice, nothing else moved.
-        migrations = json.loads(cli(settings, "migration", "list", "--format", "json").stdout)
+        migrations = migrations_after(settings, last_earlier)
         assert sorted(m["instance_name"] for m in migrations) == drained
         assert all(m["status"] == "completed" for m in migrations)
 
@@ -122,7 +58,7 @@ def test_drain_moves_every_guest_once_and_undrain_returns_them(lab3, lab3_settin
         assert_placed(lab3, settings, lab3_homes)
         hosts = {h["name"]: h for h in json.loads(cli(settings, "host", "list", "--format", "json").stdout)}
         assert not hosts[drained_host]["maintenance"]
-        migrations = json.loads(cli(settings, "migration", "list", "--format", "json").stdout)
+        migrations = migrations_after(settings, last_earlier)
         assert sorted(m["instance_name"] for m in migrations) == sorted(drained * 2)
         for stream in streams.values():
             stream.settle()
