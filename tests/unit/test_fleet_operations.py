@@ -85,6 +85,20 @@ def test_a_stop_over_moves_one_instance_twice_as_planned(tmp_path, settings):
         ("vm00", "a", "c"), ("vm01", "b", "a"), ("vm00", "c", "b")]
 
 
+def test_a_rebalance_without_a_plan_or_max_moves_is_planned_by_livemig(tmp_path, settings):
+    # No plan given and no --max-moves: livemig plans it (by allocation,
+    # nothing sampled), capped by the planner's default.
+    fleet = _fleet(tmp_path, settings, sources={"a": 4, "b": 0})
+    dry = livemig.rebalance_fleet(CTX, dry_run=True, settings=settings)
+    assert dry.plan["kind"] == "rebalance" and dry.plan["measured"] is False
+    assert fleet.migrations() == []
+    view = livemig.rebalance_fleet(CTX, settings=settings)
+    assert view.status == "completed", view.reason
+    assert len(view.moves) == 2 and all(m.dest_host == "b" for m in view.moves)
+    assert sorted(where(fleet).values()) == ["a", "a", "b", "b"]
+    fleet.assert_invariants()
+
+
 def test_one_fleet_wide_plan_at_a_time(tmp_path, settings):
     fleet = _fleet(tmp_path, settings)
     with fleet.db().session() as s:
