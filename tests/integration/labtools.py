@@ -234,3 +234,19 @@ def assert_placed(lab, settings, expected: dict[str, str]) -> None:
         assert running.get(g["uuid"]) == [expected[g["name"]]], (g["name"], running.get(g["uuid"]))
         assert defined.get(g["uuid"]) == [expected[g["name"]]], (g["name"], defined.get(g["uuid"]))
     assert inventory(settings) == expected
+
+
+def host_cpu_loads(settings, window_s: float) -> dict[str, float]:
+    """Each host's CPU in cores as the planners see it: the sum of its
+    instances' mean CPU over the last `window_s` seconds (a host with no
+    sampled instance: 0.0). The lab's hosts share one kernel, so a host's own
+    figure is the whole machine's; the instances' sums tell them apart."""
+    from livemig.load.fleet import build_fleet
+
+    with database_for(settings.database_url).reading() as s:
+        fleet = build_fleet(s, window_s=window_s)
+    loads = {name: 0.0 for name in fleet.hosts}
+    for demand in fleet.instances.values():
+        if demand.measured:
+            loads[demand.host] += demand.cpu_mean
+    return loads

@@ -17,12 +17,10 @@ import pytest
 import livemig
 import livemig.errors
 from livemig.lab.control import GuestControl, GuestControlError
-from livemig.load.fleet import build_fleet
 from livemig.load.sampler import Sampler
-from livemig.persistence.database import database_for
 from livemig.services import services_for
 from tests.integration.labtools import (
-    conn, guest, index_of, migration_row, other, wait_for_running_migration, where)
+    conn, guest, host_cpu_loads, index_of, migration_row, other, wait_for_running_migration, where)
 
 CTX = livemig.admin_context("tests")
 
@@ -36,16 +34,9 @@ def control(lab):
     guest_control.stop()
 
 
-def _host_loads(settings, window_s: float = 1.5) -> dict[str, float]:
-    """Each host's CPU in cores as the planners see it: its instances' means
-    (over the last 1.5 s: the last pass's samples only, passes being 3 s long)."""
-    with database_for(settings.database_url).reading() as s:
-        fleet = build_fleet(s, window_s=window_s)
-    loads = {name: 0.0 for name in fleet.hosts}
-    for demand in fleet.instances.values():
-        if demand.measured:
-            loads[demand.host] += demand.cpu_mean
-    return loads
+def _host_loads(settings) -> dict[str, float]:
+    # Over the last 1.5 s: the last pass's samples only, passes being 3 s long.
+    return host_cpu_loads(settings, window_s=1.5)
 
 
 def _sample(settings, seconds: float) -> float:
