@@ -23,6 +23,7 @@ force-complete:
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from livemig.drivers.base import MigrationOptions, MigrationProgress
 
@@ -119,6 +120,23 @@ class ConvergenceControl:
         if wanted != self.allowed_downtime_ms and not any(s.action == SET_DOWNTIME for s in steps):
             steps.insert(0, Step(SET_DOWNTIME, downtime_ms=wanted))
         return _first_of_each(steps)
+
+    def take_steps(self, progress: MigrationProgress | None, elapsed_s: float, *, abort_requested: bool,
+                   apply: Callable[[Step], bool]) -> None:
+        """One poll: records the notes, then applies this poll's steps with the
+        driver's `apply` (which returns whether the hypervisor took the step),
+        each fenced first: options.may_change_job raises Fenced if another
+        controller owns the migration now, and nothing more is changed."""
+        steps = self.next_steps(progress, elapsed_s, abort_requested=abort_requested,
+                                force_requested=self.options.force_requested())
+        for note in self.notes():
+            self.options.record_step("note", note)
+        for step in steps:
+            self.options.may_change_job()
+            if apply(step):
+                self.done(step)
+                if step.why:
+                    self.options.record_step(step.action, step.why)
 
     def done(self, step: Step) -> None:
         if step.action == SET_DOWNTIME:

@@ -752,17 +752,9 @@ class FakeDriver(Driver):
                 self.abort_migration(source_uri, uuid)
                 raise SourcePaused(f"the VM was paused on its source ({reason}) during the migration; "
                                    f"the migration was aborted")
-            steps = control.next_steps(progress, progress.elapsed_ms / 1000.0,
-                                       abort_requested=bool(should_abort and should_abort()),
-                                       force_requested=options.force_requested())
-            for note in control.notes():
-                options.record_step("note", note)
-            for step in steps:
-                options.may_change_job()
-                if self._apply(source_uri, uuid, step):
-                    control.done(step)
-                    if step.why:
-                        options.record_step(step.action, step.why)
+            control.take_steps(progress, progress.elapsed_ms / 1000.0,
+                               abort_requested=bool(should_abort and should_abort()),
+                               apply=lambda step: self._apply(source_uri, uuid, step))
             if control.aborting is not None:
                 if control.paused_by_us:
                     self._resume_source(source_uri, uuid)

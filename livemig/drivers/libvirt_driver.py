@@ -635,17 +635,8 @@ class LibvirtDriver(Driver):
             options.may_change_job()
             control.aborting = foreign_pause
             return
-        steps = control.next_steps(progress, elapsed_s,
-                                   abort_requested=should_abort is not None and should_abort(),
-                                   force_requested=options.force_requested())
-        for note in control.notes():
-            options.record_step("note", note)
-        for step in steps:
-            options.may_change_job()
-            if self._apply_step(source_uri, uuid, step):
-                control.done(step)
-                if step.why:
-                    options.record_step(step.action, step.why)
+        control.take_steps(progress, elapsed_s, abort_requested=should_abort is not None and should_abort(),
+                           apply=lambda step: self._apply_step(source_uri, uuid, step))
 
     def _apply_step(self, source_uri: str, uuid: str, step: Step) -> bool:
         """Whether the hypervisor took the step (a switch asked before the
