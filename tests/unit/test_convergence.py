@@ -245,6 +245,14 @@ def test_suspend_if_needed_pauses_a_stalled_guest_to_complete(cloud):
     assert row.downtime_ms >= 100
 
 
+def _wait_until(condition, timeout_s: float, every_s: float) -> None:
+    """Polls until `condition()` holds or `timeout_s` passes; the test's own
+    assertions then say what was wrong."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(every_s)
+
+
 def _run_in_background(cloud, **kwargs):
     out = {}
 
@@ -301,9 +309,7 @@ def test_an_abort_after_the_switch_to_post_copy_is_refused(cloud):
     _busy(cloud)
     thread, out, migration_id = _run_in_background(cloud, options=dict(BUSY, post_copy="after-first-pass",
                                                                        postcopy_bandwidth_mib_s=200))
-    deadline = time.monotonic() + 10
-    while cloud.migration(migration_id).phase != "post-copy" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until(lambda: cloud.migration(migration_id).phase == "post-copy", 10, 0.02)
     with pytest.raises(Conflict, match="post-copy"):
         livemig.abort(CTX, migration_id, settings=cloud.settings)
     thread.join(30)
@@ -329,9 +335,7 @@ def test_the_phase_is_shown_in_progress_and_migration_show(cloud):
                                                                        bandwidth_mib_s=256, auto_converge=True,
                                                                        auto_converge_initial=5,
                                                                        auto_converge_increment=1))
-    deadline = time.monotonic() + 20
-    while cloud.migration(migration_id).throttle_pct is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until(lambda: cloud.migration(migration_id).throttle_pct is not None, 20, 0.05)
     running = livemig.show_migration(migration_id, settings=cloud.settings)
     assert running.phase_summary.startswith("pre-copy pass ") and ", throttle " in running.phase_summary
     shown = run(cloud.settings, "migration", "show", str(migration_id))
@@ -365,9 +369,7 @@ def test_a_destination_that_loses_the_vm_after_the_switch_is_unrecoverable_and_n
     _busy(cloud)
     thread, out, migration_id = _run_in_background(cloud, options=dict(BUSY, post_copy="after-first-pass",
                                                                        postcopy_bandwidth_mib_s=100))
-    deadline = time.monotonic() + 10
-    while cloud.migration(migration_id).phase != "post-copy" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until(lambda: cloud.migration(migration_id).phase == "post-copy", 10, 0.02)
     # The destination's QEMU dies (its host crashed) with pages still on the source.
     assert cloud.driver.destroy_domain(cloud.uri("b"), cloud.vm)
     thread.join(30)
